@@ -1,0 +1,3 @@
+from mtpforge.cli import main
+
+main()

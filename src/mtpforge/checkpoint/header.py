@@ -1,0 +1,211 @@
+"""Strict reader of one safetensors header; never touches tensor bytes.
+
+The format (huggingface/safetensors README, "Format"): an 8-byte little-endian
+length N, then N bytes of UTF-8 JSON that begin with `{` (trailing spaces are
+padding), then the data buffer. Every rule of that spec is enforced here, so
+that a shard that passes can be read by any loader and a hostile one is
+refused before a single offset is trusted:
+
+- N is bounded and the file holds all N bytes;
+- the JSON is an object without duplicate keys; `__metadata__` maps str to str;
+- each entry has exactly `dtype`, `shape`, `data_offsets`; the dtype is known;
+- the byte span of each tensor equals shape x dtype size;
+- the spans, sorted, tile the data buffer exactly: no hole, no overlap, and
+  the buffer ends where the file ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtpforge.errors import CheckpointError
+
+# The safetensors library refuses headers above 100 MB; so do we.
+MAX_HEADER_BYTES = 100_000_000
+
+# Bits per element of every dtype the safetensors format defines.
+DTYPE_BITS: dict[str, int] = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32,
+    "I64": 64, "U64": 64, "F64": 64, "C64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+
+
+class HeaderError(CheckpointError):
+    """A safetensors header breaks the format: the shard cannot be trusted."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: its shard, dtype, shape and absolute byte span."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # absolute offset in the file
+    end: int
+    shard: str = ""
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    """The parsed header of one `.safetensors` file."""
+
+    file_name: str
+    file_bytes: int
+    data_start: int
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+
+def read_header(path: Path) -> ShardHeader:
+    """Read and validate the header of the safetensors file at `path`.
+
+    Args:
+        path: a `.safetensors` file.
+
+    Returns:
+        The header, with absolute byte offsets for every tensor.
+
+    Raises:
+        HeaderError: the file is truncated or breaks any rule of the format.
+    """
+    try:
+        with open(path, "rb") as f:
+            file_bytes = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise _err(path, f"file is {file_bytes} bytes, shorter than the 8-byte header length")
+            n = int.from_bytes(prefix, "little")
+            if n > MAX_HEADER_BYTES or 8 + n > file_bytes:
+                return parse_header(prefix, file_bytes, path.name)  # raises with the reason
+            raw = prefix + f.read(n)
+    except OSError as e:
+        raise HeaderError(f"{path}: cannot read: {e.strerror}", hint="check the file's permissions") from e
+    return parse_header(raw, file_bytes, path.name)
+
+
+def parse_header(raw: bytes, file_bytes: int, file_name: str) -> ShardHeader:
+    """Validate the first `8 + N` bytes of a safetensors file of `file_bytes` bytes.
+
+    Args:
+        raw: the length prefix followed by the header bytes.
+        file_bytes: the size of the whole file, to check the data buffer's extent.
+        file_name: the shard's name, for messages.
+
+    Returns:
+        The validated header.
+
+    Raises:
+        HeaderError: naming the file and the broken rule.
+    """
+    if len(raw) < 8:
+        raise _err(file_name, "shorter than the 8-byte header length")
+    n = int.from_bytes(raw[:8], "little")
+    if n > MAX_HEADER_BYTES:
+        raise _err(file_name, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if 8 + n > file_bytes or len(raw) < 8 + n:
+        raise _err(file_name, f"truncated: header claims {n} bytes but the file has {file_bytes - 8}")
+    body = raw[8 : 8 + n]
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _err(file_name, f"header is not UTF-8 ({e.reason} at byte {e.start})") from None
+    if not text.startswith("{"):
+        raise _err(file_name, "header JSON does not start with '{'")
+    try:
+        doc = json.loads(text.rstrip(" "), object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as e:
+        raise _err(file_name, f"header is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise _err(file_name, "header JSON is not an object")
+
+    metadata = doc.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise _err(file_name, "__metadata__ must map strings to strings")
+
+    data_start = 8 + n
+    tensors = {name: _tensor_entry(file_name, name, entry, data_start) for name, entry in doc.items()}
+    _check_tiling(file_name, tensors, data_start, file_bytes)
+    return ShardHeader(file_name, file_bytes, data_start, tensors, metadata)
+
+
+def _tensor_entry(file_name: str, name: str, entry: Any, data_start: int) -> TensorInfo:
+    where = f"tensor {name!r}"
+    if not name:
+        raise _err(file_name, "a tensor has an empty name")
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise _err(file_name, f"{where}: entry must have exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        raise _err(file_name, f"{where}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+        raise _err(file_name, f"{where}: shape must be a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_uint(o) for o in offsets)):
+        raise _err(file_name, f"{where}: data_offsets must be two non-negative integers")
+    begin, end = offsets
+    if begin > end:
+        raise _err(file_name, f"{where}: data_offsets begin {begin} > end {end}")
+    bits = math.prod(shape) * DTYPE_BITS[dtype]
+    if bits % 8:
+        raise _err(file_name, f"{where}: {dtype} x {shape} is not a whole number of bytes")
+    if end - begin != bits // 8:
+        raise _err(
+            file_name,
+            f"{where}: spans {end - begin} bytes but {dtype} x {shape} needs {bits // 8}",
+        )
+    return TensorInfo(name, dtype, tuple(shape), data_start + begin, data_start + end, file_name)
+
+
+def _check_tiling(file_name: str, tensors: dict[str, TensorInfo], data_start: int, file_bytes: int) -> None:
+    cursor = data_start
+    for t in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
+        if t.begin < cursor:
+            raise _err(file_name, f"tensor {t.name!r} overlaps the tensor before it")
+        if t.begin > cursor:
+            raise _err(file_name, f"hole of {t.begin - cursor} bytes before tensor {t.name!r}")
+        cursor = t.end
+    if cursor != file_bytes:
+        if cursor > file_bytes:
+            raise _err(file_name, f"truncated: tensors need {cursor} bytes but the file has {file_bytes}")
+        raise _err(file_name, f"{file_bytes - cursor} trailing bytes after the last tensor")
+
+
+def _is_uint(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _err(file: Path | str, reason: str) -> HeaderError:
+    return HeaderError(f"{file}: invalid safetensors header: {reason}", hint="re-download or re-export this shard")

@@ -1,0 +1,105 @@
+"""`model.safetensors.index.json`: read, validate, and name-check its shard paths.
+
+A shard path comes from a file someone downloaded, so it is untrusted: it must
+be relative, stay inside the checkpoint directory once symlinks are resolved,
+and name a regular file. `total_size` is the sum of tensor bytes (what
+transformers' `save_pretrained` writes), not of file sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from mtpforge.errors import CheckpointError
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class Index:
+    """The parsed index: which shard holds each tensor, and the declared total size."""
+
+    weight_map: dict[str, str]
+    total_size: int | None
+
+    @property
+    def shard_names(self) -> list[str]:
+        return sorted(set(self.weight_map.values()))
+
+
+def read_index(root: Path) -> Index | None:
+    """Read `root/model.safetensors.index.json`, or return None when there is none.
+
+    Raises:
+        CheckpointError: the index is not valid JSON, is shaped wrongly, or maps a
+            tensor to a path outside the directory.
+    """
+    path = root / INDEX_NAME
+    if not path.exists():
+        return None
+    doc = read_json(path, root)
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError(f"{path}: 'weight_map' must map tensor names to shard file names")
+    for tensor, shard in weight_map.items():
+        check_inside(root, shard, what=f"{INDEX_NAME} maps {tensor!r} to")
+    metadata = doc.get("metadata") or {}
+    total = metadata.get("total_size") if isinstance(metadata, dict) else None
+    if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 0):
+        # Some exporters write a float; accept an integral one, refuse nonsense.
+        if isinstance(total, float) and total.is_integer() and total >= 0:
+            total = int(total)
+        else:
+            raise CheckpointError(f"{path}: metadata.total_size must be a non-negative integer, got {total!r}")
+    return Index(dict(weight_map), total)
+
+
+def check_inside(root: Path, relative: str, *, what: str) -> Path:
+    """Resolve `relative` under `root`, refusing anything that leaves it.
+
+    A symlink into the Hugging Face cache's `blobs/` folder is allowed: that is
+    how every snapshot downloaded by huggingface_hub is laid out.
+    """
+    pure = PurePosixPath(relative)
+    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative:
+        raise CheckpointError(
+            f"{what} {relative!r}: shard paths must be relative and stay inside {root}",
+            hint="the index is corrupt or hostile; re-download it",
+        )
+    path = root / pure
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    if not _within(real, real_root) and not _within(real, _hf_cache_blobs(Path(real_root))):
+        raise CheckpointError(
+            f"{what} {relative!r}, a symlink that leaves {root} (to {real})",
+            hint="copy the file into the checkpoint directory instead of linking it",
+        )
+    return path
+
+
+def read_json(path: Path, root: Path) -> Any:
+    """Parse a JSON file of the checkpoint, with a clear error when it is broken."""
+    check_inside(root, path.relative_to(root).as_posix(), what="file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON: {e}", hint="restore this file from the original checkpoint") from e
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from e
+
+
+def _within(path: str, root: str | None) -> bool:
+    return root is not None and (path == root or path.startswith(root.rstrip(os.sep) + os.sep))
+
+
+def _hf_cache_blobs(real_root: Path) -> str | None:
+    # <cache>/models--org--name/snapshots/<sha>/ links files to ../../blobs/<hash>
+    if real_root.parent.name == "snapshots":
+        return str(real_root.parent.parent / "blobs")
+    return None

@@ -1,0 +1,166 @@
+"""Recognise what each stored tensor stands for: a plain weight, or a quantized
+weight spread over a main tensor and its companions.
+
+| format | main tensor | companions |
+|---|---|---|
+| compressed-tensors `pack-quantized` (INT) | `X.weight_packed` I32 `[out, in*bits/32]` | `weight_scale`, `weight_shape`, optional `weight_zero_point`, `weight_g_idx` |
+| compressed-tensors `nvfp4-pack-quantized` | `X.weight_packed` U8 `[out, in/2]` | `weight_scale` F8_E4M3 `[out, in/16]`, `weight_global_scale` F32 `[1]`, optional `input_global_scale` |
+| modelopt NVFP4 | `X.weight` U8 `[out, in/2]` | `weight_scale` F8_E4M3 `[out, in/16]`, `weight_scale_2` F32, optional `input_scale` |
+| FP8 (compressed-tensors `float-quantized`, modelopt FP8) | `X.weight` F8_E4M3 | `weight_scale`, optional `input_scale` |
+
+The logical shape of an INT-packed weight is read from `weight_shape` (two
+integers) when a reader is given; the others follow from the packed shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from mtpforge.checkpoint.header import TensorInfo
+
+# Parameter suffixes that only ever accompany a quantized weight.
+COMPANION_SUFFIXES = (
+    "weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx",
+    "weight_global_scale", "input_global_scale", "weight_scale_2", "input_scale",
+)
+DENSE = "dense"
+CT_INT = "pack-quantized"
+CT_NVFP4 = "nvfp4-pack-quantized"
+MODELOPT_NVFP4 = "modelopt-nvfp4"
+FP8 = "fp8"
+BROKEN = "unrecognised"
+
+_REQUIRED = {
+    CT_INT: ("weight_packed", "weight_scale", "weight_shape"),
+    CT_NVFP4: ("weight_packed", "weight_scale", "weight_global_scale"),
+    MODELOPT_NVFP4: ("weight", "weight_scale", "weight_scale_2"),
+    FP8: ("weight", "weight_scale"),
+}
+
+
+@dataclass(frozen=True)
+class StoredWeight:
+    """One logical tensor (`name`) and the stored tensors that make it up."""
+
+    name: str
+    format: str
+    shape: tuple[int, ...] | None  # logical shape; None when it cannot be known
+    parts: dict[str, TensorInfo]  # param suffix (or "" for a dense tensor) -> stored tensor
+    missing: tuple[str, ...] = ()
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def quantized(self) -> bool:
+        return self.format != DENSE
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts.values())
+
+    @property
+    def dtype(self) -> str:
+        """The stored dtype for a dense tensor, else the format name."""
+        return self.parts[""].dtype if self.format == DENSE else self.format
+
+    @property
+    def bits(self) -> int | None:
+        """Bits per weight element for quantized formats (None for dense)."""
+        if self.format == CT_INT and self.shape and "weight_packed" in self.parts:
+            cols = self.parts["weight_packed"].shape[-1]
+            return round(cols * 32 / self.shape[-1]) if self.shape[-1] else None
+        return {CT_NVFP4: 4, MODELOPT_NVFP4: 4, FP8: 8}.get(self.format)
+
+
+def resolve(
+    tensors: Mapping[str, TensorInfo],
+    read_ints: Callable[[TensorInfo], list[int]] | None = None,
+) -> dict[str, StoredWeight]:
+    """Group stored tensors into logical tensors, keyed by logical name.
+
+    Args:
+        tensors: every stored tensor of the checkpoint, by name.
+        read_ints: reads a small integer tensor (for `weight_shape`); optional.
+
+    Returns:
+        One `StoredWeight` per logical tensor: `X.weight` for a quantized module,
+        the tensor's own name for everything else.
+    """
+    modules: dict[str, dict[str, TensorInfo]] = {}
+    out: dict[str, StoredWeight] = {}
+    for name, info in tensors.items():
+        module, _, suffix = name.rpartition(".")
+        if suffix in COMPANION_SUFFIXES and module:
+            modules.setdefault(module, {})[suffix] = info
+    for module, parts in modules.items():
+        weight = tensors.get(f"{module}.weight")
+        if weight is not None:
+            parts = {**parts, "weight": weight}
+        out[f"{module}.weight"] = _classify(f"{module}.weight", parts, read_ints)
+    for name, info in tensors.items():
+        module, _, suffix = name.rpartition(".")
+        if suffix in COMPANION_SUFFIXES and module:
+            continue
+        if name in out:  # the main tensor of a modelopt / FP8 weight
+            continue
+        out[name] = StoredWeight(name, DENSE, info.shape, {"": info})
+    return out
+
+
+def _classify(
+    name: str, parts: dict[str, TensorInfo], read_ints: Callable[[TensorInfo], list[int]] | None
+) -> StoredWeight:
+    fmt = _format_of(parts)
+    if fmt == BROKEN:
+        found = ", ".join(sorted(parts))
+        return StoredWeight(name, BROKEN, None, parts, ("weight_packed or weight",),
+                            (f"companions ({found}) without a recognisable quantized weight",))
+    missing = tuple(s for s in _REQUIRED[fmt] if s not in parts)
+    shape = _logical_shape(fmt, parts, read_ints)
+    return StoredWeight(name, fmt, shape, parts, missing, tuple(_shape_problems(fmt, parts, shape)))
+
+
+def _format_of(parts: dict[str, TensorInfo]) -> str:
+    packed, weight = parts.get("weight_packed"), parts.get("weight")
+    if packed is not None:
+        return {"U8": CT_NVFP4, "I32": CT_INT}.get(packed.dtype, BROKEN)
+    if weight is not None and weight.dtype == "U8":
+        return MODELOPT_NVFP4
+    if weight is not None and weight.dtype.startswith("F8_"):
+        return FP8
+    return BROKEN
+
+
+def _logical_shape(
+    fmt: str, parts: dict[str, TensorInfo], read_ints: Callable[[TensorInfo], list[int]] | None
+) -> tuple[int, ...] | None:
+    if fmt == CT_INT:
+        stored = parts.get("weight_shape")
+        if stored is None or read_ints is None or stored.numel != 2:
+            return None
+        return tuple(read_ints(stored))
+    main = parts.get("weight_packed") or parts.get("weight")
+    if main is None or len(main.shape) != 2:
+        return None
+    if fmt in (CT_NVFP4, MODELOPT_NVFP4):
+        return (main.shape[0], main.shape[1] * 2)
+    return main.shape
+
+
+def _shape_problems(fmt: str, parts: dict[str, TensorInfo], shape: tuple[int, ...] | None) -> list[str]:
+    problems = []
+    main = parts.get("weight_packed") or parts.get("weight")
+    scale = parts.get("weight_scale")
+    if main is not None and scale is not None and len(scale.shape) == 2 and scale.shape[0] != main.shape[0]:
+        problems.append(f"weight_scale has {scale.shape[0]} rows but the weight has {main.shape[0]}")
+    if fmt in (CT_NVFP4, MODELOPT_NVFP4) and shape and scale is not None:
+        if scale.dtype != "F8_E4M3":
+            problems.append(f"weight_scale is {scale.dtype}, NVFP4 needs F8_E4M3")
+        elif scale.shape != (shape[0], shape[1] // 16):
+            problems.append(f"weight_scale shape {list(scale.shape)} != [{shape[0]}, {shape[1] // 16}] for 16-element groups")
+    if fmt == CT_INT and shape and main is not None and len(shape) == 2:
+        if shape[0] != main.shape[0]:
+            problems.append(f"weight_shape says {shape[0]} rows but weight_packed has {main.shape[0]}")
+        elif shape[1] and (main.shape[1] * 32) % shape[1]:
+            problems.append(f"weight_packed has {main.shape[1]} int32 columns, which packs no whole bit width of {shape[1]} inputs")
+    return problems

@@ -1,0 +1,98 @@
+"""Human renderings of reports. Data goes to stdout; nothing here prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtpforge.doctor import DoctorReport
+
+
+def size(n: float) -> str:
+    """Bytes as a short human figure (GB = 10^9, as model cards quote them)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def count(n: float) -> str:
+    """Parameters as a short human figure (27.78 B, 425.0 M)."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return str(int(n))
+
+
+def render_inspect(d: dict[str, Any]) -> str:
+    layers = d["layers"]
+    kinds = " + ".join(f"{v} {k}" for k, v in layers.items() if k != "total")
+    lines = [
+        f"{d['path']}",
+        f"  family        {d['family']} ({d['architecture']})",
+        f"  layers        {layers['total']}: {kinds}",
+        "",
+        f"  {'group':<12}{'tensors':>9}{'parameters':>14}{'bytes':>12}",
+    ]
+    for group, row in d["groups"].items():
+        if row["tensors"]:
+            lines.append(f"  {group:<12}{row['tensors']:>9}{count(row['parameters']):>14}{size(row['bytes']):>12}")
+    total_tensors = sum(r["tensors"] for r in d["groups"].values())
+    lines.append(f"  {'total':<12}{total_tensors:>9}{count(d['parameters']):>14}{size(d['bytes']):>12}")
+    lines.append(f"  ({d['parameters']:,} parameters)")
+    lines.append("")
+    lines.append("  dtypes        " + ", ".join(f"{k} {size(v)}" for k, v in d["dtypes"].items()))
+    lines.append("  quantization  " + _quant_line(d["quantization"]))
+    lines.append("  MTP           " + _mtp_line(d["mtp"]))
+    lines.append("  vision        " + _vision_line(d["vision"]))
+    s = d["shards"]
+    index = f"indexed, total_size {s['total_size']:,}" if s["indexed"] and s["total_size"] is not None else (
+        "indexed" if s["indexed"] else "no index")
+    lines.append(f"  shards        {s['count']} file(s), {size(s['file_bytes'])} on disk, {index}")
+    return "\n".join(lines)
+
+
+def _quant_line(q: dict[str, Any] | None) -> str:
+    if q is None:
+        return "none (unquantized)"
+    parts = [f"{c['method']}: {', '.join(c['schemes'])} ({c['source']}, {len(c['ignore'])} ignore entries)" for c in q["configs"]]
+    if q["unsupported_method"]:
+        parts.append(f"{q['unsupported_method']} (not analysed by mtpforge)")
+    parts += [f"INVALID: {m}" for m in q["invalid"]]
+    cover = ", ".join(f"{g} {r['quantized']}/{r['total']}" for g, r in q["linear_quantized"].items())
+    return "; ".join(parts) + (f"\n                linear weights quantized: {cover}" if cover else "")
+
+
+def _mtp_line(m: dict[str, Any]) -> str:
+    declared = f"declared {m['declared_layers']} layer(s) ({m['config_key']})" if m["declared_layers"] else f"not declared ({m['config_key']})"
+    if not m["present"]:
+        present = "ABSENT" + (f", {m['unindexed_tensors']} tensors sit unindexed" if m["unindexed_tensors"] else "")
+    else:
+        present = f"{m['tensors']}/{m['expected_tensors']} tensors, {size(m['bytes'])}"
+        present += f", {m['quantized']} quantized" if m["quantized"] else ", unquantized"
+    return f"{declared}; {present}"
+
+
+def _vision_line(v: dict[str, Any]) -> str:
+    if not v["declared"]:
+        return "none (text-only architecture)"
+    state = "language_model_only" if v["language_model_only"] else "declared"
+    return f"{state}; {v['tensors']} tensors, {size(v['bytes'])}" if v["tensors"] else f"{state}; stripped (no tensors)"
+
+
+def render_doctor(report: DoctorReport, max_tensors: int = 4) -> str:
+    d = report.to_dict()
+    lines = [f"{d['path']} ({d['family']})"]
+    for f in d["findings"]:
+        lines.append(f"  {f['severity']:<8}{f['code']}: {f['message']}")
+        fix = f["fix"] + (f"  ->  {f['command']}" if f["command"] else "")
+        lines.append(f"  {'':<8}fix: {fix}")
+        if f["tensors"]:
+            shown = ", ".join(f["tensors"][:max_tensors])
+            more = f" (+{len(f['tensors']) - max_tensors} more)" if len(f["tensors"]) > max_tensors else ""
+            lines.append(f"  {'':<8}tensors: {shown}{more}")
+        if f["files"]:
+            lines.append(f"  {'':<8}files: {', '.join(f['files'])}")
+    c = d["counts"]
+    verdict = "healthy" if not d["findings"] else ("no errors" if d["ok"] else "FAILED")
+    lines.append(f"{verdict}: {c['error']} error(s), {c['warning']} warning(s), {c['info']} info")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""`mtpforge doctor`: every finding of the catalogue that the files can decide.
+
+The checks read headers, configs and a few norm vectors; never the weights
+themselves, so a 27B checkpoint is diagnosed in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from mtpforge.checkpoint import open_checkpoint
+from mtpforge.doctor.context import Context
+from mtpforge.doctor.files import check_files
+from mtpforge.doctor.findings import CATALOGUE, ERROR, INFO, WARNING, Finding
+from mtpforge.doctor.inventory import check_inventory
+from mtpforge.doctor.norms import check_norms
+from mtpforge.doctor.quantization import check_quantization
+from mtpforge.families import detect_family
+
+CHECKS = (check_files, check_inventory, check_quantization, check_norms)
+_SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}
+
+__all__ = ["CATALOGUE", "DoctorReport", "Finding", "doctor"]
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    """The findings for one checkpoint, most severe first."""
+
+    path: str
+    family: str
+    findings: tuple[Finding, ...]
+
+    def count(self, severity: str) -> int:
+        return sum(1 for f in self.findings if f.severity == severity)
+
+    @property
+    def ok(self) -> bool:
+        """True when no finding is an error."""
+        return self.count(ERROR) == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "mtpforge.doctor/1",
+            "path": self.path,
+            "family": self.family,
+            "ok": self.ok,
+            "counts": {s: self.count(s) for s in (ERROR, WARNING, INFO)},
+            "findings": [f.to_dict(self.path) for f in self.findings],
+        }
+
+
+def doctor(path: str | os.PathLike[str]) -> DoctorReport:
+    """Diagnose the checkpoint at `path` against the finding catalogue.
+
+    Args:
+        path: a checkpoint directory.
+
+    Returns:
+        Every finding, errors first; a corrupt shard is a finding, not an exception.
+
+    Raises:
+        CheckpointError: there is no checkpoint to diagnose (no config.json, unsafe index paths).
+        UnsupportedFamilyError: the architecture is not one mtpforge has rules for.
+    """
+    ckpt = open_checkpoint(path)
+    ctx = Context(ckpt, detect_family(ckpt.config))
+    findings = [f for check in CHECKS for f in check(ctx)]
+    findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], f.code))
+    return DoctorReport(str(path), ctx.family.name, tuple(findings))

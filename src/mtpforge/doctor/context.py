@@ -1,0 +1,53 @@
+"""What every doctor check reads: the checkpoint, its family, and the expected inventory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from mtpforge.checkpoint import Checkpoint
+from mtpforge.checkpoint.quant_config import QuantConfig
+from mtpforge.checkpoint.stored import StoredWeight
+from mtpforge.families import MTP, VISION, Family, Inventory, TensorSpec, expected_inventory
+
+
+@dataclass
+class Context:
+    """A checkpoint seen through its family's rules."""
+
+    ckpt: Checkpoint
+    family: Family
+
+    @property
+    def config(self) -> dict:  # type: ignore[type-arg]
+        return self.ckpt.config
+
+    @cached_property
+    def mtp_layers(self) -> int:
+        return self.family.mtp_layers(self.config)
+
+    @cached_property
+    def expected(self) -> Inventory:
+        """The inventory the config implies; vision only where the build still declares it."""
+        inv = expected_inventory(self.family, self.config, self.ckpt.tensors)
+        if self.family.language_model_only(self.config):
+            return type(inv)({n: s for n, s in inv.items() if s.group != VISION})
+        return inv
+
+    @cached_property
+    def stored(self) -> dict[str, StoredWeight]:
+        return self.ckpt.stored
+
+    @property
+    def quant_configs(self) -> list[QuantConfig]:
+        return self.ckpt.quant_configs
+
+    def group_of(self, name: str) -> str:
+        spec = self.expected.get(name)
+        return spec.group if spec else self.family.group_of(name)
+
+    def loaded_mtp(self) -> list[str]:
+        return sorted(n for n in self.ckpt.tensors if self.family.group_of(n) == MTP)
+
+    def specs(self, *, group: str | None = None, kind: str | None = None) -> list[TensorSpec]:
+        return [s for s in self.expected.values() if (group is None or s.group == group) and (kind is None or s.kind == kind)]

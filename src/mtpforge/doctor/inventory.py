@@ -1,0 +1,91 @@
+"""Checks of the stored tensors against the inventory the config implies:
+missing, unexpected or misshapen tensors, the MTP head's presence and
+declaration, and the vision tower's."""
+
+from __future__ import annotations
+
+from mtpforge.checkpoint.header import FLOAT_DTYPES
+from mtpforge.checkpoint.stored import StoredWeight
+from mtpforge.doctor.context import Context
+from mtpforge.doctor.findings import Finding, finding
+from mtpforge.families import MTP, VISION, TensorSpec
+from mtpforge.families.base import LINEAR, NORM, PARAM
+
+
+def check_inventory(ctx: Context) -> list[Finding]:
+    """tensor-missing / -unexpected / -shape-mismatch, mtp-missing / -incomplete / -undeclared, vision-*."""
+    out: list[Finding] = []
+    expected, stored = ctx.expected, ctx.stored
+    loaded_mtp = ctx.loaded_mtp()
+    undeclared = bool(loaded_mtp) and ctx.mtp_layers == 0
+    if undeclared:
+        key = ctx.family.mtp_config_key
+        out.append(finding("mtp-undeclared", f"{len(loaded_mtp)} mtp.* tensors are stored but config.json declares no MTP layer "
+                           f"({key} is {ctx.family.setting(ctx.config, key)!r})", tensors=loaded_mtp, files=["config.json"]))
+    if ctx.mtp_layers and not loaded_mtp:
+        out.append(finding("mtp-missing", f"config.json declares {ctx.mtp_layers} MTP layer(s) but no mtp.* tensor is loaded: "
+                           "speculative decoding would draft from absent weights (0% acceptance)", files=["config.json"]))
+    vision_stored = [n for n in ctx.ckpt.tensors if ctx.family.is_vision(n)]
+    lm_only = ctx.family.language_model_only(ctx.config)
+    if ctx.family.has_vision(ctx.config) and not lm_only and not vision_stored:
+        out.append(finding("vision-missing-undeclared", "the config is a vision-language wrapper without language_model_only: true, "
+                           "but no model.visual.* tensor is stored: engines will try to load the vision tower", files=["config.json"]))
+    if lm_only and vision_stored:
+        out.append(finding("vision-present-text-only", f"language_model_only is true but {len(vision_stored)} vision tensors are still shipped",
+                           tensors=vision_stored))
+
+    missing = {"trunk": [], MTP: [], "other": []}  # type: dict[str, list[str]]
+    bad_shape: list[str] = []
+    bad_mtp: list[str] = []
+    vision_absent = not vision_stored
+    for name, spec in expected.items():
+        weight = stored.get(name)
+        if weight is None:
+            if spec.group == VISION and vision_absent:
+                continue  # the whole tower is absent: reported above, or declared text-only
+            if spec.group == MTP:
+                if loaded_mtp:
+                    missing[MTP].append(name)
+            else:
+                missing["trunk"].append(name)
+            continue
+        problem = _mismatch(spec, weight)
+        if problem:
+            (bad_mtp if spec.group == MTP else bad_shape).append(f"{name}: {problem}")
+    if missing["trunk"]:
+        out.append(finding("tensor-missing", f"{len(missing['trunk'])} tensors the config implies are not stored: {_head(missing['trunk'])}",
+                           tensors=missing["trunk"]))
+    if bad_shape:
+        out.append(finding("tensor-shape-mismatch", f"{len(bad_shape)} tensors disagree with config.json: {_head(bad_shape)}",
+                           tensors=[b.split(":")[0] for b in bad_shape]))
+    if missing[MTP] or bad_mtp:
+        parts = ([f"{len(missing[MTP])} missing ({_head(missing[MTP])})"] if missing[MTP] else []) + \
+                ([f"{len(bad_mtp)} wrong ({_head(bad_mtp)})"] if bad_mtp else [])
+        out.append(finding("mtp-incomplete", "the MTP head is incomplete: " + "; ".join(parts),
+                           tensors=missing[MTP] + [b.split(":")[0] for b in bad_mtp]))
+    unexpected = [n for n in stored if n not in expected and not (undeclared and ctx.family.group_of(n) == MTP)]
+    if unexpected:
+        out.append(finding("tensor-unexpected", f"{len(unexpected)} stored tensors are not part of the model config.json describes: "
+                           f"{_head(unexpected)}", tensors=unexpected))
+    return out
+
+
+def _mismatch(spec: TensorSpec, weight: StoredWeight) -> str | None:
+    if weight.shape is not None and tuple(weight.shape) != spec.shape:
+        return f"shape {list(weight.shape)}, expected {list(spec.shape)}"
+    if weight.quantized:
+        return None  # checked by the quantization checks
+    dtype = weight.dtype
+    if dtype == spec.dtype:
+        return None
+    # Norms and GDN parameters are legitimately kept in float32 by some exporters.
+    if spec.kind in (NORM, PARAM) and dtype == "F32":
+        return None
+    if spec.kind == LINEAR and dtype not in FLOAT_DTYPES:
+        return None  # an unpaired quantized dtype: the quantization checks name it
+    return f"dtype {dtype}, expected {spec.dtype}"
+
+
+def _head(items: list[str], n: int = 3) -> str:
+    shown = ", ".join(sorted(items)[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")

@@ -1,0 +1,165 @@
+"""Checks of quantization: configs, companions, MTP coverage, fused groups and
+the tensors that must stay high precision.
+
+The question behind each check is how vLLM or SGLang will read the weights: a
+module the config quantizes must be stored quantized with all companions; one
+stored in BF16 must be covered by `ignore` / `exclude_modules`, under the name
+the engine uses (fused names included).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from mtpforge.checkpoint.header import FLOAT_DTYPES
+from mtpforge.checkpoint.quant_config import QuantConfig
+from mtpforge.checkpoint.stored import StoredWeight
+from mtpforge.doctor.context import Context
+from mtpforge.doctor.findings import Finding, finding
+from mtpforge.families import MTP, TensorSpec
+from mtpforge.families.base import LINEAR
+
+_COMPATIBLE = {  # stored format -> config formats that describe it
+    "pack-quantized": ("pack-quantized",),
+    "nvfp4-pack-quantized": ("nvfp4-pack-quantized",),
+    "modelopt-nvfp4": ("modelopt-nvfp4",),
+    "fp8": ("float-quantized", "naive-quantized", "modelopt-fp8"),
+}
+
+
+def check_quantization(ctx: Context) -> list[Finding]:
+    """quant-config-invalid, companions, MTP coverage, fused groups, precision rules."""
+    out = [finding("quant-config-invalid", message, files=[file]) for file, message in ctx.ckpt.quant_errors]
+    if ctx.ckpt.foreign_quant_method:
+        out.append(finding("quant-method-unsupported", f"quant_method {ctx.ckpt.foreign_quant_method!r} is not analysed by mtpforge",
+                           files=["config.json"]))
+        return out
+    stored_quantized = [w for w in ctx.stored.values() if w.quantized]
+    if stored_quantized and not ctx.quant_configs and not ctx.ckpt.quant_errors:
+        out.append(finding("quant-config-invalid", f"{len(stored_quantized)} weights are stored quantized "
+                           f"({stored_quantized[0].format}) but no quantization config describes them", files=["config.json"]))
+    out += _companions(ctx)
+    out += _precision(ctx)
+    for qc in ctx.quant_configs:
+        out += _coverage(ctx, qc)
+    out += _fused_groups(ctx)
+    return out
+
+
+def _companions(ctx: Context) -> list[Finding]:
+    broken = []
+    for name, w in ctx.stored.items():
+        spec = ctx.expected.get(name)
+        if w.missing or w.problems:
+            detail = "; ".join(([f"missing {', '.join(w.missing)}"] if w.missing else []) + list(w.problems))
+            broken.append((name, detail))
+        elif spec is not None and spec.kind == LINEAR and not w.quantized and w.dtype not in FLOAT_DTYPES:
+            broken.append((name, f"stored as {w.dtype} with no scale: not a weight any engine can read"))
+    if not broken:
+        return []
+    lines = "; ".join(f"{n} ({d})" for n, d in sorted(broken)[:3])
+    more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+    return [finding("mtp-quant-companions", f"{len(broken)} quantized weights are incomplete: {lines}{more}",
+                    tensors=[n for n, _ in broken])]
+
+
+def _precision(ctx: Context) -> list[Finding]:
+    out = []
+    forced = [n for n, s in ctx.expected.items() if s.keep_high_precision and _is_quantized(ctx.stored.get(n))]
+    if forced:
+        out.append(finding("high-precision-quantized", f"{len(forced)} tensors that must stay high precision are quantized: "
+                           f"{', '.join(forced[:3])}", tensors=forced))
+    small = [n for n, s in ctx.expected.items() if s.small_proj and _is_quantized(ctx.stored.get(n))]
+    if small:
+        out.append(finding("gdn-small-proj-quantized", f"{len(small)} GDN in_proj_a / in_proj_b projections are quantized: "
+                           "no fast kernel fits their few outputs and GDN is precision-sensitive", tensors=small))
+    mtp_q = [n for n, s in ctx.expected.items() if s.group == MTP and s.kind == LINEAR and _is_quantized(ctx.stored.get(n))]
+    if mtp_q:
+        fmt = ctx.stored[mtp_q[0]].format
+        out.append(finding("mtp-quantized", f"{len(mtp_q)} MTP weights are quantized ({fmt}); drafts degrade, and loaders that "
+                           "read the head as BF16 reach 0% acceptance", tensors=mtp_q))
+    return out
+
+
+def _coverage(ctx: Context, qc: QuantConfig) -> list[Finding]:
+    """Does `qc` describe each LINEAR module as it is stored?"""
+    uncovered: list[str] = []
+    mismatched: list[tuple[str, str]] = []  # (tensor, why)
+    for name, spec in ctx.expected.items():
+        w = ctx.stored.get(name)
+        if spec.kind != LINEAR or w is None or w.format == "unrecognised":
+            continue
+        scheme = qc.scheme_for(spec.module)
+        if w.quantized and (scheme is None or scheme.format not in _COMPATIBLE.get(w.format, ())):
+            said = "leaves it unquantized" if scheme is None else f"declares {scheme.format}"
+            mismatched.append((name, f"{name} is stored {w.format} but {qc.source} {said}"))
+        elif not w.quantized and scheme is not None:
+            if spec.group == MTP:
+                uncovered.append(name)
+            else:
+                mismatched.append((name, f"{name} is stored {w.dtype} but {qc.source} quantizes it ({scheme.label})"))
+    source_file = _file_of(qc)
+    out = []
+    if uncovered:
+        entry = "'mtp*' in exclude_modules" if qc.method == "modelopt" else "'re:^mtp.*' in ignore"
+        out.append(finding("mtp-quant-uncovered", f"{len(uncovered)} MTP weights are stored unquantized but {qc.source} would "
+                           f"quantize them (no {entry}): the engine crashes or reads them as the wrong type",
+                           tensors=uncovered, files=[source_file]))
+    if mismatched:
+        out.append(finding("quant-declared-mismatch", f"{len(mismatched)} weights are not stored as {qc.source} says: "
+                           f"{'; '.join(why for _, why in mismatched[:2])}", tensors=[n for n, _ in mismatched], files=[source_file]))
+    out += _fused_unsafe(ctx, qc)
+    return out
+
+
+def _file_of(qc: QuantConfig) -> str:
+    return qc.source.split(" ")[0]  # "config.json quantization_config" -> "config.json"
+
+
+def _fused_unsafe(ctx: Context, qc: QuantConfig) -> list[Finding]:
+    """MTP members ignored one by one, while the fused module's own name is not (F3)."""
+    groups = _fused_members(ctx, group=MTP)
+    unsafe = []
+    for fused, members in groups.items():
+        dense = all(not _is_quantized(ctx.stored.get(m.name)) for m in members)
+        each_ignored = all(qc.ignores(m.module) for m in members)
+        if dense and each_ignored and qc.scheme_for(fused) is not None:
+            unsafe += [m.name for m in members]
+    if not unsafe:
+        return []
+    return [finding("mtp-ignore-fused-unsafe", f"{qc.source} ignores the MTP projections one by one, but not the fused modules "
+                    "(qkv_proj, gate_up_proj) SGLang builds: they load quantized and skip the BF16 weights (accept length 1.0)",
+                    tensors=unsafe, files=[_file_of(qc)])]
+
+
+def _fused_groups(ctx: Context) -> list[Finding]:
+    """Members of one fused module stored, or declared, in different schemes (vLLM refuses to load)."""
+    mixed = []
+    for fused, members in _fused_members(ctx, group=None).items():
+        weights = [ctx.stored.get(m.name) for m in members]
+        if any(w is None for w in weights):
+            continue
+        stored = {_scheme_key(w) for w in weights if w is not None}
+        declared_mixed = any(len({qc.scheme_for(m.module) for m in members}) > 1 for qc in ctx.quant_configs)
+        if len(stored) > 1 or declared_mixed:
+            mixed.append(fused)
+    if not mixed:
+        return []
+    return [finding("fused-group-mixed", f"{len(mixed)} fused modules mix quantization schemes across their members "
+                    f"(vLLM refuses to load): {', '.join(mixed[:3])}", tensors=mixed)]
+
+
+def _fused_members(ctx: Context, *, group: str | None) -> dict[str, list[TensorSpec]]:
+    groups: dict[str, list[TensorSpec]] = defaultdict(list)
+    for spec in ctx.expected.values():
+        if spec.fused and spec.kind == LINEAR and (group is None or spec.group == group):
+            groups[spec.fused].append(spec)
+    return groups
+
+
+def _scheme_key(w: StoredWeight) -> tuple[str, int | None]:
+    return (w.format, w.bits) if w.quantized else ("dense", None)
+
+
+def _is_quantized(w: StoredWeight | None) -> bool:
+    return w is not None and (w.quantized or (not w.quantized and w.dtype not in FLOAT_DTYPES))

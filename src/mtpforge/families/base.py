@@ -1,0 +1,119 @@
+"""What a family rule says about one tensor, and the interface every family implements.
+
+A family derives, from `config.json` alone, the complete expected inventory
+of a checkpoint: every tensor's name, shape and dtype, and its role (group,
+layer, layer kind, module, fused group, precision rule). Every other part of
+mtpforge asks the family instead of matching names itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from mtpforge.errors import CheckpointError
+
+TRUNK, MTP, VISION, EMBEDDINGS = "trunk", "mtp", "vision", "embeddings"
+GROUPS = (TRUNK, MTP, VISION, EMBEDDINGS)
+FULL_ATTENTION, LINEAR_ATTENTION = "full_attention", "linear_attention"
+
+# Module kinds. Only LINEAR modules are ever targeted by a quantization scheme.
+LINEAR, NORM, CONV, PARAM, EMBEDDING, EXPERTS, BIAS = "linear", "norm", "conv", "param", "embedding", "experts", "bias"
+
+_CONFIG_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """The expected shape, dtype and role of one tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    group: str  # TRUNK, MTP, VISION or EMBEDDINGS
+    module: str  # module path: the name without its parameter suffix
+    kind: str  # LINEAR, NORM, CONV, PARAM, EMBEDDING, EXPERTS or BIAS
+    layer: int | None = None
+    layer_kind: str | None = None  # FULL_ATTENTION, LINEAR_ATTENTION (MTP layers are full attention)
+    fused: str | None = None  # the module engines fuse this one into (e.g. `...self_attn.qkv_proj`)
+    keep_high_precision: bool = False  # must never be quantized (conv1d, A_log, dt_bias, norms, routers)
+    small_proj: bool = False  # GDN in_proj_a / in_proj_b: kept high precision by default
+    norm_offset: bool = False  # RMSNorm stored as an offset from 1 (Gemma convention)
+    expert: bool = False  # a routed MoE expert's weight (engines fuse all experts of a layer)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class Inventory(dict[str, TensorSpec]):
+    """An ordered map of tensor name to `TensorSpec`, built by the family blocks."""
+
+    def add(self, name: str, shape: Iterable[int], **role: Any) -> None:
+        module = name.rsplit(".", 1)[0] if name.endswith((".weight", ".bias")) else name
+        self[name] = TensorSpec(name=name, shape=tuple(shape), module=module, **role)
+
+
+class Family:
+    """Base of the family rules; subclasses fill in the architecture."""
+
+    name: str = ""
+    model_types: tuple[str, ...] = ()
+    mtp_config_key: str = ""
+
+    def text_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The config block that holds the language model's fields."""
+        return config
+
+    def setting(self, config: dict[str, Any], key: str, default: Any = None) -> Any:
+        """A text-config field, falling back to the top level (re-exported configs move them)."""
+        text = self.text_config(config)
+        if key in text:
+            return text[key]
+        return config.get(key, default)
+
+    def mtp_layers(self, config: dict[str, Any]) -> int:
+        """How many MTP layers the config declares (what the engine will build)."""
+        value = self.setting(config, self.mtp_config_key, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def has_vision(self, config: dict[str, Any]) -> bool:
+        """True when the architecture builds a vision tower unless told `language_model_only`."""
+        return False
+
+    def language_model_only(self, config: dict[str, Any]) -> bool:
+        return bool(config.get("language_model_only", False))
+
+    def dtype(self, config: dict[str, Any]) -> str:
+        """The safetensors dtype the config says unquantized weights are stored in."""
+        value = self.setting(config, "dtype") or self.setting(config, "torch_dtype") or "bfloat16"
+        return _CONFIG_DTYPES.get(str(value), "BF16")
+
+    def expected(self, config: dict[str, Any], *, fused_experts: bool = True, vision: bool | None = None) -> Inventory:
+        """The full expected inventory: trunk, embeddings, MTP head and (if any) vision tower."""
+        raise NotImplementedError
+
+    def group_of(self, name: str) -> str:
+        """The group of a tensor by its name alone (for tensors the inventory does not expect)."""
+        parts = name.split(".")
+        if parts[0] == "mtp":
+            return MTP
+        if self.is_vision(name):
+            return VISION
+        if parts[-2:-1] in (["embed_tokens"], ["lm_head"]) or parts[0] == "lm_head":
+            return EMBEDDINGS
+        return TRUNK
+
+    def is_vision(self, name: str) -> bool:
+        return name.split(".")[:2] == ["model", "visual"]
+
+    @staticmethod
+    def require(config: dict[str, Any], key: str, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise CheckpointError(f"config.json: {key} must be a non-negative integer, got {value!r}",
+                                  hint="restore config.json from the base model")
+        return value

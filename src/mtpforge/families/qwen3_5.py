@@ -1,0 +1,55 @@
+"""Qwen3.5 / Qwen3.6, dense (`qwen3_5`) and MoE (`qwen3_5_moe`).
+
+Two layouts share one family: the vision-language wrapper
+(`Qwen3_5ForConditionalGeneration`: `text_config`, `model.language_model.*`,
+`model.visual.*`) and the text-only class (`Qwen3_5ForCausalLM`: flat config,
+`model.*`). The MTP depth is `mtp_num_hidden_layers` (vLLM `qwen3_5_mtp.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtpforge.families import blocks
+from mtpforge.families.base import Family, Inventory
+
+
+class Qwen35Family(Family):
+    """Gated DeltaNet + gated full attention, split GDN projections, optional vision tower."""
+
+    mtp_config_key = "mtp_num_hidden_layers"
+
+    def __init__(self, *, moe: bool) -> None:
+        self.moe = moe
+        self.name = "qwen3_5_moe" if moe else "qwen3_5"
+        self.model_types = (self.name, f"{self.name}_text")
+
+    def text_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        text = config.get("text_config")
+        return text if isinstance(text, dict) else config
+
+    def is_wrapper(self, config: dict[str, Any]) -> bool:
+        """True for the vision-language layout (`model.language_model.*` names)."""
+        archs = config.get("architectures") or []
+        return "text_config" in config or any("ConditionalGeneration" in a for a in archs)
+
+    def has_vision(self, config: dict[str, Any]) -> bool:
+        return self.is_wrapper(config) and isinstance(config.get("vision_config"), dict)
+
+    def prefix(self, config: dict[str, Any]) -> str:
+        return "model.language_model" if self.is_wrapper(config) else "model"
+
+    def expected(self, config: dict[str, Any], *, fused_experts: bool = True, vision: bool | None = None) -> Inventory:
+        d = blocks.read_dims(self, config)
+        dtype = self.dtype(config)
+        inv = Inventory()
+        blocks.trunk(inv, self.prefix(config), d, dtype=dtype, gdn_fused=False,
+                     is_moe_layer=lambda i: self.moe, fused_experts=fused_experts)
+        blocks.mtp_head(inv, d, self.mtp_layers(config), moe=self.moe, fused_experts=fused_experts, dtype=dtype)
+        if vision if vision is not None else self.has_vision(config):
+            blocks.vision_tower(inv, "model.visual", config.get("vision_config") or {}, dtype)
+        return inv
+
+
+QWEN3_5 = Qwen35Family(moe=False)
+QWEN3_5_MOE = Qwen35Family(moe=True)
