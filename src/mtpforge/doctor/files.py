@@ -40,8 +40,8 @@ def _index_findings(ctx: Context) -> list[Finding]:
             out.append(finding("index-missing-tensor", f"{INDEX_NAME} maps {len(absent)} tensors to {shard}, which does not hold them",
                                tensors=absent, files=[shard]))
     complete = not any(f.code in ("index-missing-shard", "index-missing-tensor") for f in out) and not ckpt.header_errors
-    actual = sum(ckpt.headers[shard].tensors[name].nbytes for name, shard in index.weight_map.items())
-    if complete and index.total_size is not None and index.total_size != actual:
+    actual = sum(ckpt.headers[shard].tensors[name].nbytes for name, shard in index.weight_map.items()) if complete else None
+    if actual is not None and index.total_size is not None and index.total_size != actual:
         out.append(finding("index-total-size", f"metadata.total_size is {index.total_size:,} but the indexed tensors hold {actual:,} bytes",
                            files=[INDEX_NAME]))
     referenced = set(index.weight_map.values())

@@ -63,7 +63,10 @@ def check_inventory(ctx: Context) -> list[Finding]:
                 ([f"{len(bad_mtp)} wrong ({_head(bad_mtp)})"] if bad_mtp else [])
         out.append(finding("mtp-incomplete", "the MTP head is incomplete: " + "; ".join(parts),
                            tensors=missing[MTP] + [b.split(":")[0] for b in bad_mtp]))
-    unexpected = [n for n in stored if n not in expected and not (undeclared and ctx.family.group_of(n) == MTP)]
+    reported = {MTP} if undeclared else set()
+    if lm_only:
+        reported.add(VISION)  # vision-present-text-only says it
+    unexpected = [n for n in stored if n not in expected and ctx.family.group_of(n) not in reported]
     if unexpected:
         out.append(finding("tensor-unexpected", f"{len(unexpected)} stored tensors are not part of the model config.json describes: "
                            f"{_head(unexpected)}", tensors=unexpected))

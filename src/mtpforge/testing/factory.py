@@ -102,7 +102,7 @@ def make_checkpoint(
         config["quantization_config"] = fmt.config()
     rng = np.random.default_rng(seed)
     tensors: list[TensorData] = []
-    for name, spec in fam.expected(config, fused_experts=fused_experts).items():
+    for name, spec in fam.expected(config, fused_experts=fused_experts, vision=vision and fam.has_vision(config)).items():
         if spec.group == MTP and not mtp:
             continue
         if fmt is not None and scope(spec):
