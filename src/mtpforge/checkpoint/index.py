@@ -47,7 +47,8 @@ def read_index(root: Path) -> Index | None:
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise CheckpointError(f"{path}: 'weight_map' must map tensor names to shard file names")
-    for tensor, shard in weight_map.items():
+    first_tensor = {shard: tensor for tensor, shard in reversed(weight_map.items())}
+    for shard, tensor in sorted(first_tensor.items()):  # once per shard, not per tensor
         check_inside(root, shard, what=f"{INDEX_NAME} maps {tensor!r} to")
     metadata = doc.get("metadata") or {}
     total = metadata.get("total_size") if isinstance(metadata, dict) else None

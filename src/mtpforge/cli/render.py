@@ -47,7 +47,7 @@ def render_inspect(d: dict[str, Any]) -> str:
     s = d["shards"]
     index = f"indexed, total_size {s['total_size']:,}" if s["indexed"] and s["total_size"] is not None else (
         "indexed" if s["indexed"] else "no index")
-    lines.append(f"  shards        {s['count']} file(s), {size(s['file_bytes'])} on disk, {index}")
+    lines.append(f"  shards        {s['count']} file(s), {size(s['file_bytes'])} in files, {index}")
     return "\n".join(lines)
 
 
