@@ -119,6 +119,7 @@ def test_round_trip_of_any_valid_layout(entries: list[tuple[str, str, list[int]]
     assert {n: (t.dtype, t.shape) for n, t in header.tensors.items()} == {t.name: (t.dtype, t.shape) for t in tensors}
 
 
+@pytest.mark.slow
 @settings(max_examples=1500, deadline=None)
 @given(st.binary(max_size=300), st.integers(0, 400))
 def test_fuzz_arbitrary_bytes_never_escape_as_anything_but_header_error(blob: bytes, extra: int) -> None:
@@ -130,6 +131,7 @@ def test_fuzz_arbitrary_bytes_never_escape_as_anything_but_header_error(blob: by
     assert sum(t.nbytes for t in header.tensors.values()) == header.file_bytes - header.data_start
 
 
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=None)
 @given(st.dictionaries(st.text(max_size=5), st.recursive(
     st.none() | st.booleans() | st.integers(-5, 50) | st.text(max_size=4),
