@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from mtpforge import __version__
-from mtpforge.errors import EXIT_CHECKS_FAILED, EXIT_OK
+from mtpforge.errors import EXIT_CHECKS_FAILED, EXIT_OK, UsageError
 
 JSON_HELP = "Print one JSON document on stdout instead of the human summary."
 EXIT_CODES = "Exit codes: 0 ok, 1 checks failed, 2 usage error, 3 bad input, 70 internal bug."
@@ -41,19 +41,101 @@ def inspect(path: str, as_json: bool) -> int:
     return EXIT_OK
 
 
-@app.command(epilog="Examples:\n\n\b\n  mtpforge doctor ./Qwen3.6-27B-AWQ\n  mtpforge doctor ./ckpt --json --strict\n\n" + EXIT_CODES)
+def _out_options(fn: Any) -> Any:
+    """--out, --overwrite, --dry-run: the options every writing verb shares."""
+    fn = click.option("--dry-run", is_flag=True, help="Validate and print the plan; write nothing.")(fn)
+    fn = click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")(fn)
+    return fn
+
+
+@app.command(epilog="Examples:\n\n\b\n  mtpforge doctor ./Qwen3.6-27B-AWQ\n  mtpforge doctor ./ckpt --json --strict\n"
+             "  mtpforge doctor ./ckpt --fix --out ./ckpt-fixed\n\n" + EXIT_CODES)
 @click.argument("path", type=click.Path(file_okay=False, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on warnings too, not only on errors.")
-def doctor(path: str, as_json: bool, strict: bool) -> int:
+@click.option("--fix", "apply_fix", is_flag=True, help="Write a copy with every fix that needs no donor applied (needs --out).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None, help="Output directory for --fix.")
+@_out_options
+def doctor(path: str, as_json: bool, strict: bool, apply_fix: bool, out: str | None, overwrite: bool, dry_run: bool) -> int:
     """Diagnose a checkpoint against the finding catalogue; exit 1 when errors are found."""
     from mtpforge.cli.render import render_doctor
+
+    if apply_fix:
+        return _doctor_fix(path, out, as_json=as_json, overwrite=overwrite, dry_run=dry_run)
+    if out or overwrite or dry_run:
+        raise UsageError("--out, --overwrite and --dry-run go with --fix", hint=f"mtpforge doctor {path} --fix --out OUT")
     from mtpforge.doctor import doctor as run_doctor
 
     report = run_doctor(path)
     _emit(report.to_dict(), as_json, render_doctor(report))
     failed = not report.ok or (strict and report.count("warning") > 0)
     return EXIT_CHECKS_FAILED if failed else EXIT_OK
+
+
+def _doctor_fix(path: str, out: str | None, *, as_json: bool, overwrite: bool, dry_run: bool) -> int:
+    from mtpforge.cli.render import render_doctor
+    from mtpforge.doctor.fix import fix
+
+    if out is None:
+        raise UsageError("--fix writes a repaired copy: give it --out DIR", hint=f"mtpforge doctor {path} --fix --out {path}-fixed")
+    result = fix(path, out, overwrite=overwrite, dry_run=dry_run)
+    left = [f.to_dict(path) for f in result.unfixable]
+    doc = {"schema": "mtpforge.doctor-fix/1", "plan": result.plan.to_dict() if result.plan else None, "written": bool(result.after),
+           "out": out if result.after else None, "unfixable": left, "after": result.after.to_dict() if result.after else None}
+    lines = [result.plan.render() if result.plan else f"{path}: nothing that --fix can repair; nothing written"]
+    lines += [f"cannot fix {f['code']}: {f['fix']}" + (f"  ->  {f['command']}" if f["command"] else "") for f in left]
+    if result.after:
+        lines += [f"wrote {out}; doctor on the output:", render_doctor(result.after)]
+    _emit(doc, as_json, "\n".join(lines))
+    failed = (result.after is not None and not result.after.ok) or (result.after is None and any(f["severity"] == "error" for f in left))
+    return EXIT_CHECKS_FAILED if failed else EXIT_OK
+
+
+@app.command(epilog="Examples:\n\n\b\n  mtpforge graft ./tmax-27b --donor Qwen/Qwen3.6-27B --out ./tmax-27b-mtp\n"
+             "  mtpforge graft ./awq --donor ./Qwen3.6-27B --out ./awq-mtp --dry-run\n\n" + EXIT_CODES)
+@click.argument("target", type=click.Path(file_okay=False, path_type=str))
+@click.option("--donor", required=True, help="The checkpoint holding the head: a local directory or a hub repo id (org/name).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output directory.")
+@click.option("--revision", default="main", show_default=True, help="Hub revision of a remote donor.")
+@click.option("--mtp-precision", type=click.Choice(["source", "match"]), default="source", show_default=True,
+              help="source: the head as stored in the donor (BF16); match: quantized like the trunk.")
+@click.option("--shard-name", default="mtp.safetensors", show_default=True, help="File the head is written to.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@_out_options
+def graft(target: str, donor: str, out: str, revision: str, mtp_precision: str, shard_name: str, as_json: bool,
+          overwrite: bool, dry_run: bool) -> int:
+    """Put the donor's MTP head into TARGET: indexed, excluded from quantization, declared."""
+    from mtpforge.graft import graft as run_graft
+
+    plan = run_graft(target, donor, out, revision=revision, mtp_precision=mtp_precision, shard_name=shard_name,
+                     overwrite=overwrite, dry_run=dry_run)
+    return _report_written(plan, out, as_json=as_json, dry_run=dry_run)
+
+
+@app.command(epilog="Examples:\n\n\b\n  mtpforge strip ./Qwen3.6-27B-W4A16 --vision --out ./Qwen3.6-27B-W4A16-text\n\n" + EXIT_CODES)
+@click.argument("target", type=click.Path(file_okay=False, path_type=str))
+@click.option("--vision", is_flag=True, help="Drop the vision tower and declare language_model_only.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output directory.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@_out_options
+def strip(target: str, vision: bool, out: str, as_json: bool, overwrite: bool, dry_run: bool) -> int:
+    """Write a text-only build of TARGET (keeps the architecture and names engines need)."""
+    from mtpforge.strip import strip as run_strip
+
+    plan = run_strip(target, out, vision=vision, overwrite=overwrite, dry_run=dry_run)
+    return _report_written(plan, out, as_json=as_json, dry_run=dry_run)
+
+
+def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int:
+    """Print the plan and, after a real run, doctor's verdict on the output (exit 1 if it has errors)."""
+    from mtpforge.cli.render import render_doctor
+    from mtpforge.doctor import doctor as run_doctor
+
+    after = None if dry_run else run_doctor(out)
+    doc = {**plan.to_dict(), "out": None if dry_run else out, "dry_run": dry_run, "after": after.to_dict() if after else None}
+    human = plan.render() + ("\n(dry run: nothing written)" if dry_run else f"\nwrote {out}; doctor on the output:\n{render_doctor(after)}")
+    _emit(doc, as_json, human)
+    return EXIT_CHECKS_FAILED if after is not None and not after.ok else EXIT_OK
 
 
 @app.command()

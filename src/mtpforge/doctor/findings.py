@@ -6,9 +6,7 @@ catalogue, for defects it leaves implicit: `tensor-missing`,
 Unsafe paths in the index are not findings: they are refused outright (exit 3),
 because nothing read through them can be trusted.
 
-`command` names the mtpforge command that applies a fix; it stays None until
-that command exists (graft, strip and `doctor --fix` come with the surgery
-issue).
+`command` names the mtpforge command that applies a fix, where one does.
 """
 
 from __future__ import annotations
@@ -27,23 +25,23 @@ class Rule:
 
 
 CATALOGUE: dict[str, Rule] = {
-    "mtp-missing": Rule(ERROR, "graft the head from the exact base model", None),
-    "mtp-unindexed": Rule(ERROR, "add the mtp.* tensors to weight_map and recompute total_size", None),
-    "mtp-incomplete": Rule(ERROR, "re-graft the whole head from the base model", None),
-    "mtp-undeclared": Rule(WARNING, "declare the MTP layers in config.json", None),
-    "mtp-quant-uncovered": Rule(ERROR, "add 're:^mtp.*' to compressed-tensors ignore / 'mtp*' to modelopt exclude_modules", None),
-    "mtp-ignore-fused-unsafe": Rule(ERROR, "replace the per-module MTP entries with 're:^mtp.*'", None),
-    "mtp-quantized": Rule(WARNING, "prefer a BF16 head unless its acceptance was measured", None),
+    "mtp-missing": Rule(ERROR, "graft the head from the exact base model", "mtpforge graft {path} --donor BASE --out OUT"),
+    "mtp-unindexed": Rule(ERROR, "add the mtp.* tensors to weight_map and recompute total_size", "mtpforge doctor {path} --fix --out OUT"),
+    "mtp-incomplete": Rule(ERROR, "re-graft the whole head from the base model", "mtpforge graft {path} --donor BASE --out OUT"),
+    "mtp-undeclared": Rule(WARNING, "declare the MTP layers in config.json", "mtpforge doctor {path} --fix --out OUT"),
+    "mtp-quant-uncovered": Rule(ERROR, "add 're:^mtp.*' to compressed-tensors ignore / 'mtp*' to modelopt exclude_modules", "mtpforge doctor {path} --fix --out OUT"),
+    "mtp-ignore-fused-unsafe": Rule(ERROR, "replace the per-module MTP entries with 're:^mtp.*'", "mtpforge doctor {path} --fix --out OUT"),
+    "mtp-quantized": Rule(WARNING, "prefer a BF16 head unless its acceptance was measured", "mtpforge graft {path} --donor BASE --out OUT"),
     "mtp-quant-companions": Rule(ERROR, "re-quantize the module, or graft the BF16 head", None),
-    "mtp-norm-convention": Rule(ERROR, "undo the shift (store w, not 1 + w), or re-graft the head from the base", None),
+    "mtp-norm-convention": Rule(ERROR, "undo the shift (store w, not 1 + w), or re-graft the head from the base", "mtpforge graft {path} --donor BASE --out OUT"),
     "fused-group-mixed": Rule(ERROR, "quantize or ignore fused groups whole (q/k/v, gate/up, in_proj_qkv+z, in_proj_b+a)", None),
     "gdn-small-proj-quantized": Rule(WARNING, "keep linear_attn.in_proj_a / in_proj_b in BF16", None),
     "high-precision-quantized": Rule(ERROR, "keep conv1d, A_log, dt_bias, norms and routers unquantized", None),
-    "vision-missing-undeclared": Rule(ERROR, "declare the build text-only (language_model_only: true)", None),
-    "vision-present-text-only": Rule(INFO, "drop the unused vision tower", None),
+    "vision-missing-undeclared": Rule(ERROR, "declare the build text-only (language_model_only: true)", "mtpforge doctor {path} --fix --out OUT"),
+    "vision-present-text-only": Rule(INFO, "drop the unused vision tower", "mtpforge strip {path} --vision --out OUT"),
     "index-missing-shard": Rule(ERROR, "restore the missing file, or re-index", None),
     "index-missing-tensor": Rule(ERROR, "re-index the checkpoint", None),
-    "index-total-size": Rule(WARNING, "recompute metadata.total_size as the sum of tensor bytes", None),
+    "index-total-size": Rule(WARNING, "recompute metadata.total_size as the sum of tensor bytes", "mtpforge doctor {path} --fix --out OUT"),
     "shard-orphan": Rule(WARNING, "remove the file or add its tensors to the index", None),
     "header-invalid": Rule(ERROR, "re-download the shard", None),
     "tensor-shape-mismatch": Rule(ERROR, "the tensor does not belong to this config: restore it from the base", None),

@@ -81,6 +81,17 @@ class Family:
         value = self.setting(config, self.mtp_config_key, 0)
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
+    def with_setting(self, config: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+        """A copy of `config` with a text-config field set where the engines read it (and at top level if it is there too)."""
+        import copy
+
+        config = copy.deepcopy(config)
+        text = self.text_config(config)
+        text[key] = value
+        if text is not config and key in config:
+            config[key] = value
+        return config
+
     def has_vision(self, config: dict[str, Any]) -> bool:
         """True when the architecture builds a vision tower unless told `language_model_only`."""
         return False

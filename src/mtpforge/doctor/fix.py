@@ -1,0 +1,93 @@
+"""`mtpforge doctor --fix`: apply every fix that needs no donor.
+
+Fixed here: an unindexed head (indexed), ignore / exclude lists that miss the
+head or name it module by module (`re:^mtp.*`, `mtp*`), a wrong `total_size`
+(always recomputed), an undeclared head (declared with the layer count found)
+and a missing `language_model_only` on a build without vision tensors.
+Everything else is listed with the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mtpforge.checkpoint import open_checkpoint
+from mtpforge.doctor import DoctorReport, Finding, doctor
+from mtpforge.families import MTP, detect_family
+from mtpforge.surgery.output import make_plan
+from mtpforge.surgery.plan import NewShard, Plan, TensorCopy
+from mtpforge.surgery.quant_lists import edit_lists, exclude_prefix
+from mtpforge.surgery.rebuild import hf_quant_config, rebuild
+from mtpforge.surgery.sources import FileRange
+from mtpforge.surgery.stage import apply_plan, check_destination
+
+FIXABLE = frozenset({"mtp-unindexed", "mtp-quant-uncovered", "mtp-ignore-fused-unsafe", "index-total-size",
+                     "mtp-undeclared", "vision-missing-undeclared"})
+
+
+@dataclass(frozen=True)
+class FixResult:
+    """What `--fix` did: the plan (None when nothing was fixable), what it left, and the output's diagnosis."""
+
+    plan: Plan | None
+    unfixable: tuple[Finding, ...]
+    after: DoctorReport | None
+
+
+def plan_fix(path: str | os.PathLike[str], report: DoctorReport) -> Plan | None:
+    """The plan fixing `report`'s fixable findings in `path`, or None when there are none."""
+    fixable = [f for f in report.findings if f.code in FIXABLE]
+    if not fixable:
+        return None
+    ckpt = open_checkpoint(path)
+    family = detect_family(ckpt.config)
+    codes = {f.code for f in fixable}
+    config, hf_quant = ckpt.config, hf_quant_config(ckpt)
+    actions: list[str] = []
+    drop: set[str] = set()
+    add: list[NewShard] = []
+    for f in fixable:
+        if f.code == "mtp-unindexed":
+            shard = f.files[0]
+            header = ckpt.headers[shard]
+            name = shard if set(header.tensors) == set(f.tensors) else "mtp.safetensors"
+            drop |= set(f.tensors)
+            add.append(NewShard(name, tuple(TensorCopy(t.name, t.dtype, t.shape, FileRange(ckpt.root / shard, t.begin, t.end))
+                                            for t in sorted((header.tensors[n] for n in f.tensors), key=lambda t: t.begin))))
+            actions.append(f"index the {len(f.tensors)} MTP tensors of {shard}" + (f" (moved to {name})" if name != shard else ""))
+    if codes & {"mtp-quant-uncovered", "mtp-ignore-fused-unsafe"}:
+        config, hf_quant, _ = edit_lists(config, hf_quant, exclude_prefix("mtp"))
+        actions.append("exclude the MTP head from quantization with re:^mtp.* / mtp*")
+    if "mtp-undeclared" in codes:
+        layers = len({m.group(1) for n in ckpt.tensors if family.group_of(n) == MTP and (m := re.match(r"mtp\.layers\.(\d+)\.", n))})
+        config = family.with_setting(config, family.mtp_config_key, layers)
+        actions.append(f"declare {family.mtp_config_key} = {layers}")
+    if "vision-missing-undeclared" in codes:
+        config = {**config, "language_model_only": True}
+        actions.append("declare language_model_only: true (no vision tensors are shipped)")
+    if "index-total-size" in codes:
+        actions.append("recompute metadata.total_size from the tensors' bytes")
+    rb = rebuild(ckpt, drop=drop, add=tuple(add))
+    return make_plan("doctor-fix", ckpt.root, rb, config, hf_quant, actions, [])
+
+
+def fix(path: str, out: str, *, overwrite: bool = False, dry_run: bool = False) -> FixResult:
+    """Diagnose `path`, write a copy with every donor-free fix applied to `out`, and diagnose the copy.
+
+    Args:
+        path: the checkpoint to repair (never modified).
+        out: the output directory (must not exist unless `overwrite`).
+        overwrite: replace `out` if it exists.
+        dry_run: return the plan without writing anything.
+    """
+    check_destination(Path(path), Path(out), overwrite=overwrite)
+    report = doctor(path)
+    plan = plan_fix(path, report)
+    unfixable = tuple(f for f in report.findings if f.code not in FIXABLE)
+    if plan is None or dry_run:
+        return FixResult(plan, unfixable, None)
+    apply_plan(plan, Path(out), overwrite=overwrite)
+    return FixResult(plan, unfixable, doctor(out))

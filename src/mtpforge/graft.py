@@ -1,0 +1,207 @@
+"""`mtpforge graft`: put a donor's MTP head into a target, indexed, excluded from
+quantization and declared, so that the engines load it and it drafts.
+
+Everything is checked before a byte is written: the donor's family and
+dimensions must match the target's, its head must be complete and in the
+target's expert layout, and its norms must be in the target trunk's
+convention. The donor may be a local checkpoint or a hub repository, of which
+only the index, the headers of the shards holding `mtp.*` and the head's bytes
+are fetched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtpforge.checkpoint import Checkpoint, open_checkpoint
+from mtpforge.checkpoint.header import FLOAT_DTYPES, TensorInfo
+from mtpforge.checkpoint.values import decode
+from mtpforge.doctor.norms import SHIFT_THRESHOLD, norm_shift
+from mtpforge.errors import CheckpointError, MtpforgeError, UsageError
+from mtpforge.families import MTP, Family, TensorSpec, detect_family, expected_inventory
+from mtpforge.families.blocks import read_dims
+from mtpforge.hub import RemoteRepo, is_repo_id
+from mtpforge.surgery.output import make_plan
+from mtpforge.surgery.plan import ByteSource, NewShard, Plan, TensorCopy
+from mtpforge.surgery.quant_lists import edit_lists, exclude_prefix
+from mtpforge.surgery.rebuild import hf_quant_config, rebuild
+from mtpforge.surgery.sources import FileRange, fetch_range
+from mtpforge.surgery.stage import apply_plan, check_destination
+
+# Dimensions that must agree for a head to run on a trunk (DOMAIN.md §2).
+COMPATIBLE_DIMS = ("hidden", "vocab", "heads", "kv_heads", "head_dim", "intermediate",
+                   "num_experts", "moe_intermediate", "shared_intermediate")
+
+
+class GraftError(MtpforgeError):
+    """The donor cannot serve the target, or there is nothing to graft."""
+
+
+@dataclass(frozen=True)
+class Donor:
+    """Where the head comes from: its config, its tensors' locations, and how to read them."""
+
+    name: str
+    revision: str | None
+    config: dict[str, Any]
+    tensors: dict[str, TensorInfo]  # at least every mtp.* tensor the donor loads
+    source: Callable[[TensorInfo], ByteSource]
+    read: Callable[[TensorInfo], np.ndarray]
+
+
+def open_donor(donor: str, *, revision: str = "main") -> Donor:
+    """A local checkpoint directory, or a hub repository id (`org/name`)."""
+    if os.path.exists(donor):
+        ckpt = open_checkpoint(donor)
+        return Donor(str(donor), None, ckpt.config, ckpt.tensors,
+                     lambda t: FileRange(ckpt.root / t.shard, t.begin, t.end), ckpt.read)
+    if not is_repo_id(donor):
+        raise CheckpointError(f"donor {donor!r} is neither a local directory nor a hub repository id (org/name)")
+    repo = RemoteRepo(donor, revision)
+    config = repo.json_file("config.json")
+    family = detect_family(config)
+    weight_map = repo.weight_map()
+    shards = {s for n, s in weight_map.items() if family.group_of(n) == MTP} if weight_map else {"model.safetensors"}
+    tensors: dict[str, TensorInfo] = {}
+    for shard in sorted(shards):
+        header = repo.shard_header(shard)
+        tensors.update({n: t for n, t in header.tensors.items() if weight_map is None or weight_map.get(n) == shard})
+
+    def read(t: TensorInfo) -> np.ndarray:
+        return decode(t.dtype, t.shape, fetch_range(repo.url(t.shard), t.begin, t.end, repo.headers))
+
+    return Donor(donor, revision, config, tensors, lambda t: repo.tensor_source(t.shard, t.begin, t.end), read)
+
+
+def plan_graft(target: str | os.PathLike[str], donor: Donor, *, shard_name: str = "mtp.safetensors") -> Plan:
+    """Validate the graft of `donor`'s head into `target` and describe the output (pure; nothing is written).
+
+    Raises:
+        GraftError: the families or dimensions differ, or the donor has no complete BF16 head.
+    """
+    ckpt = open_checkpoint(target)
+    family = detect_family(ckpt.config)
+    donor_family = detect_family(donor.config)
+    if donor_family.name != family.name:
+        raise GraftError(f"donor {donor.name} is {donor_family.name} but the target is {family.name}",
+                         hint="graft from the target's own base model")
+    _check_dims(family, ckpt.config, donor)
+    layers = donor_family.mtp_layers(donor.config)
+    head_names = [n for n in donor.tensors if donor_family.group_of(n) == MTP]
+    if not head_names:
+        raise GraftError(f"donor {donor.name} has no mtp.* tensor: there is nothing to graft",
+                         hint="use the base model that shipped the MTP head (e.g. Qwen/Qwen3.6-27B)")
+    config = family.with_setting(ckpt.config, family.mtp_config_key, layers)
+    expected = {n: s for n, s in expected_inventory(family, config, ckpt.tensors).items() if s.group == MTP}
+    _check_head(donor, expected, head_names)
+    _check_norms(ckpt, donor, family, config)
+
+    drop = {n for n in ckpt.tensors if family.group_of(n) == MTP} | {n for n in ckpt.unindexed if family.group_of(n) == MTP}
+    metadata = (("format", "pt"), ("mtp_source", donor.name), ("mtp_revision", donor.revision or "local"))
+    head = NewShard(shard_name, tuple(TensorCopy(n, donor.tensors[n].dtype, donor.tensors[n].shape, donor.source(donor.tensors[n]))
+                                      for n in expected), metadata)
+    rb = rebuild(ckpt, drop=drop, add=(head,))
+    config, hf_quant, excluded = edit_lists(config, hf_quant_config(ckpt), exclude_prefix("mtp"))
+    actions = [f"{'replace the existing' if drop else 'add the'} MTP head: {len(expected)} tensors from {donor.name}"
+               f"{' @ ' + donor.revision if donor.revision else ''} into {shard_name}",
+               f"declare {family.mtp_config_key} = {layers} in config.json"]
+    if drop:
+        actions.append(f"remove {len(drop)} old mtp.* tensors")
+    if excluded:
+        actions.append("exclude the head from quantization as the engines read it (re:^mtp.* / mtp*)")
+    return make_plan("graft", ckpt.root, rb, config, hf_quant, actions, _provenance_warnings(ckpt, donor))
+
+
+def graft(target: str, donor: str, out: str, *, revision: str = "main", mtp_precision: str = "source",
+          shard_name: str = "mtp.safetensors", overwrite: bool = False, dry_run: bool = False) -> Plan:
+    """Graft `donor`'s MTP head into `target`, writing the result to `out`.
+
+    Args:
+        target: the checkpoint that lacks (or has a broken) head.
+        donor: a local checkpoint or hub repository id holding the head, normally the target's base.
+        out: the output directory (must not exist unless `overwrite`).
+        revision: the hub revision of a remote donor.
+        mtp_precision: `source` keeps the donor's precision (BF16); `match` quantizes the head like the trunk.
+        shard_name: the file the head is written to.
+        overwrite: replace `out` if it exists.
+        dry_run: validate and return the plan without writing anything.
+
+    Returns:
+        The plan that was (or, with `dry_run`, would be) carried out.
+    """
+    if mtp_precision != "source":
+        raise UsageError("--mtp-precision match needs the quantization code, which mtpforge does not have yet",
+                         hint="graft with --mtp-precision source (a BF16 head), which the seeds measure as drafting best")
+    check_destination(Path(target), Path(out), overwrite=overwrite)
+    plan = plan_graft(target, open_donor(donor, revision=revision), shard_name=shard_name)
+    if not dry_run:
+        apply_plan(plan, Path(out), overwrite=overwrite)
+    return plan
+
+
+def _check_dims(family: Family, config: dict[str, Any], donor: Donor) -> None:
+    mine, theirs = read_dims(family, config), read_dims(family, donor.config)
+    wrong = [f"{d}: target {getattr(mine, d)} vs donor {getattr(theirs, d)}" for d in COMPATIBLE_DIMS if getattr(mine, d) != getattr(theirs, d)]
+    if family.dtype(config) != family.dtype(donor.config):
+        wrong.append(f"dtype: target {family.dtype(config)} vs donor {family.dtype(donor.config)}")
+    if wrong:
+        raise GraftError(f"donor {donor.name} cannot serve this target: " + "; ".join(wrong),
+                         hint="graft from the base model the target was trained or quantized from")
+
+
+def _check_head(donor: Donor, expected: dict[str, TensorSpec], head_names: list[str]) -> None:
+    missing = sorted(set(expected) - set(head_names))
+    extra = sorted(set(head_names) - set(expected))
+    if missing or extra:
+        detail = (f"missing {len(missing)} ({', '.join(missing[:3])})" if missing else "") + \
+                 ("; " if missing and extra else "") + (f"unexpected {len(extra)} ({', '.join(extra[:3])})" if extra else "")
+        raise GraftError(f"donor {donor.name}'s MTP head does not match the target's layout: {detail}",
+                         hint="the donor's head is incomplete or uses another expert layout; use the original base")
+    bad = [f"{n} {list(donor.tensors[n].shape)} {donor.tensors[n].dtype}" for n, s in expected.items()
+           if donor.tensors[n].shape != s.shape or donor.tensors[n].dtype not in FLOAT_DTYPES]
+    if bad:
+        raise GraftError(f"donor {donor.name}'s MTP tensors are not an unquantized head of the target's shape: {', '.join(bad[:3])}",
+                         hint="graft from a BF16 base; --mtp-precision source copies the head as stored")
+
+
+def _check_norms(ckpt: Checkpoint, donor: Donor, family: Family, config: dict[str, Any]) -> None:
+    expected = expected_inventory(family, config, ckpt.tensors)
+
+    def mean(read: Callable[[TensorInfo], np.ndarray], tensors: dict[str, TensorInfo], spec: TensorSpec) -> float | None:
+        info = tensors.get(spec.name)
+        return float(read(info).mean()) if info is not None and info.dtype in FLOAT_DTYPES else None
+
+    shift, rows = norm_shift(expected, lambda s: mean(donor.read, donor.tensors, s), lambda s: mean(ckpt.read, ckpt.tensors, s))
+    if abs(shift) >= SHIFT_THRESHOLD:
+        raise GraftError(f"the donor head's norms are shifted by {shift:+.2f} relative to the target trunk's "
+                         f"(e.g. {rows[0][0]}: {rows[0][1]:+.2f} vs {rows[0][2]:+.2f}); grafted, the head would collapse",
+                         hint="one side was converted with a +1 norm shift (MLX/GGUF); graft from an original HF checkpoint")
+
+
+def _provenance_warnings(ckpt: Checkpoint, donor: Donor) -> list[str]:
+    base = recorded_base(ckpt)
+    if base is None:
+        return ["the target records no base_model: make sure the donor is its exact base (a head from another finetune drafts worse)"]
+    donor_id = donor.name.rstrip("/")
+    if donor_id != base and Path(donor_id).name != base.split("/")[-1]:
+        return [f"the donor {donor.name} is not the target's recorded base {base}: the head works but drafts less well (F19)"]
+    return []
+
+
+def recorded_base(ckpt: Checkpoint) -> str | None:
+    """`base_model` from the model card's YAML front matter (the Hugging Face convention), if any."""
+    if "README.md" not in ckpt.files:
+        return None
+    text = (ckpt.root / "README.md").read_text(encoding="utf-8", errors="replace")
+    front = re.match(r"---\n(.*?)\n---", text, re.S)
+    if not front:
+        return None
+    match = re.search(r"^base_model:\s*(?:\n\s*-\s*)?['\"]?([\w./-]+)", front.group(1), re.M)
+    return match.group(1) if match else None

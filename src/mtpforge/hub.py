@@ -1,0 +1,112 @@
+"""Read just enough of a Hugging Face repository over HTTP: JSON files, the
+safetensors headers of chosen shards, and byte ranges of chosen tensors.
+
+URLs are the hub's download URLs, `{endpoint}/{repo}/resolve/{revision}/{file}`
+(the ones huggingface_hub fetches), with `HF_ENDPOINT` and `HF_TOKEN` honoured
+as huggingface_hub honours them. A graft from the hub therefore downloads the
+index, the headers of the shards that hold `mtp.*`, and the head's bytes:
+about 0.85 GB for Qwen3.6-27B instead of 55 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from mtpforge.checkpoint.header import MAX_HEADER_BYTES, ShardHeader, parse_header
+from mtpforge.checkpoint.index import INDEX_NAME
+from mtpforge.errors import CheckpointError
+from mtpforge.surgery.sources import HTTP_TIMEOUT_SEC, HttpRange, SourceError, fetch_range
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_repo_id(text: str) -> bool:
+    """True for `org/name` that is not an existing local path."""
+    return bool(_REPO_ID.match(text)) and not os.path.exists(text)
+
+
+@dataclass(frozen=True)
+class RemoteRepo:
+    """A model repository on a Hugging Face-compatible hub, at one revision."""
+
+    repo_id: str
+    revision: str = "main"
+    endpoint: str = ""
+
+    @property
+    def base(self) -> str:
+        return (self.endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+    def url(self, filename: str) -> str:
+        return f"{self.base}/{self.repo_id}/resolve/{urllib.parse.quote(self.revision, safe='')}/{urllib.parse.quote(filename)}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        token = os.environ.get("HF_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def json_file(self, filename: str, *, optional: bool = False) -> Any:
+        """GET and parse a JSON file; None when `optional` and the hub says 404."""
+        request = urllib.request.Request(self.url(filename), headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SEC) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            if optional and e.code == 404:
+                return None
+            raise SourceError(f"{self.url(filename)}: HTTP {e.code} {e.reason}",
+                              hint="check the repository id and revision; set HF_TOKEN for gated repositories") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise SourceError(f"{self.url(filename)}: cannot reach the hub: {getattr(e, 'reason', e)}",
+                              hint="check the network, or set HF_ENDPOINT") from e
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise CheckpointError(f"{self.repo_id}/{filename}: not valid JSON: {e}") from e
+
+    def shard_header(self, filename: str) -> ShardHeader:
+        """The validated header of a remote shard, read with two range requests."""
+        prefix, total = _range_with_total(self.url(filename), 0, 8, self.headers)
+        n = int.from_bytes(prefix, "little")
+        if n > MAX_HEADER_BYTES or 8 + n > total:
+            return parse_header(prefix, total, f"{self.repo_id}/{filename}")  # raises with the reason
+        body = fetch_range(self.url(filename), 8, 8 + n, self.headers)
+        return parse_header(prefix + body, total, f"{self.repo_id}/{filename}")
+
+    def tensor_source(self, filename: str, begin: int, end: int) -> HttpRange:
+        return HttpRange(self.url(filename), begin, end, tuple(self.headers.items()))
+
+    def weight_map(self) -> dict[str, str] | None:
+        """The index's weight_map, or None for a single-file repository."""
+        doc = self.json_file(INDEX_NAME, optional=True)
+        if doc is None:
+            return None
+        wm = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not isinstance(wm, dict):
+            raise CheckpointError(f"{self.repo_id}/{INDEX_NAME}: no weight_map")
+        return wm
+
+
+def _range_with_total(url: str, begin: int, end: int, headers: dict[str, str]) -> tuple[bytes, int]:
+    request = urllib.request.Request(url, headers={**headers, "Range": f"bytes={begin}-{end - 1}"})
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SEC) as response:
+            content_range = response.headers.get("Content-Range", "")
+            data = response.read()
+    except urllib.error.HTTPError as e:
+        raise SourceError(f"{url}: HTTP {e.code} {e.reason}", hint="check the repository id, revision and file name") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise SourceError(f"{url}: cannot reach the hub: {getattr(e, 'reason', e)}", hint="check the network") from e
+    match = re.match(r"bytes \d+-\d+/(\d+)", content_range)
+    if not match:
+        raise SourceError(f"{url}: the server does not support byte ranges (no Content-Range)",
+                          hint="the hub endpoint must support HTTP range requests")
+    return data, int(match.group(1))

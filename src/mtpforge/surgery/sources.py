@@ -1,0 +1,105 @@
+"""Where the bytes of a tensor to write come from: a range of a local file, or
+a range of a remote file fetched with HTTP range requests.
+
+Both stream in bounded chunks and check that every promised byte arrived, so
+a donor that shrinks or vanishes mid-read, or a server that drops the
+connection, is an error instead of a silently short tensor.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtpforge.errors import MtpforgeError
+
+CHUNK_BYTES = 16 << 20  # bounded memory: one chunk in flight, whatever the tensor size
+HTTP_TIMEOUT_SEC = 60
+
+
+class SourceError(MtpforgeError):
+    """A source of tensor bytes failed: the file changed or the server misbehaved."""
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """Bytes [begin, end) of a local file."""
+
+    path: Path
+    begin: int
+    end: int
+
+    def describe(self) -> str:
+        return f"{self.path} [{self.begin}:{self.end}]"
+
+    def chunks(self, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        try:
+            with open(self.path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self.end:
+                    raise SourceError(f"{self.path}: the file shrank to {os.fstat(f.fileno()).st_size} bytes while being read "
+                                      f"(tensor bytes end at {self.end})", hint="the source changed under mtpforge; run again")
+                f.seek(self.begin)
+                left = self.end - self.begin
+                while left:
+                    data = f.read(min(size, left))
+                    if not data:
+                        raise SourceError(f"{self.path}: ended {left} bytes early while being read", hint="the source changed; run again")
+                    left -= len(data)
+                    yield data
+        except FileNotFoundError as e:
+            raise SourceError(f"{self.path}: disappeared while being read", hint="the source changed; run again") from e
+
+
+@dataclass(frozen=True)
+class HttpRange:
+    """Bytes [begin, end) of a remote file, fetched with `Range` requests."""
+
+    url: str
+    begin: int
+    end: int
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+    def describe(self) -> str:
+        return f"{self.url} [{self.begin}:{self.end}]"
+
+    def chunks(self, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        pos = self.begin
+        while pos < self.end:
+            stop = min(pos + size, self.end)
+            data = fetch_range(self.url, pos, stop, dict(self.headers))
+            pos = stop
+            yield data
+
+
+def fetch_range(url: str, begin: int, end: int, headers: dict[str, str]) -> bytes:
+    """GET bytes [begin, end) of `url`; the server must honour the range exactly."""
+    if end <= begin:
+        return b""
+    request = urllib.request.Request(url, headers={**headers, "Range": f"bytes={begin}-{end - 1}"})
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SEC) as response:
+            if response.status != 206:
+                raise SourceError(f"{url}: the server ignored the byte range (HTTP {response.status})",
+                                  hint="the hub endpoint must support HTTP range requests")
+            data = response.read()
+    except urllib.error.HTTPError as e:
+        raise SourceError(f"{url}: HTTP {e.code} {e.reason}", hint=_http_hint(e.code)) from e
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise SourceError(f"{url}: connection failed or dropped: {reason}", hint="check the network and run again") from e
+    if len(data) != end - begin:
+        raise SourceError(f"{url}: got {len(data)} of {end - begin} bytes (connection dropped)", hint="run again")
+    return data
+
+
+def _http_hint(code: int) -> str:
+    if code in (401, 403):
+        return "the repository is gated or private: set HF_TOKEN"
+    if code == 404:
+        return "check the repository id, the revision and the file name"
+    return "the server failed; run again later"
