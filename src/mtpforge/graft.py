@@ -22,6 +22,7 @@ import numpy as np
 
 from mtpforge.checkpoint import Checkpoint, open_checkpoint
 from mtpforge.checkpoint.header import FLOAT_DTYPES, TensorInfo
+from mtpforge.checkpoint.stored import resolve
 from mtpforge.checkpoint.values import decode
 from mtpforge.doctor.norms import SHIFT_THRESHOLD, norm_shift
 from mtpforge.errors import CheckpointError, MtpforgeError, UsageError
@@ -94,7 +95,13 @@ def plan_graft(target: str | os.PathLike[str], donor: Donor, *, shard_name: str 
                          hint="graft from the target's own base model")
     _check_dims(family, ckpt.config, donor)
     layers = donor_family.mtp_layers(donor.config)
-    head_names = [n for n in donor.tensors if donor_family.group_of(n) == MTP]
+    head = {n: w for n, w in resolve(donor.tensors).items() if donor_family.group_of(n) == MTP}
+    quantized = sorted(n for n, w in head.items() if w.quantized)
+    if quantized:
+        raise GraftError(f"donor {donor.name}'s MTP head is quantized ({head[quantized[0]].format}, {len(quantized)} weights): "
+                         "it is not an unquantized head to copy as stored",
+                         hint="graft from the BF16 base; --mtp-precision source copies the head as stored")
+    head_names = sorted(head)
     if not head_names:
         raise GraftError(f"donor {donor.name} has no mtp.* tensor: there is nothing to graft",
                          hint="use the base model that shipped the MTP head (e.g. Qwen/Qwen3.6-27B)")

@@ -13,16 +13,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from mtpforge.checkpoint.header import MAX_HEADER_BYTES, ShardHeader, parse_header
+from mtpforge.checkpoint.header import MAX_HEADER_BYTES, HeaderError, ShardHeader, parse_header
 from mtpforge.checkpoint.index import INDEX_NAME
 from mtpforge.errors import CheckpointError
-from mtpforge.surgery.sources import HTTP_TIMEOUT_SEC, HttpRange, SourceError, fetch_range
+from mtpforge.surgery.sources import HttpRange, SourceError, fetch_range, http_get
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -55,18 +53,9 @@ class RemoteRepo:
 
     def json_file(self, filename: str, *, optional: bool = False) -> Any:
         """GET and parse a JSON file; None when `optional` and the hub says 404."""
-        request = urllib.request.Request(self.url(filename), headers=self.headers)
-        try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SEC) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as e:
-            if optional and e.code == 404:
-                return None
-            raise SourceError(f"{self.url(filename)}: HTTP {e.code} {e.reason}",
-                              hint="check the repository id and revision; set HF_TOKEN for gated repositories") from e
-        except (urllib.error.URLError, OSError) as e:
-            raise SourceError(f"{self.url(filename)}: cannot reach the hub: {getattr(e, 'reason', e)}",
-                              hint="check the network, or set HF_ENDPOINT") from e
+        status, _, raw = http_get(self.url(filename), self.headers, missing_ok=optional)
+        if status == 404:
+            return None
         try:
             return json.loads(raw)
         except ValueError as e:
@@ -74,12 +63,19 @@ class RemoteRepo:
 
     def shard_header(self, filename: str) -> ShardHeader:
         """The validated header of a remote shard, read with two range requests."""
-        prefix, total = _range_with_total(self.url(filename), 0, 8, self.headers)
-        n = int.from_bytes(prefix, "little")
-        if n > MAX_HEADER_BYTES or 8 + n > total:
-            return parse_header(prefix, total, f"{self.repo_id}/{filename}")  # raises with the reason
-        body = fetch_range(self.url(filename), 8, 8 + n, self.headers)
-        return parse_header(prefix + body, total, f"{self.repo_id}/{filename}")
+        status, headers, prefix = http_get(self.url(filename), {**self.headers, "Range": "bytes=0-7"})
+        match = re.match(r"bytes \d+-\d+/(\d+)", headers.get("Content-Range", ""))
+        if status != 206 or not match:
+            raise SourceError(f"{self.url(filename)}: the server does not support byte ranges (HTTP {status})",
+                              hint="the hub endpoint must support HTTP range requests")
+        total = int(match.group(1))
+        try:
+            n = int.from_bytes(prefix, "little")
+            if len(prefix) < 8 or n > MAX_HEADER_BYTES or 8 + n > total:
+                return parse_header(prefix, total, filename)  # raises with the reason
+            return parse_header(prefix + fetch_range(self.url(filename), 8, 8 + n, self.headers), total, filename)
+        except HeaderError as e:
+            raise HeaderError(f"{self.repo_id}: {e}", hint=e.hint) from e
 
     def tensor_source(self, filename: str, begin: int, end: int) -> HttpRange:
         return HttpRange(self.url(filename), begin, end, tuple(self.headers.items()))
@@ -94,19 +90,3 @@ class RemoteRepo:
             raise CheckpointError(f"{self.repo_id}/{INDEX_NAME}: no weight_map")
         return wm
 
-
-def _range_with_total(url: str, begin: int, end: int, headers: dict[str, str]) -> tuple[bytes, int]:
-    request = urllib.request.Request(url, headers={**headers, "Range": f"bytes={begin}-{end - 1}"})
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SEC) as response:
-            content_range = response.headers.get("Content-Range", "")
-            data = response.read()
-    except urllib.error.HTTPError as e:
-        raise SourceError(f"{url}: HTTP {e.code} {e.reason}", hint="check the repository id, revision and file name") from e
-    except (urllib.error.URLError, OSError) as e:
-        raise SourceError(f"{url}: cannot reach the hub: {getattr(e, 'reason', e)}", hint="check the network") from e
-    match = re.match(r"bytes \d+-\d+/(\d+)", content_range)
-    if not match:
-        raise SourceError(f"{url}: the server does not support byte ranges (no Content-Range)",
-                          hint="the hub endpoint must support HTTP range requests")
-    return data, int(match.group(1))

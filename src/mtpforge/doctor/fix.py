@@ -30,7 +30,7 @@ FIXABLE = frozenset({"mtp-unindexed", "mtp-quant-uncovered", "mtp-ignore-fused-u
 
 @dataclass(frozen=True)
 class FixResult:
-    """What `--fix` did: the plan (None when nothing was fixable), what it left, and the output's diagnosis."""
+    """What `--fix` did: the plan (None when nothing was fixable), the findings it could not fix, and the output's diagnosis."""
 
     plan: Plan | None
     unfixable: tuple[Finding, ...]
@@ -90,4 +90,5 @@ def fix(path: str, out: str, *, overwrite: bool = False, dry_run: bool = False) 
     if plan is None or dry_run:
         return FixResult(plan, unfixable, None)
     apply_plan(plan, Path(out), overwrite=overwrite)
-    return FixResult(plan, unfixable, doctor(out))
+    after = doctor(out)
+    return FixResult(plan, after.findings, after)  # what remains is what --fix could not fix

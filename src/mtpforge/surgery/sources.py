@@ -80,21 +80,31 @@ def fetch_range(url: str, begin: int, end: int, headers: dict[str, str]) -> byte
     """GET bytes [begin, end) of `url`; the server must honour the range exactly."""
     if end <= begin:
         return b""
-    request = urllib.request.Request(url, headers={**headers, "Range": f"bytes={begin}-{end - 1}"})
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SEC) as response:
-            if response.status != 206:
-                raise SourceError(f"{url}: the server ignored the byte range (HTTP {response.status})",
-                                  hint="the hub endpoint must support HTTP range requests")
-            data = response.read()
-    except urllib.error.HTTPError as e:
-        raise SourceError(f"{url}: HTTP {e.code} {e.reason}", hint=_http_hint(e.code)) from e
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise SourceError(f"{url}: connection failed or dropped: {reason}", hint="check the network and run again") from e
+    status, _, data = http_get(url, {**headers, "Range": f"bytes={begin}-{end - 1}"})
+    if status != 206:
+        raise SourceError(f"{url}: the server ignored the byte range (HTTP {status})",
+                          hint="the hub endpoint must support HTTP range requests")
     if len(data) != end - begin:
         raise SourceError(f"{url}: got {len(data)} of {end - begin} bytes (connection dropped)", hint="run again")
     return data
+
+
+def http_get(url: str, headers: dict[str, str], *, missing_ok: bool = False) -> tuple[int, dict[str, str], bytes]:
+    """One GET: (status, response headers, body). Every network failure becomes a SourceError.
+
+    With `missing_ok`, a 404 returns (404, {}, b"") instead of raising.
+    """
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SEC) as response:
+            return response.status, dict(response.headers.items()), response.read()
+    except urllib.error.HTTPError as e:
+        if missing_ok and e.code == 404:
+            return 404, {}, b""
+        raise SourceError(f"{url}: HTTP {e.code} {e.reason}", hint=_http_hint(e.code)) from e
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise SourceError(f"{url}: connection failed or dropped: {reason!r}", hint="check the network (or HF_ENDPOINT) and run again") from e
 
 
 def _http_hint(code: int) -> str:
