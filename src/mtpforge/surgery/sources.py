@@ -8,6 +8,7 @@ connection, is an error instead of a silently short tensor.
 
 from __future__ import annotations
 
+import errno
 import http.client
 import os
 import urllib.error
@@ -37,12 +38,41 @@ class FileRange:
     def describe(self) -> str:
         return f"{self.path} [{self.begin}:{self.end}]"
 
+    def copy_into(self, fd: int, size: int = CHUNK_BYTES) -> int:
+        """Append the range to the file open at `fd` (at its current offset), in the kernel
+        (`copy_file_range`) where possible, as `cp` does; return the bytes copied."""
+        try:
+            with open(self.path, "rb") as f:
+                self._check_size(f.fileno())
+                offset, copied = self.begin, 0
+                while copied < self.end - self.begin:
+                    n = os.copy_file_range(f.fileno(), fd, min(size, self.end - offset), offset)
+                    if n == 0:
+                        raise SourceError(f"{self.path}: ended {self.end - offset} bytes early while being read",
+                                          hint="the source changed; run again")
+                    offset += n
+                    copied += n
+                return copied
+        except FileNotFoundError as e:
+            raise SourceError(f"{self.path}: disappeared while being read", hint="the source changed; run again") from e
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+        written = 0  # no in-kernel copy between these files: stream through memory
+        for chunk in self.chunks(size):
+            os.write(fd, chunk)
+            written += len(chunk)
+        return written
+
+    def _check_size(self, fd: int) -> None:
+        if os.fstat(fd).st_size < self.end:
+            raise SourceError(f"{self.path}: the file shrank to {os.fstat(fd).st_size} bytes while being read "
+                              f"(tensor bytes end at {self.end})", hint="the source changed under mtpforge; run again")
+
     def chunks(self, size: int = CHUNK_BYTES) -> Iterator[bytes]:
         try:
             with open(self.path, "rb") as f:
-                if os.fstat(f.fileno()).st_size < self.end:
-                    raise SourceError(f"{self.path}: the file shrank to {os.fstat(f.fileno()).st_size} bytes while being read "
-                                      f"(tensor bytes end at {self.end})", hint="the source changed under mtpforge; run again")
+                self._check_size(f.fileno())
                 f.seek(self.begin)
                 left = self.end - self.begin
                 while left:

@@ -24,6 +24,7 @@ from mtpforge.checkpoint import open_checkpoint
 from mtpforge.checkpoint.writer import TensorData, encode_header
 from mtpforge.errors import CheckpointError, MtpforgeError, UsageError
 from mtpforge.surgery.plan import NewShard, Plan
+from mtpforge.surgery.sources import FileRange
 
 
 def staging_dir(out: Path) -> Path:
@@ -99,10 +100,14 @@ def _write_shard(path: Path, shard: NewShard) -> None:
     with open(path, "wb") as f:
         f.write(header)
         for tensor in shard.tensors:
-            written = 0
-            for chunk in tensor.source.chunks():
-                f.write(chunk)
-                written += len(chunk)
+            if isinstance(tensor.source, FileRange):
+                f.flush()
+                written = tensor.source.copy_into(f.fileno())
+            else:
+                written = 0
+                for chunk in tensor.source.chunks():
+                    f.write(chunk)
+                    written += len(chunk)
             if written != tensor.nbytes:
                 raise CheckpointError(f"{tensor.source.describe()}: {written} bytes read for {tensor.name}, {tensor.nbytes} expected")
         f.flush()
