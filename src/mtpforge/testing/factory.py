@@ -32,15 +32,21 @@ _TEXT = {
     "full_attention_interval": 4, "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "dtype": "bfloat16",
     "layer_types": ["linear_attention"] * 3 + ["full_attention"], "max_position_embeddings": 4096,
 }
+# What vLLM's CPU build needs to serve a hybrid (DESIGN.md): GDN key/value head
+# dim 128, projection dims multiples of 32, bfloat16.
+ENGINE_DIMS = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2, "num_key_value_heads": 1,
+               "head_dim": 64, "linear_num_key_heads": 1, "linear_num_value_heads": 2, "linear_key_head_dim": 128,
+               "linear_value_head_dim": 128, "vocab_size": 512}
 _MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32}
 _VISION = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "in_channels": 3, "patch_size": 4,
            "temporal_patch_size": 2, "spatial_merge_size": 2, "out_hidden_size": 64, "num_position_embeddings": 16,
            "model_type": "qwen3_5", "deepstack_visual_indexes": []}
 
 
-def tiny_config(family: str = "qwen3_5", *, mtp_layers: int = 1, vision: bool = True, text_only_arch: bool = False) -> dict[str, Any]:
-    """A tiny config of `family`: 3 GDN layers + 1 full-attention layer, hidden 64, vocab 256."""
-    text = copy.deepcopy(_TEXT)
+def tiny_config(family: str = "qwen3_5", *, mtp_layers: int = 1, vision: bool = True, text_only_arch: bool = False,
+                engine: bool = False) -> dict[str, Any]:
+    """A tiny config of `family`: 3 GDN layers + 1 full-attention layer, hidden 64 (128 with `engine`)."""
+    text = copy.deepcopy(_TEXT) | (ENGINE_DIMS if engine else {})
     if family == "qwen3_next":
         return {**text, **_MOE, "model_type": "qwen3_next", "architectures": ["Qwen3NextForCausalLM"],
                 "decoder_sparse_step": 1, "mlp_only_layers": [], "num_nextn_predict_layers": mtp_layers}
@@ -75,6 +81,8 @@ def make_checkpoint(
     index: bool | None = None,
     fused_experts: bool = True,
     tokenizer: bool = True,
+    engine: bool = False,
+    constant: bool = False,
     seed: int = 0,
 ) -> Path:
     """Write a tiny, complete checkpoint of `family` to `out` and return `out`.
@@ -92,10 +100,14 @@ def make_checkpoint(
         index: write `model.safetensors.index.json` (default: when sharded).
         fused_experts: store MoE experts as fused 3-D tensors rather than one per expert.
         tokenizer: write tokenizer files and a chat template.
+        engine: use dimensions that vLLM's CPU build can serve (GDN head dim 128).
+        constant: set the trunk's final norm (and `mtp.norm`) to -1, so that `1 + w = 0`: every
+            step's logits are all zero and greedy decoding emits token 0, and a head built the
+            same way drafts token 0, which is accepted 100% of the time (a deterministic engine fixture).
         seed: seed of the random values.
     """
     out.mkdir(parents=True)
-    config = tiny_config(family, mtp_layers=mtp_layers, vision=vision, text_only_arch=text_only_arch)
+    config = tiny_config(family, mtp_layers=mtp_layers, vision=vision, text_only_arch=text_only_arch, engine=engine)
     fam = FAMILIES[family]
     fmt = Format(quant) if quant else None
     if fmt is not None:
@@ -108,7 +120,11 @@ def make_checkpoint(
         if fmt is not None and scope(spec):
             tensors += fmt.tensors(name, spec.shape, rng)
         else:
-            tensors.append(TensorData(name, spec.dtype, spec.shape, encode(spec.dtype, _values(spec, rng))))
+            values = _values(spec, rng)
+            if constant and spec.kind == NORM and spec.layer is None and spec.name.endswith((".norm.weight", "mtp.norm.weight")) \
+                    and spec.group in (TRUNK, MTP) and spec.norm_offset:
+                values = np.full(spec.shape, -1.0)
+            tensors.append(TensorData(name, spec.dtype, spec.shape, encode(spec.dtype, values)))
     write_shards(out, tensors, shards=shards, index=shards > 1 if index is None else index)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     if fmt is not None and fmt.hf_quant_config() is not None:
@@ -137,18 +153,33 @@ def write_shards(out: Path, tensors: list[TensorData], *, shards: int, index: bo
 
 
 def write_tokenizer_files(out: Path, *, vocab_size: int) -> None:
-    """A byte-level tokenizer.json, tokenizer_config.json and a Qwen-style chat template."""
-    vocab = {f"<{i}>": i for i in range(vocab_size)}
-    tokenizer = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
-                 "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-                 "post_processor": None, "decoder": {"type": "ByteLevel"},
-                 "model": {"type": "BPE", "vocab": vocab, "merges": [], "dropout": None, "unk_token": None}}
+    """A valid byte-level BPE tokenizer.json (the 256 byte symbols of GPT-2, no merges, padded
+    with spare tokens to `vocab_size`), tokenizer_config.json and a Qwen-style chat template."""
+    symbols = _byte_symbols()
+    vocab = {sym: i for i, sym in enumerate(symbols[: min(256, vocab_size)])}
+    vocab.update({f"<extra_{i}>": i for i in range(len(vocab), vocab_size)})
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": []},
+    }
     (out / "tokenizer.json").write_text(json.dumps(tokenizer))
     (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 4096}))
     (out / "chat_template.jinja").write_text(
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's printable stand-in for each byte (`bytes_to_unicode`), in byte order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 
 
 def _values(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
