@@ -16,8 +16,6 @@ Builds a hollow replica of the real Qwen3.6-27B (15 shards, 1199 tensors,
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from report import emit  # bench/report.py, beside this script
 from safetensors import safe_open
 
 from mtpforge.checkpoint import open_checkpoint
@@ -73,20 +72,12 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "mtpforge", "doctor", str(path)], check=True, capture_output=True)
         results["doctor_cold_process_sec"] = time.perf_counter() - start
     base = results["anchor_safetensors_headers_sec"]
-    doc = {
-        "benchmark": "doctor_headers",
-        "command": "python bench/doctor_headers.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip(),
+    emit("doctor_headers", {
         "checkpoint": "hollow Qwen3.6-27B replica: 15 shards, 1199 tensors, 55.56 GB apparent",
         "repeat": args.repeat,
         **{k: round(v, 4) for k, v in results.items()},
         "ratios_to_anchor": {k: round(v / base, 2) for k, v in results.items() if k != "anchor_safetensors_headers_sec"},
-    }
-    print(json.dumps(doc, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2))
-
+    }, args.json)
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import emit  # bench/report.py, beside this script
 
 from mtpforge.testing.replica import make_hollow_replica
 
@@ -95,14 +96,7 @@ def main() -> None:
         results["strip"]["shards_rewritten"] = len(rewritten)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    doc = {"benchmark": "graft_strip", "command": "python bench/graft_strip.py " + " ".join(sys.argv[1:]),
-           "machine": f"{platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}",
-           "checkpoint": "hollow Qwen3.6-27B replicas (55.56 GB apparent, 15 shards)", **results}
-    print(json.dumps(doc, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2))
-
+    emit("graft_strip", {"checkpoint": "hollow Qwen3.6-27B replicas (55.56 GB apparent, 15 shards)", **results}, args.json)
 
 if __name__ == "__main__":
     main()
