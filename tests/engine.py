@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import time
@@ -17,6 +16,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from mtpforge.verify.engine import complete, spec_counters
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_PYTHON = Path(os.environ.get("MTPFORGE_ENGINE_PYTHON", ROOT / ".venv-engine" / "bin" / "python"))
@@ -69,27 +70,4 @@ def vllm_server(model: Path, log: Path, *, spec_tokens: int = 2, extra: tuple[st
             proc.wait()
 
 
-def complete(url: str, prompt: list[int], max_tokens: int) -> list[int] | str:
-    """Greedy completion of a token-id prompt; returns the generated text."""
-    body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}).encode()
-    req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return json.loads(r.read())["choices"][0]["text"]
-
-
-def spec_counters(url: str) -> dict[str, float]:
-    """The spec-decode counters of /metrics: drafts, draft_tokens, accepted, and accepted_pos{k}."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r"^vllm:spec_decode_num_(\w+?)_total(\{[^}]*\})? ([\d.eE+-]+)$", line)
-        if not m:
-            continue
-        key = {"drafts": "drafts", "draft_tokens": "draft_tokens", "accepted_tokens": "accepted"}.get(m.group(1))
-        if m.group(1) == "accepted_tokens_per_pos":
-            pos = re.search(r'position="(\d+)"', m.group(2) or "")
-            key = f"accepted_pos{pos.group(1)}" if pos else None
-        if key:
-            out[key] = out.get(key, 0.0) + float(m.group(3))
-    return out
+__all__ = ["complete", "engine_available", "spec_counters", "vllm_server"]

@@ -138,6 +138,34 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
     return EXIT_CHECKS_FAILED if after is not None and not after.ok else EXIT_OK
 
 
+@app.command(epilog="Examples:\n\n\b\n  mtpforge verify ./Qwen3.6-27B-W4A16 --reference ./Qwen3.6-27B --chart acceptance.png\n"
+             "  mtpforge verify ./ckpt --min-acceptance 0.6 --max-kld 0.05 --json\n"
+             "  mtpforge verify ./ckpt --engine-url http://127.0.0.1:8000\n\n" + EXIT_CODES)
+@click.argument("candidate", type=click.Path(file_okay=False, path_type=str))
+@click.option("--reference", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Compare with this checkpoint (normally the BF16 base): KLD, top-1 agreement, its acceptance.")
+@click.option("--k", "k", type=int, default=3, show_default=True, help="Draft positions to measure (num_speculative_tokens).")
+@click.option("--new-tokens", type=int, default=48, show_default=True, help="Greedy tokens generated per prompt.")
+@click.option("--prompts", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Prompt file: a JSON list or one prompt per line (default: the bundled set).")
+@click.option("--max-prompts", type=int, default=16, show_default=True)
+@click.option("--min-acceptance", type=float, default=None, help="Exit 1 when position-0 acceptance is below this (0-1).")
+@click.option("--max-kld", type=float, default=None, help="Exit 1 when the mean KL divergence from --reference is above this (nats).")
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=str), default=None, help="Write a PNG of acceptance by position.")
+@click.option("--engine-url", default=None, help="Also measure through this running vLLM server (serving CANDIDATE with MTP).")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def verify(candidate: str, reference: str | None, k: int, new_tokens: int, prompts: str | None, max_prompts: int,
+           min_acceptance: float | None, max_kld: float | None, chart: str | None, engine_url: str | None, as_json: bool) -> int:
+    """Measure MTP acceptance per draft position (and KLD against a reference); give a verdict."""
+    from mtpforge.cli.render import render_verify
+    from mtpforge.verify import verify as run_verify
+
+    report = run_verify(candidate, reference=reference, k=k, new_tokens=new_tokens, prompts=prompts, max_prompts=max_prompts,
+                        min_acceptance=min_acceptance, max_kld=max_kld, chart=chart, engine_url=engine_url)
+    _emit(report.to_dict(), as_json, render_verify(report.to_dict()))
+    return EXIT_CHECKS_FAILED if report.failed_thresholds else EXIT_OK
+
+
 @app.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Where to build the demo checkpoints (default: a temporary directory, removed afterwards).")

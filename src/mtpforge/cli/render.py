@@ -96,3 +96,25 @@ def render_doctor(report: DoctorReport, max_tensors: int = 4) -> str:
     verdict = "healthy" if not d["findings"] else ("no errors" if d["ok"] else "FAILED")
     lines.append(f"{verdict}: {c['error']} error(s), {c['warning']} warning(s), {c['info']} info")
     return "\n".join(lines)
+
+
+def render_verify(d: dict[str, Any]) -> str:
+    lines = [f"{d['candidate']}: {d['verdict'].upper()}  ({d['prompts']} prompts x {d['new_tokens']} greedy tokens, k={d['k']})"]
+    rows = [("candidate", d["acceptance"]), ("reference", d["reference_acceptance"]), ("candidate in vLLM", d["engine_acceptance"])]
+    header = "  " + f"{'acceptance':<20}" + "".join(f"{'pos ' + str(j):>9}" for j in range(d["k"])) + f"{'mean len':>10}{'drafts':>8}"
+    shown = [(label, a) for label, a in rows if a]
+    if shown:
+        lines.append(header)
+    for label, a in shown:
+        rates = "".join(f"{100 * r:>8.1f}%" for r in a["acceptance_per_position"])
+        lines.append(f"  {label:<20}{rates}{a['mean_acceptance_length']:>10.2f}{a['drafts']:>8}")
+    dv = d["divergence"]
+    if dv:
+        lines.append(f"  KL(reference||candidate) mean {dv['kl_mean_nats']:.5f} nats (p50 {dv['kl_p50_nats']:.5f}, p90 {dv['kl_p90_nats']:.5f}, "
+                     f"p99 {dv['kl_p99_nats']:.5f}); top-1 agreement {100 * dv['top1_agreement']:.1f}%; "
+                     f"perplexity {dv['perplexity_candidate']:.3f} vs {dv['perplexity_reference']:.3f} over {dv['positions']} positions")
+    lines += [f"  - {r}" for r in d["reasons"]]
+    lines += [f"  FAILED: {t}" for t in d["failed_thresholds"]]
+    if d["chart"]:
+        lines.append(f"  chart: {d['chart']}")
+    return "\n".join(lines)

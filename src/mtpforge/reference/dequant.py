@@ -1,0 +1,97 @@
+"""Dequantize stored weights for the reference runtime, with compressed-tensors'
+arithmetic (`quantization/lifecycle/forward_helpers.py::_dequantize`, 0.19):
+
+- pack-quantized INT: `(q - zp) * scale` in the scale's dtype (BF16), each
+  scale column covering `in / groups` inputs; values packed LSB-first into
+  int32 with an offset of 2^(bits-1); zero points packed along dim 0.
+- nvfp4-pack-quantized: E2M1 nibbles (low nibble first, sign in bit 3) in
+  BF16, times `bf16(weight_scale) / weight_global_scale` computed in float32,
+  rounded to BF16.
+- modelopt NVFP4: the same nibbles times `weight_scale * weight_scale_2`
+  (modelopt's `weight_scale_2` is compressed-tensors' `1 / weight_global_scale`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mtpforge.checkpoint import Checkpoint
+from mtpforge.checkpoint.header import TensorInfo
+from mtpforge.checkpoint.stored import CT_INT, CT_NVFP4, DENSE, MODELOPT_NVFP4, StoredWeight
+from mtpforge.errors import CheckpointError
+
+TORCH_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def read_tensor(ckpt: Checkpoint, info: TensorInfo) -> torch.Tensor:
+    """One stored tensor as a torch tensor of its own dtype."""
+    with open(ckpt.root / info.shard, "rb") as f:
+        f.seek(info.begin)
+        raw = bytearray(f.read(info.nbytes))
+    if info.dtype not in TORCH_DTYPES:
+        raise CheckpointError(f"{info.shard}: tensor {info.name} has dtype {info.dtype}, which torch cannot hold")
+    if not raw:
+        return torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype])
+    return torch.frombuffer(raw, dtype=TORCH_DTYPES[info.dtype]).reshape(info.shape)
+
+
+def dequantize(ckpt: Checkpoint, weight: StoredWeight) -> torch.Tensor:
+    """The logical weight `weight` stands for, in floating point."""
+    if weight.format == DENSE:
+        return read_tensor(ckpt, weight.parts[""])
+    parts = {k: read_tensor(ckpt, v) for k, v in weight.parts.items()}
+    if weight.format == CT_INT and weight.shape is not None and weight.bits:
+        return dequantize_int(parts["weight_packed"], parts["weight_scale"], parts.get("weight_zero_point"),
+                              bits=weight.bits, shape=tuple(weight.shape))
+    if weight.format == CT_NVFP4:
+        values = unpack_fp4(parts["weight_packed"])
+        scale = parts["weight_scale"].to(torch.bfloat16) / parts["weight_global_scale"]
+        return (values.to(scale.dtype) * _expand(scale, values.shape[1])).to(torch.bfloat16)
+    if weight.format == MODELOPT_NVFP4:
+        values = unpack_fp4(parts["weight"]).float()
+        scale = parts["weight_scale"].float() * parts["weight_scale_2"].float()
+        return (values * _expand(scale, values.shape[1])).to(torch.bfloat16)
+    raise CheckpointError(f"{ckpt.root}: cannot dequantize {weight.name} ({weight.format})", hint=f"run `mtpforge doctor {ckpt.root}`")
+
+
+def unpack_int(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Signed values from rows of int32 words packed LSB-first (`count` values a row)."""
+    words = packed.to(torch.int64) & 0xFFFFFFFF  # the words' bits, unsigned
+    index = torch.arange(count)
+    bit = index * bits
+    low = (words[:, bit // 32] >> (bit % 32)) & ((1 << bits) - 1)
+    spill = (bit % 32) + bits - 32  # bits that continue in the next word (never for 4 and 8)
+    if (spill > 0).any():
+        nxt = torch.clamp(bit // 32 + 1, max=words.shape[1] - 1)
+        high = (words[:, nxt] & ((1 << spill.clamp(min=0)) - 1)) << (bits - spill.clamp(min=0))
+        low = torch.where(spill > 0, (low & ((1 << (bits - spill.clamp(min=0))) - 1)) | high, low)
+    return (low - (1 << (bits - 1))).to(torch.int8)
+
+
+def dequantize_int(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, *, bits: int,
+                   shape: tuple[int, ...]) -> torch.Tensor:
+    out, inp = shape
+    q = unpack_int(packed, bits, inp)  # [out, in]
+    groups = scale.shape[1]
+    values = q.to(scale.dtype)
+    if zero_point is not None:
+        zp = unpack_int(zero_point.t().contiguous(), bits, out).t()  # packed along dim 0: [out, groups]
+        values = values - _expand(zp.to(scale.dtype), inp // groups * groups)
+    return values * _expand(scale, inp // groups * groups)
+
+
+def unpack_fp4(packed: torch.Tensor) -> torch.Tensor:
+    """E2M1 values [out, 2 * in_packed] in BF16: low nibble first, sign in bit 3 (so -0.0 stays negative)."""
+    nibbles = torch.stack((packed & 0x0F, (packed >> 4) & 0x0F), dim=-1).reshape(packed.shape[0], -1)
+    magnitude = E2M1[(nibbles & 0x07).long()]
+    return torch.where((nibbles & 0x08).bool(), -magnitude, magnitude).to(torch.bfloat16)
+
+
+def _expand(scale: torch.Tensor, columns: int) -> torch.Tensor:
+    """Per-group scales [out, groups] repeated over their columns [out, columns]."""
+    return scale.repeat_interleave(columns // scale.shape[1], dim=1)

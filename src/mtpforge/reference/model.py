@@ -1,0 +1,108 @@
+"""The reference runtime: transformers' own Qwen3.5 trunk plus the MTP head as vLLM runs it,
+with weights from any checkpoint mtpforge reads (quantized weights dequantized).
+
+    ref = load_reference(path)                  # CPU, float32 by default
+    hidden, logits = ref.trunk_forward(ids)     # post-final-norm hidden states, next-token logits
+    head_hidden = ref.head(ref.embed(next_ids), hidden, positions)
+    draft_logits = ref.logits(head_hidden)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import Qwen3_5ForCausalLM
+from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5Config, Qwen3_5TextConfig
+
+from mtpforge.checkpoint import open_checkpoint
+from mtpforge.errors import CheckpointError
+from mtpforge.families import MTP, TRUNK, EMBEDDINGS, detect_family
+from mtpforge.reference.dequant import dequantize
+from mtpforge.reference.mtp import MtpHead
+
+
+@dataclass
+class ReferenceModel:
+    """A trunk and (when the checkpoint has one) its MTP head, ready to run."""
+
+    trunk: Qwen3_5ForCausalLM
+    head: MtpHead | None
+    name: str
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.trunk.model.embed_tokens(ids)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.trunk.lm_head(hidden)
+
+    @torch.no_grad()
+    def trunk_forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Post-final-norm hidden states [B, T, H] and logits [B, T, V] for token ids [B, T]."""
+        hidden = self.trunk.model(input_ids=ids).last_hidden_state
+        return hidden, self.trunk.lm_head(hidden)
+
+
+def text_config(config: dict[str, Any]) -> Qwen3_5TextConfig:
+    """transformers' text config for a Qwen3.5 checkpoint config (wrapper or text-only)."""
+    if "text_config" in config:
+        return Qwen3_5Config(**{k: v for k, v in config.items() if k != "quantization_config"}).text_config
+    return Qwen3_5TextConfig(**{k: v for k, v in config.items() if k != "quantization_config"})
+
+
+def build_model(config: dict[str, Any], *, mtp_layers: int) -> tuple[Qwen3_5ForCausalLM, MtpHead | None]:
+    """Untrained modules of the right shapes (the training script starts from these)."""
+    tc = text_config(config)
+    tc._attn_implementation = "sdpa"
+    trunk = Qwen3_5ForCausalLM(tc)
+    head = MtpHead(tc, mtp_layers) if mtp_layers else None
+    return trunk, head
+
+
+def load_reference(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> ReferenceModel:
+    """Build the reference model from the checkpoint at `path`.
+
+    Raises:
+        CheckpointError: the family is not one the reference runtime implements, or tensors are missing.
+    """
+    ckpt = open_checkpoint(path)
+    family = detect_family(ckpt.config)
+    if family.name != "qwen3_5":
+        raise CheckpointError(f"{path}: the reference runtime implements dense qwen3_5 only, not {family.name}",
+                              hint="verify this family through a live engine (--engine vllm)")
+    prefix = "model.language_model." if "text_config" in ckpt.config else "model."
+    stored = ckpt.stored
+    mtp_names = [n for n in stored if family.group_of(n) == MTP]
+    layers = family.mtp_layers(ckpt.config) if mtp_names else 0
+    trunk, head = build_model(ckpt.config, mtp_layers=layers)
+    trunk_state = {}
+    head_state = {}
+    for name, weight in stored.items():
+        group = family.group_of(name)
+        if group in (TRUNK, EMBEDDINGS):
+            local = "lm_head." + name[len("lm_head."):] if name.startswith("lm_head.") else "model." + name[len(prefix):]
+            trunk_state[local] = dequantize(ckpt, weight)
+        elif group == MTP and head is not None:
+            head_state[name[len("mtp."):]] = dequantize(ckpt, weight)
+    if trunk.config.tie_word_embeddings and "lm_head.weight" not in trunk_state:
+        trunk_state["lm_head.weight"] = trunk_state["model.embed_tokens.weight"]
+    _load(trunk, trunk_state, str(path), "trunk")
+    if head is not None:
+        _load(head, head_state, str(path), "MTP head")
+    trunk.to(device=device, dtype=dtype).eval()
+    if head is not None:
+        head.to(device=device, dtype=dtype).eval()
+    return ReferenceModel(trunk, head, str(path))
+
+
+def _load(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
+    expected = {k for k in module.state_dict() if not k.endswith("inv_freq")}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the {what} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}",
+                              hint=f"run `mtpforge doctor {path}`")
+    module.load_state_dict(state, strict=False)
+
+

@@ -1,0 +1,134 @@
+"""`mtpforge verify`: measure a checkpoint instead of hoping.
+
+- MTP acceptance per draft position (k = 1..K), the histogram and the mean
+  acceptance length, under greedy decoding, with the reference runtime
+  (`verify.acceptance`) or a live vLLM server (`verify.engine`);
+- against a reference: KL divergence (mean and tail), top-1 agreement and both
+  perplexities (`verify.divergence`);
+- a verdict with its reasons: `collapsed` (position-0 acceptance under 5%,
+  MTPLX's threshold), `degraded` (acceptance clearly below the reference's, or
+  KLD over `max_kld`), else `ok`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtpforge.errors import UsageError
+
+COLLAPSE_THRESHOLD = 0.05  # MTPLX TUNE_ACCEPTANCE_COLLAPSE_THRESHOLD
+DEGRADED_MARGIN = 0.10  # position-0 acceptance this far below the reference's is "clearly below"
+
+
+@dataclass
+class VerifyReport:
+    candidate: str
+    reference: str | None
+    k: int
+    prompts: int
+    new_tokens: int
+    acceptance: dict[str, Any] | None
+    reference_acceptance: dict[str, Any] | None = None
+    engine_acceptance: dict[str, Any] | None = None
+    divergence: dict[str, Any] | None = None
+    verdict: str = "ok"
+    reasons: list[str] = field(default_factory=list)
+    failed_thresholds: list[str] = field(default_factory=list)
+    chart: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": "mtpforge.verify/1", **self.__dict__}
+
+
+def verify(candidate: str, *, reference: str | None = None, k: int = 3, new_tokens: int = 48, prompts: str | None = None,
+           max_prompts: int = 16, prompt_tokens: int = 64, min_acceptance: float | None = None, max_kld: float | None = None,
+           chart: str | None = None, engine_url: str | None = None) -> VerifyReport:
+    """Measure `candidate` (and compare it with `reference`).
+
+    Args:
+        candidate: the checkpoint to verify.
+        reference: the checkpoint to compare with (normally the BF16 base).
+        k: draft positions to measure (the engine's num_speculative_tokens).
+        new_tokens: greedy tokens generated per prompt.
+        prompts: a prompt file (JSON list or one per line); default: the bundled set.
+        max_prompts: how many prompts to use.
+        prompt_tokens: prompts are cut to this many tokens.
+        min_acceptance: fail (exit 1) when position-0 acceptance is below this.
+        max_kld: fail (exit 1) when the mean KL divergence from the reference is above this.
+        chart: write a PNG of acceptance by draft position here.
+        engine_url: also measure acceptance through this running vLLM server (serving `candidate`).
+    """
+    from mtpforge.reference.model import load_reference
+    from mtpforge.verify.acceptance import greedy_continuation, measure_acceptance
+    from mtpforge.verify.divergence import measure_divergence
+    from mtpforge.verify.prompts import load_prompts, tokenize
+
+    if k < 1 or new_tokens < k + 2 or max_prompts < 1:
+        raise UsageError("need k >= 1, new_tokens >= k + 2 and max_prompts >= 1")
+    texts = load_prompts(prompts)[:max_prompts]
+    prompt_ids = tokenize(Path(candidate), texts, prompt_tokens)
+    cand = load_reference(candidate)
+    sequences = [(len(p), greedy_continuation(cand, p, new_tokens)) for p in prompt_ids]
+    report = VerifyReport(candidate, reference, k, len(prompt_ids), new_tokens, None)
+    if cand.head is not None:
+        report.acceptance = measure_acceptance(cand, sequences, k).to_dict()
+    if reference is not None:
+        ref = load_reference(reference)
+        if ref.head is not None:
+            ref_sequences = [(len(p), greedy_continuation(ref, p, new_tokens)) for p in prompt_ids]
+            report.reference_acceptance = measure_acceptance(ref, ref_sequences, k).to_dict()
+        report.divergence = measure_divergence(cand, ref, [s for _, s in sequences]).to_dict()
+    if engine_url is not None:
+        from mtpforge.verify.engine import measure_engine
+
+        report.engine_acceptance = measure_engine(engine_url, prompt_ids, new_tokens, k).to_dict()
+    _judge(report, min_acceptance, max_kld)
+    if chart:
+        _chart(report, Path(chart))
+    return report
+
+
+def _judge(report: VerifyReport, min_acceptance: float | None, max_kld: float | None) -> None:
+    pos0 = report.acceptance["acceptance_per_position"][0] if report.acceptance else 0.0
+    if report.acceptance is None:
+        report.verdict = "collapsed"
+        report.reasons.append("the candidate has no MTP head: every draft would come from absent weights (0% acceptance)")
+    elif pos0 < COLLAPSE_THRESHOLD:
+        report.verdict = "collapsed"
+        report.reasons.append(f"position-0 acceptance {pos0:.1%} is under {COLLAPSE_THRESHOLD:.0%}: the head has collapsed")
+    else:
+        ref0 = report.reference_acceptance["acceptance_per_position"][0] if report.reference_acceptance else None
+        if ref0 is not None and pos0 < ref0 - DEGRADED_MARGIN:
+            report.verdict = "degraded"
+            report.reasons.append(f"position-0 acceptance {pos0:.1%} is clearly below the reference's {ref0:.1%}")
+        kld = report.divergence["kl_mean_nats"] if report.divergence else None
+        if kld is not None and max_kld is not None and kld > max_kld:
+            report.verdict = "degraded"
+            report.reasons.append(f"mean KL divergence {kld:.4f} nats is above {max_kld}")
+        if not report.reasons:
+            report.reasons.append(f"position-0 acceptance {pos0:.1%}" + (f" (reference {ref0:.1%})" if ref0 is not None else ""))
+    if report.verdict == "collapsed":
+        report.failed_thresholds.append("collapsed")
+    if min_acceptance is not None and pos0 < min_acceptance:
+        report.failed_thresholds.append(f"position-0 acceptance {pos0:.3f} < --min-acceptance {min_acceptance}")
+    kld = report.divergence["kl_mean_nats"] if report.divergence else None
+    if max_kld is not None and kld is not None and kld > max_kld:
+        report.failed_thresholds.append(f"mean KLD {kld:.4f} > --max-kld {max_kld}")
+
+
+def _chart(report: VerifyReport, path: Path) -> None:
+    from mtpforge.verify.chart import acceptance_chart
+
+    series = {}
+    if report.acceptance:
+        series[f"candidate ({os.path.basename(report.candidate.rstrip('/'))})"] = report.acceptance["acceptance_per_position"]
+    if report.reference_acceptance and report.reference:
+        series[f"reference ({os.path.basename(report.reference.rstrip('/'))})"] = report.reference_acceptance["acceptance_per_position"]
+    if report.engine_acceptance:
+        series["candidate in vLLM"] = report.engine_acceptance["acceptance_per_position"]
+    if series:
+        acceptance_chart(path, series, f"MTP acceptance by draft position (greedy, k={report.k}, {report.prompts} prompts)")
+        report.chart = str(path)
