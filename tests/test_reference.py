@@ -69,8 +69,8 @@ def test_mtp_forward_matches_an_independent_computation(make: Make) -> None:
     ids = torch.tensor([[3, 14, 15, 92, 65, 35, 89, 79, 32, 38]])
     hidden, _ = ref.trunk_forward(ids)
     ours = ref.head(ref.embed(ids[:, 1:]), hidden[:, :-1], torch.arange(ids.shape[1] - 1)[None])[0]
-    weights = {n[len("mtp."):]: t.float() for n, t in ((n, read_tensor(open_checkpoint(ckpt), i))
-                                                         for n, i in open_checkpoint(ckpt).tensors.items()) if n.startswith("mtp.")}
+    opened = open_checkpoint(ckpt)
+    weights = {n[len("mtp."):]: read_tensor(opened, info).float() for n, info in opened.tensors.items() if n.startswith("mtp.")}
     cfg = ref.trunk.config.to_dict()
     theirs = independent_mtp(weights, cfg, ref.trunk.model.embed_tokens.weight, hidden[0, :-1], ids[0, 1:])
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
