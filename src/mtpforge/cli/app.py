@@ -138,6 +138,21 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
     return EXIT_CHECKS_FAILED if after is not None and not after.ok else EXIT_OK
 
 
+@app.command(epilog="Examples:\n\n\b\n  mtpforge quantize ./Qwen3.6-27B --scheme w4a16 --group-size 32 --out ./Qwen3.6-27B-W4A16-g32\n\n" + EXIT_CODES)
+@click.argument("base", type=click.Path(file_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output directory.")
+@click.option("--scheme", type=click.Choice(["w4a16", "w4a16-asym", "w8a16", "w8a16-asym"]), default="w4a16", show_default=True)
+@click.option("--group-size", type=int, default=None, help="Inputs per scale (default: 128 for 4-bit, per channel for 8-bit).")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@_out_options
+def quantize(base: str, out: str, scheme: str, group_size: int | None, as_json: bool, overwrite: bool, dry_run: bool) -> int:
+    """Quantize BASE (data-free RTN, compressed-tensors pack-quantized), keeping the MTP head BF16 and excluded."""
+    from mtpforge.quant import quantize as run_quantize
+
+    plan = run_quantize(base, out, scheme=scheme, group_size=group_size, overwrite=overwrite, dry_run=dry_run)
+    return _report_written(plan, out, as_json=as_json, dry_run=dry_run)
+
+
 @app.command(epilog="Examples:\n\n\b\n  mtpforge verify ./Qwen3.6-27B-W4A16 --reference ./Qwen3.6-27B --chart acceptance.png\n"
              "  mtpforge verify ./ckpt --min-acceptance 0.6 --max-kld 0.05 --json\n"
              "  mtpforge verify ./ckpt --engine-url http://127.0.0.1:8000\n\n" + EXIT_CODES)

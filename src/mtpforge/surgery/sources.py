@@ -13,7 +13,7 @@ import http.client
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +104,26 @@ class HttpRange:
             data = fetch_range(self.url, pos, stop, dict(self.headers))
             pos = stop
             yield data
+
+
+@dataclass(frozen=True)
+class Computed:
+    """Bytes computed when the writer reaches them (a quantized tensor), so memory holds one at a time."""
+
+    label: str
+    compute: Callable[[], bytes]
+    end: int  # the byte count the computation must produce
+    begin: int = 0
+
+    def describe(self) -> str:
+        return self.label
+
+    def chunks(self, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        data = self.compute()
+        if len(data) != self.end:
+            raise AssertionError(f"{self.label}: computed {len(data)} bytes, planned {self.end}")  # a bug
+        for i in range(0, len(data), size):
+            yield data[i : i + size]
 
 
 def fetch_range(url: str, begin: int, end: int, headers: dict[str, str]) -> bytes:
