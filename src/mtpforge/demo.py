@@ -1,14 +1,12 @@
-"""`mtpforge demo`: the story end to end on checkpoints built on the spot.
+"""`mtpforge demo`: the graft story end to end on the bundled tiny trained model, in a few minutes on a CPU.
 
-Until the bundled tiny trained model exists, the demo builds small fixtures of
-the situations the seed cards describe, diagnoses each one, then repairs the
-broken ones with the verb that fixes them:
-
-1. a healthy base with its MTP head;
-2. a finetune that lost its head but still declares it (tmax-27b) -> `graft` from the base;
-3. a W4A16 build whose ignore list forgot the BF16 head -> `doctor --fix`;
-4. a vision-language base -> `strip --vision` for a text-only build;
-5. a header-exact hollow replica of the real Qwen3.6-27B -> `inspect`, `doctor`, and a full-scale `graft`.
+1. the base (tiny-qwen3.5): inspect, doctor, verify -> its head drafts;
+2. its finetune that lost the head but still declares it (the tmax-27b case): doctor finds
+   `mtp-missing`, verify says `collapsed`; `graft --donor tiny-qwen3.5` restores drafting;
+3. `quantize --scheme w4a16 --group-size 32`: KLD against the base, the head still drafts;
+   an ignore list that forgets the head is found by doctor and repaired by `doctor --fix`;
+4. `strip --vision` for a text-only build;
+5. a header-exact hollow replica of the real Qwen3.6-27B: doctor, and a full-scale graft.
 """
 
 from __future__ import annotations
@@ -17,79 +15,105 @@ import json
 import shutil
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import click
 
-from mtpforge.cli.render import render_doctor, render_inspect
+from mtpforge.cli.render import render_doctor, render_inspect, render_verify
 from mtpforge.doctor import doctor
 from mtpforge.doctor.fix import fix
 from mtpforge.graft import graft
 from mtpforge.inspection import inspect_checkpoint
 from mtpforge.strip import strip
-from mtpforge.testing.factory import make_checkpoint
 from mtpforge.testing.replica import make_hollow_replica
+
+VERIFY: dict[str, Any] = {"k": 3, "new_tokens": 48, "max_prompts": 8}
 
 
 def run_demo(workdir: str | None = None) -> int:
-    """Build, diagnose and repair the demo checkpoints; return 0 when every verdict is as expected."""
+    """Run the story; return 0 when every verdict is the expected one."""
+    from mtpforge.quant import quantize
+    from mtpforge.verify import verify
+
+    models = Path(str(resources.files("mtpforge") / "models"))
+    base, finetune = models / "tiny-qwen3.5", models / "tiny-qwen3.5-finetune"
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mtpforge-demo-"))
     surprises = 0
     try:
         root.mkdir(parents=True, exist_ok=True)
         for child in root.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
-        base = make_checkpoint(root / "base", shards=2)
-        surprises += _diagnose("base", "a healthy tiny Qwen3.5 base with its MTP head", base, expect_ok=True)
+        _title("1. the bundled base: tiny-qwen3.5 (trained by scripts/train_tiny.py)")
+        click.echo(render_inspect(inspect_checkpoint(base).to_dict()))
+        surprises += _doctor(base, expect_ok=True)
+        base_report = verify(str(base), **VERIFY)
+        click.echo(render_verify(base_report.to_dict()))
 
-        finetune = make_checkpoint(root / "finetune-no-mtp", mtp=False, vision=False, shards=2, seed=1)
-        surprises += _diagnose("finetune-no-mtp", "a finetune that lost its head but still declares it (the tmax-27b case)",
-                               finetune, expect_ok=False)
-        _step(f"mtpforge graft {finetune.name} --donor base --out finetune-mtp")
+        _title("2. a finetune that lost its head but still declares it (the tmax-27b case)")
+        surprises += _doctor(finetune, expect_ok=False)
+        before = verify(str(finetune), **VERIFY)
+        click.echo(render_verify(before.to_dict()))
+        _step(f"mtpforge graft {finetune.name} --donor {base.name} --out finetune-mtp")
         graft(str(finetune), str(base), str(root / "finetune-mtp"))
-        surprises += _verdict(root / "finetune-mtp", expect_ok=True)
+        surprises += _doctor(root / "finetune-mtp", expect_ok=True)
+        after = verify(str(root / "finetune-mtp"), **VERIFY)
+        click.echo(render_verify(after.to_dict()))
+        surprises += int(before.verdict != "collapsed" or after.verdict != "ok")
 
-        w4 = make_checkpoint(root / "w4a16-uncovered", quant="w4a16", seed=2)
-        config = json.loads((w4 / "config.json").read_text())
+        _title("3. a W4A16 build of the base")
+        _step(f"mtpforge quantize {base.name} --scheme w4a16 --group-size 32 --out w4a16")
+        quantize(str(base), str(root / "w4a16"), scheme="w4a16", group_size=32)
+        surprises += _doctor(root / "w4a16", expect_ok=True)
+        q_report = verify(str(root / "w4a16"), reference=str(base), **VERIFY)
+        click.echo(render_verify(q_report.to_dict()))
+        broken = root / "w4a16-forgot-head"
+        shutil.copytree(root / "w4a16", broken)
+        config = json.loads((broken / "config.json").read_text())
         config["quantization_config"]["ignore"].remove("re:^mtp.*")
-        (w4 / "config.json").write_text(json.dumps(config, indent=2))
-        surprises += _diagnose("w4a16-uncovered", "a W4A16 build whose ignore list forgot the BF16 head", w4, expect_ok=False)
-        _step("mtpforge doctor w4a16-uncovered --fix --out w4a16-fixed")
-        fix(str(w4), str(root / "w4a16-fixed"))
-        surprises += _verdict(root / "w4a16-fixed", expect_ok=True)
+        (broken / "config.json").write_text(json.dumps(config, indent=2))
+        _step("(an ignore list without re:^mtp.*, as careless exporters write it)")
+        surprises += _doctor(broken, expect_ok=False)
+        _step("mtpforge doctor w4a16-forgot-head --fix --out w4a16-fixed")
+        fix(str(broken), str(root / "w4a16-fixed"))
+        surprises += _doctor(root / "w4a16-fixed", expect_ok=True)
 
-        _step("mtpforge strip base --vision --out base-text")
-        strip(str(base), str(root / "base-text"))
-        surprises += _verdict(root / "base-text", expect_ok=True)
+        _title("4. a text-only build")
+        _step(f"mtpforge strip {base.name} --vision --out text-only")
+        strip(str(base), str(root / "text-only"))
+        surprises += _doctor(root / "text-only", expect_ok=True)
 
+        _title("5. full scale: a hollow replica of the real Qwen3.6-27B (all 1199 headers, 51.7 GiB of holes)")
         replica = make_hollow_replica(root / "Qwen3.6-27B")
-        surprises += _diagnose("Qwen3.6-27B", "a header-exact hollow replica of the real Qwen3.6-27B (51.7 GiB of holes)",
-                               replica, expect_ok=True)
+        surprises += _doctor(replica, expect_ok=True)
         headless = make_hollow_replica(root / "tmax-27b", drop=("mtp",))
-        _step("mtpforge graft tmax-27b --donor Qwen3.6-27B --out tmax-27b-mtp   (writes the 0.85 GB head, links 50 GB)")
+        _step("mtpforge graft tmax-27b --donor Qwen3.6-27B --out tmax-27b-mtp   (writes the 0.85 GB head, links the rest)")
         start = time.perf_counter()
         graft(str(headless), str(replica), str(root / "tmax-27b-mtp"))
         click.echo(f"(graft took {time.perf_counter() - start:.1f} s)")
-        surprises += _verdict(root / "tmax-27b-mtp", expect_ok=True)
-        click.echo(f"\nevery verdict as expected" if not surprises else f"\n{surprises} unexpected verdict(s)")
+        surprises += _doctor(root / "tmax-27b-mtp", expect_ok=True)
+
+        pos = lambda r: r.acceptance["acceptance_per_position"] if r.acceptance else [0.0] * VERIFY["k"]  # noqa: E731
+        click.echo("\nacceptance per draft position (greedy, reference runtime):")
+        for label, report in (("base", base_report), ("finetune, no head", before), ("finetune + grafted head", after), ("W4A16 base", q_report)):
+            click.echo(f"  {label:<26}" + "".join(f"{100 * r:>8.1f}%" for r in pos(report)) + f"   {report.verdict}")
+        click.echo("\nevery verdict as expected" if not surprises else f"\n{surprises} unexpected verdict(s)")
         return 0 if not surprises else 1
     finally:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _diagnose(name: str, story: str, path: Path, *, expect_ok: bool) -> int:
-    click.echo(f"\n=== {name}: {story}")
-    click.echo(render_inspect(inspect_checkpoint(path).to_dict()))
-    return _verdict(path, expect_ok=expect_ok)
+def _title(text: str) -> None:
+    click.echo(f"\n=== {text}")
 
 
 def _step(command: str) -> None:
     click.echo(f"\n$ {command}")
 
 
-def _verdict(path: Path, *, expect_ok: bool) -> int:
-    start = time.perf_counter()
+def _doctor(path: Path, *, expect_ok: bool) -> int:
     report = doctor(path)
-    click.echo(render_doctor(report) + f"\n(doctor took {(time.perf_counter() - start) * 1000:.0f} ms)")
+    click.echo(render_doctor(report))
     return int(report.ok != expect_ok)

@@ -115,7 +115,7 @@ def plan_graft(target: str | os.PathLike[str], donor: Donor, *, shard_name: str 
     head = NewShard(shard_name, tuple(TensorCopy(n, donor.tensors[n].dtype, donor.tensors[n].shape, donor.source(donor.tensors[n]))
                                       for n in expected), metadata)
     rb = rebuild(ckpt, drop=drop, add=(head,))
-    config, hf_quant, excluded = edit_lists(config, hf_quant_config(ckpt), exclude_prefix("mtp"))
+    config, hf_quant, excluded = edit_lists(config, hf_quant_config(ckpt), exclude_prefix(family.mtp_prefix))
     actions = [f"{'replace the existing' if drop else 'add the'} MTP head: {len(expected)} tensors from {donor.name}"
                f"{' @ ' + donor.revision if donor.revision else ''} into {shard_name}",
                f"declare {family.mtp_config_key} = {layers} in config.json"]

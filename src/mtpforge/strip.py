@@ -22,9 +22,6 @@ from mtpforge.surgery.quant_lists import drop_names, edit_lists
 from mtpforge.surgery.rebuild import hf_quant_config, rebuild
 from mtpforge.surgery.stage import apply_plan, check_destination
 
-VISION_PREFIX = "model.visual"
-
-
 class StripError(MtpforgeError):
     """There is nothing to strip."""
 
@@ -45,7 +42,7 @@ def plan_strip(target: str | os.PathLike[str]) -> Plan:
         raise StripError(f"{ckpt.root}: already text-only (language_model_only: true, no vision tensors)")
     rb = rebuild(ckpt, drop=vision)
     config = {**ckpt.config, "language_model_only": True}
-    config, hf_quant, lists_changed = edit_lists(config, hf_quant_config(ckpt), drop_names(VISION_PREFIX))
+    config, hf_quant, lists_changed = edit_lists(config, hf_quant_config(ckpt), drop_names(family.vision_prefix))
     actions = [f"drop {len(vision)} vision tensors ({sum(ckpt.tensors[n].nbytes for n in vision if n in ckpt.tensors):,} bytes)"
                if vision else "no vision tensors to drop",
                "declare language_model_only: true (keep the architecture, vision_config and model.language_model.* names)"]

@@ -59,7 +59,7 @@ def plan_fix(path: str | os.PathLike[str], report: DoctorReport) -> Plan | None:
                                             for t in sorted((header.tensors[n] for n in f.tensors), key=lambda t: t.begin))))
             actions.append(f"index the {len(f.tensors)} MTP tensors of {shard}" + (f" (moved to {name})" if name != shard else ""))
     if codes & {"mtp-quant-uncovered", "mtp-ignore-fused-unsafe"}:
-        config, hf_quant, _ = edit_lists(config, hf_quant, exclude_prefix("mtp"))
+        config, hf_quant, _ = edit_lists(config, hf_quant, exclude_prefix(family.mtp_prefix))
         actions.append("exclude the MTP head from quantization with re:^mtp.* / mtp*")
     if "mtp-undeclared" in codes:
         layers = len({m.group(1) for n in ckpt.tensors if family.group_of(n) == MTP and (m := re.match(r"mtp\.layers\.(\d+)\.", n))})

@@ -64,6 +64,8 @@ class Family:
     name: str = ""
     model_types: tuple[str, ...] = ()
     mtp_config_key: str = ""
+    mtp_prefix = "mtp"  # every MTP tensor's first name component
+    vision_prefix = "model.visual"  # the vision tower's module path
 
     def text_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """The config block that holds the language model's fields."""
@@ -111,7 +113,7 @@ class Family:
     def group_of(self, name: str) -> str:
         """The group of a tensor by its name alone (for tensors the inventory does not expect)."""
         parts = name.split(".")
-        if parts[0] == "mtp":
+        if parts[0] == self.mtp_prefix:
             return MTP
         if self.is_vision(name):
             return VISION
@@ -120,7 +122,11 @@ class Family:
         return TRUNK
 
     def is_vision(self, name: str) -> bool:
-        return name.split(".")[:2] == ["model", "visual"]
+        return name.split(".")[:2] == self.vision_prefix.split(".")
+
+    def trunk_prefix(self, config: dict[str, Any]) -> str:
+        """The module path of the language model (`model` or `model.language_model`)."""
+        return "model"
 
     @staticmethod
     def require(config: dict[str, Any], key: str, value: Any) -> int:

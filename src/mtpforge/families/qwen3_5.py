@@ -36,18 +36,18 @@ class Qwen35Family(Family):
     def has_vision(self, config: dict[str, Any]) -> bool:
         return self.is_wrapper(config) and isinstance(config.get("vision_config"), dict)
 
-    def prefix(self, config: dict[str, Any]) -> str:
+    def trunk_prefix(self, config: dict[str, Any]) -> str:
         return "model.language_model" if self.is_wrapper(config) else "model"
 
     def expected(self, config: dict[str, Any], *, fused_experts: bool = True, vision: bool | None = None) -> Inventory:
         d = blocks.read_dims(self, config)
         dtype = self.dtype(config)
         inv = Inventory()
-        blocks.trunk(inv, self.prefix(config), d, dtype=dtype, gdn_fused=False,
+        blocks.trunk(inv, self.trunk_prefix(config), d, dtype=dtype, gdn_fused=False,
                      is_moe_layer=lambda i: self.moe, fused_experts=fused_experts)
         blocks.mtp_head(inv, d, self.mtp_layers(config), moe=self.moe, fused_experts=fused_experts, dtype=dtype)
         if vision if vision is not None else self.has_vision(config):
-            blocks.vision_tower(inv, "model.visual", config.get("vision_config") or {}, dtype)
+            blocks.vision_tower(inv, self.vision_prefix, config.get("vision_config") or {}, dtype)
         return inv
 
 

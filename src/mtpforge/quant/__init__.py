@@ -6,7 +6,7 @@ point, any group size or per channel) written as compressed-tensors
 rules: trunk Linear weights, except what must stay high precision (conv1d,
 A_log, dt_bias, norms, routers), GDN `in_proj_a` / `in_proj_b`, and MoE
 experts. The MTP head stays as stored and is excluded with `re:^mtp.*`; the
-vision tower stays BF16 (`re:.*visual.*`); every other unquantized Linear is
+vision tower stays BF16 (`re:^model\\.visual\\..*`); every other unquantized Linear is
 ignored by exact name, whole fused groups together.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 from mtpforge.checkpoint import Checkpoint, open_checkpoint
 from mtpforge.checkpoint.header import FLOAT_DTYPES
 from mtpforge.errors import UsageError
-from mtpforge.families import TRUNK, TensorSpec, detect_family, expected_inventory
+from mtpforge.families import TRUNK, Family, TensorSpec, detect_family, expected_inventory
 from mtpforge.families.base import LINEAR
 from mtpforge.surgery.output import make_plan
 from mtpforge.surgery.plan import NewShard, Plan, TensorCopy
@@ -74,7 +74,7 @@ def plan_quantize(base: str | os.PathLike[str], *, scheme: str = "w4a16", group_
         sizes.update({c.name: c.nbytes for c in copies})
     other = tuple(f for f in sorted(ckpt.files) if not f.endswith(".safetensors") and f not in ("config.json", "model.safetensors.index.json"))
     rb = Rebuild(tuple(linked) + other, tuple(written), weight_map, sizes, linked_bytes, ())
-    config = {**ckpt.config, "quantization_config": _ct_config(expected, chosen, bits, group, symmetric)}
+    config = {**ckpt.config, "quantization_config": _ct_config(family, expected, chosen, bits, group, symmetric)}
     actions = [f"quantize {len(chosen)} trunk Linear weights to {scheme} ({'group ' + str(group) if group else 'per channel'}, RTN)",
                "keep the MTP head as stored, excluded with re:^mtp.*", "keep conv1d, A_log, dt_bias, norms, in_proj_a/b and embeddings high precision"]
     return make_plan("quantize", ckpt.root, rb, config, None, actions, [])
@@ -126,9 +126,11 @@ def _quantized(ckpt: Checkpoint, info: Any, bits: int, group: int | None, symmet
     return copies
 
 
-def _ct_config(expected: dict[str, TensorSpec], chosen: dict[str, TensorSpec], bits: int, group: int | None, symmetric: bool) -> dict[str, Any]:
+def _ct_config(family: Family, expected: dict[str, TensorSpec], chosen: dict[str, TensorSpec], bits: int, group: int | None,
+               symmetric: bool) -> dict[str, Any]:
     skipped = sorted({s.module for n, s in expected.items() if s.kind == LINEAR and n not in chosen and s.group == TRUNK})
-    ignore = ["lm_head"] + [m for m in skipped if m != "lm_head"] + ["re:.*visual.*", "re:^mtp.*"]
+    # Patterns for the head and the tower match the fused names engines build; exact names for the rest.
+    ignore = ["lm_head", *skipped, f"re:^{family.vision_prefix}\\..*", f"re:^{family.mtp_prefix}.*"]
     weights = {"num_bits": bits, "type": "int", "symmetric": symmetric, "strategy": "group" if group else "channel",
                "group_size": group, "dynamic": False, "actorder": None, "observer": "minmax", "observer_kwargs": {}}
     return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",

@@ -72,7 +72,7 @@ def load_reference(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.f
     if family.name != "qwen3_5":
         raise CheckpointError(f"{path}: the reference runtime implements dense qwen3_5 only, not {family.name}",
                               hint="verify this family through a live engine (--engine vllm)")
-    prefix = "model.language_model." if "text_config" in ckpt.config else "model."
+    prefix = family.trunk_prefix(ckpt.config) + "."
     stored = ckpt.stored
     mtp_names = [n for n in stored if family.group_of(n) == MTP]
     layers = family.mtp_layers(ckpt.config) if mtp_names else 0
