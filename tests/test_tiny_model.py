@@ -60,11 +60,23 @@ def _map(names: Callable[[str], bool], fn: Callable[[Any], Any]) -> Callable[[li
                        for t in ts]
 
 
-def test_a_head_with_shifted_norms_collapses(tmp_path: Path) -> None:
-    broken = _copy_with(tmp_path, _map(lambda n: n.startswith("mtp.") and "norm" in n, lambda v: v + 1.0))
+def test_a_head_whose_norm_offset_is_lost_collapses(tmp_path: Path, base_report: dict[str, Any]) -> None:
+    # HF stores w and engines compute x * (1 + w); a converter that drops the offset
+    # makes the head compute x * w (vllm-mlx #400, MTPLX #511): shift -1
+    broken = _copy_with(tmp_path, _map(lambda n: n.startswith("mtp.") and "norm" in n, lambda v: v - 1.0))
     assert "mtp-norm-convention" in {f.code for f in doctor(broken).findings}
     report = verify(str(broken), **RUN)
     assert report.verdict == "collapsed", report.acceptance
+
+
+def test_a_head_shifted_twice_drafts_clearly_worse(tmp_path: Path, base_report: dict[str, Any]) -> None:
+    # +1 (1 + w applied to an already absolute weight): doctor flags it; on this tiny model, whose
+    # offsets are small, it is a near-uniform x2 that the next RMSNorm partly absorbs, so it degrades
+    broken = _copy_with(tmp_path, _map(lambda n: n.startswith("mtp.") and "norm" in n, lambda v: v + 1.0))
+    assert "mtp-norm-convention" in {f.code for f in doctor(broken).findings}
+    report = verify(str(broken), reference=str(BASE), **RUN)
+    shifted, base = report.acceptance["acceptance_per_position"][0], base_report["acceptance"]["acceptance_per_position"][0]
+    assert report.verdict == "degraded" and shifted < base - 0.10, (shifted, base)
 
 
 def test_a_head_with_swapped_concatenation_collapses(tmp_path: Path) -> None:
