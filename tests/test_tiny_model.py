@@ -123,3 +123,16 @@ def test_vllm_counts_the_acceptance_the_reference_runtime_computes(tmp_path: Pat
     assert report["engine_acceptance"]["drafts"] > 50
     for j, (a, b) in enumerate(zip(ours, engine)):
         assert abs(a - b) <= 0.05, f"position {j}: reference {a:.3f} vs vLLM {b:.3f} ({ours} vs {engine})"
+
+
+def test_verify_cli_contract(tmp_path: Path, cli: Any) -> None:
+    chart = tmp_path / "acceptance.png"
+    ok = cli("verify", str(BASE), "--max-prompts", "4", "--json", "--chart", str(chart))
+    assert ok.code == 0 and ok.json()["schema"] == "mtpforge.verify/1" and ok.json()["verdict"] == "ok"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    strict = cli("verify", str(BASE), "--max-prompts", "4", "--min-acceptance", "0.99")
+    assert strict.code == 1 and "--min-acceptance 0.99" in strict.out
+    collapsed = cli("verify", str(FINETUNE), "--max-prompts", "2")
+    assert collapsed.code == 1 and "COLLAPSED" in collapsed.out and "no MTP head" in collapsed.out
+    bad = cli("verify", str(BASE), "--prompts", str(tmp_path / "missing.txt"))
+    assert bad.code == 2 and "cannot read" in bad.err
