@@ -135,3 +135,24 @@ def test_e2m1_unpacking_keeps_the_sign_of_zero() -> None:
     values = unpack_fp4(packed).float()
     assert values.tolist() == [[0.0, -0.0, 6.0, -6.0, -1.0, 1.5]]
     assert torch.signbit(values).tolist() == [[False, True, False, True, True, False]]  # torch.equal would not see -0.0
+
+
+@pytest.mark.parametrize("family,fused", [("qwen3_5_moe", True), ("qwen3_5_moe", False), ("qwen3_next", True), ("qwen3_next", False)])
+def test_moe_and_next_families_run_in_the_reference_runtime(make: Make, family: str, fused: bool) -> None:
+    ref = load_reference(make("m", family=family, fused_experts=fused))
+    hidden, logits = ref.trunk_forward(torch.tensor([[1, 2, 3, 4, 5]]))
+    assert torch.isfinite(logits).all() and ref.head is not None
+    const = load_reference(make("c", family=family, fused_experts=fused, constant=True))
+    seqs = [(3, greedy_continuation(const, [5, 6, 7], 16))]
+    assert measure_acceptance(const, seqs, k=2).rates == [1.0, 1.0]  # the same oracle as for the dense family
+    assert measure_divergence(ref, ref, [[1, 2, 3, 4]]).kl_mean_nats == 0.0
+
+
+def test_per_expert_weights_fuse_as_transformers_stores_them(make: Make) -> None:
+    from mtpforge.reference.model import fuse_experts
+
+    g, u, d = torch.randn(3, 4), torch.randn(3, 4), torch.randn(4, 3)
+    state = {f"x.mlp.experts.{e}.{p}.weight": t * (e + 1) for e in range(2) for p, t in (("gate_proj", g), ("up_proj", u), ("down_proj", d))}
+    fused = fuse_experts(state)
+    assert fused["x.mlp.experts.gate_up_proj"].shape == (2, 6, 4) and fused["x.mlp.experts.down_proj"].shape == (2, 4, 3)
+    assert torch.equal(fused["x.mlp.experts.gate_up_proj"][1], torch.cat([g, u]) * 2)

@@ -13,13 +13,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import re
+
 import torch
-from transformers import Qwen3_5ForCausalLM
-from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5Config, Qwen3_5TextConfig
 
 from mtpforge.checkpoint import open_checkpoint
 from mtpforge.errors import CheckpointError
 from mtpforge.families import MTP, TRUNK, EMBEDDINGS, detect_family
+from mtpforge.reference.classes import RUNTIMES, text_config
 from mtpforge.reference.dequant import dequantize
 from mtpforge.reference.mtp import MtpHead
 
@@ -28,7 +29,7 @@ from mtpforge.reference.mtp import MtpHead
 class ReferenceModel:
     """A trunk and (when the checkpoint has one) its MTP head, ready to run."""
 
-    trunk: Qwen3_5ForCausalLM
+    trunk: Any  # the family's transformers *ForCausalLM
     head: MtpHead | None
     name: str
 
@@ -49,19 +50,13 @@ class ReferenceModel:
         return hidden, self.trunk.lm_head(hidden)
 
 
-def text_config(config: dict[str, Any]) -> Qwen3_5TextConfig:
-    """transformers' text config for a Qwen3.5 checkpoint config (wrapper or text-only)."""
-    if "text_config" in config:
-        return Qwen3_5Config(**{k: v for k, v in config.items() if k != "quantization_config"}).text_config
-    return Qwen3_5TextConfig(**{k: v for k, v in config.items() if k != "quantization_config"})
-
-
-def build_model(config: dict[str, Any], *, mtp_layers: int) -> tuple[Qwen3_5ForCausalLM, MtpHead | None]:
+def build_model(config: dict[str, Any], *, mtp_layers: int) -> tuple[Any, MtpHead | None]:
     """Untrained modules of the right shapes (the training script starts from these)."""
-    tc = text_config(config)
+    runtime = RUNTIMES[detect_family(config).name]
+    tc = text_config(runtime, config)
     tc._attn_implementation = "sdpa"
-    trunk = Qwen3_5ForCausalLM(tc)
-    head = MtpHead(tc, mtp_layers) if mtp_layers else None
+    trunk = runtime.causal_lm(tc)
+    head = MtpHead(tc, mtp_layers, runtime) if mtp_layers else None
     return trunk, head
 
 
@@ -73,9 +68,6 @@ def load_reference(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.f
     """
     ckpt = open_checkpoint(path)
     family = detect_family(ckpt.config)
-    if family.name != "qwen3_5":
-        raise CheckpointError(f"{path}: the reference runtime implements dense qwen3_5 only, not {family.name}",
-                              hint="verify this family through a live engine (--engine vllm)")
     prefix = family.trunk_prefix(ckpt.config) + "."
     stored = ckpt.stored
     mtp_names = [n for n in stored if family.group_of(n) == MTP]
@@ -92,13 +84,33 @@ def load_reference(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.f
             head_state[name[len("mtp."):]] = dequantize(ckpt, weight)
     if trunk.config.tie_word_embeddings and "lm_head.weight" not in trunk_state:
         trunk_state["lm_head.weight"] = trunk_state["model.embed_tokens.weight"]
-    _load(trunk, trunk_state, str(path), "trunk")
+    _load(trunk, fuse_experts(trunk_state), str(path), "trunk")
     if head is not None:
-        _load(head, head_state, str(path), "MTP head")
+        _load(head, fuse_experts(head_state), str(path), "MTP head")
     trunk.to(device=device, dtype=dtype).eval()
     if head is not None:
         head.to(device=device, dtype=dtype).eval()
     return ReferenceModel(trunk, head, str(path))
+
+
+_EXPERT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def fuse_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-expert weights into transformers' fused `gate_up_proj` [E, 2I, H] (gate, then up) and `down_proj` [E, H, I]."""
+    per: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    out = {}
+    for name, tensor in state.items():
+        m = _EXPERT.match(name)
+        if m:
+            per.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = tensor
+        else:
+            out[name] = tensor
+    for prefix, experts in per.items():
+        order = sorted(experts)
+        out[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([experts[e]["gate_proj"], experts[e]["up_proj"]]) for e in order])
+        out[f"{prefix}.down_proj"] = torch.stack([experts[e]["down_proj"] for e in order])
+    return out
 
 
 def _load(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:

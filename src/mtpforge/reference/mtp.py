@@ -7,8 +7,8 @@
     out = norm(x)                                # its hidden feeds the next draft step
     logits = lm_head(out)                        # shared with the trunk, as is embed_tokens
 
-Built from transformers' own Qwen3.5 modules (Gemma-style RMSNorm `x * (1 + w)`,
-gated attention, rotary embedding), so the head's math is the trunk's.
+Built from the family's own transformers modules (Gemma-style RMSNorm `x * (1 + w)`,
+gated attention, the dense or sparse-MoE MLP, rotary embedding), so the head's math is the trunk's.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
-from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5DecoderLayer, Qwen3_5RMSNorm, Qwen3_5TextRotaryEmbedding
+
+from mtpforge.reference.classes import RUNTIMES, Runtime
 
 
 def head_config(text_config: Any, layers: int) -> Any:
@@ -34,17 +35,18 @@ def head_config(text_config: Any, layers: int) -> Any:
 class MtpHead(nn.Module):
     """`mtp.*` of a Qwen3.5 checkpoint: norms, fc and full-attention decoder layers."""
 
-    def __init__(self, text_config: Any, layers: int = 1) -> None:
+    def __init__(self, text_config: Any, layers: int = 1, runtime: Runtime = RUNTIMES["qwen3_5"]) -> None:
         super().__init__()
         cfg = head_config(text_config, layers)
         self.config = cfg
+        self.mrope = runtime.mrope
         h, eps = cfg.hidden_size, cfg.rms_norm_eps
-        self.pre_fc_norm_embedding = Qwen3_5RMSNorm(h, eps=eps)
-        self.pre_fc_norm_hidden = Qwen3_5RMSNorm(h, eps=eps)
+        self.pre_fc_norm_embedding = runtime.rms_norm(h, eps=eps)
+        self.pre_fc_norm_hidden = runtime.rms_norm(h, eps=eps)
         self.fc = nn.Linear(2 * h, h, bias=False)
-        self.layers = nn.ModuleList([Qwen3_5DecoderLayer(cfg, i) for i in range(layers)])
-        self.norm = Qwen3_5RMSNorm(h, eps=eps)
-        self.rotary_emb = Qwen3_5TextRotaryEmbedding(cfg)
+        self.layers = nn.ModuleList([runtime.decoder_layer(cfg, i) for i in range(layers)])
+        self.norm = runtime.rms_norm(h, eps=eps)
+        self.rotary_emb = runtime.rotary(cfg)
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.config)
@@ -64,7 +66,7 @@ class MtpHead(nn.Module):
             The head's post-norm hidden state [B, T, H]; `lm_head` of it gives the draft logits.
         """
         x = self.fc(torch.cat([self.pre_fc_norm_embedding(embeds), self.pre_fc_norm_hidden(hidden)], dim=-1))
-        rope_positions = positions[None].expand(3, *positions.shape)  # text-only mrope: t = h = w
+        rope_positions = positions[None].expand(3, *positions.shape) if self.mrope else positions  # text: t = h = w
         position_embeddings = self.rotary_emb(x, rope_positions)
         layer = self.layers[step % len(self.layers)]
         x = layer(x, position_embeddings=position_embeddings, attention_mask=None, position_ids=positions, past_key_values=cache,
