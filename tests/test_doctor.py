@@ -3,18 +3,16 @@ healthy checkpoints of every family and format give no finding at all."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mtpforge.checkpoint.index import INDEX_NAME
 from mtpforge.checkpoint.values import decode, encode
 from mtpforge.checkpoint.writer import TensorData, write_safetensors
 from mtpforge.doctor import CATALOGUE, doctor
-from mtpforge.families import MTP, TRUNK
+from mtpforge.families import MTP
 from mtpforge.families.base import LINEAR
 from mtpforge.testing.factory import default_scope
 from mtpforge.testing.formats import FORMATS

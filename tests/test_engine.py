@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtpforge.checkpoint.values import decode, encode
+from mtpforge.checkpoint.values import encode
 from mtpforge.checkpoint.writer import TensorData
 from mtpforge.doctor import doctor
 from mtpforge.graft import graft

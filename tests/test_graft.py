@@ -14,7 +14,7 @@ from mtpforge.checkpoint import open_checkpoint
 from mtpforge.checkpoint.index import INDEX_NAME
 from mtpforge.doctor import doctor
 
-from .conftest import CliResult, codes, edit_json, read_all, shard_of
+from .conftest import CliResult, codes, edit_json, read_all
 from .test_doctor import drop_tensors, set_config, shift_norms
 
 Cli = Callable[..., CliResult]

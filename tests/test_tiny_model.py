@@ -124,7 +124,7 @@ def test_vllm_counts_the_acceptance_the_reference_runtime_computes(cli: Any) -> 
     ours = report["acceptance"]["acceptance_per_position"]
     engine = report["engine_acceptance"]["acceptance_per_position"]
     assert report["engine_acceptance"]["drafts"] > 50
-    for j, (a, b) in enumerate(zip(ours, engine)):
+    for j, (a, b) in enumerate(zip(ours, engine, strict=True)):
         assert abs(a - b) <= 0.05, f"position {j}: reference {a:.3f} vs vLLM {b:.3f} ({ours} vs {engine})"
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "doctor", "inspect_checkpoint"]
+__all__ = ["__version__", "doctor", "inspect_checkpoint"]  # noqa: F822 (provided lazily by __getattr__)
 
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]

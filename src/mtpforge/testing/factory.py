@@ -144,7 +144,7 @@ def write_shards(out: Path, tensors: list[TensorData], *, shards: int, index: bo
         buckets[min(shards - 1, running * shards // max(total, 1))].append(t)
         running += t.nbytes
     weight_map = {}
-    for name, bucket in zip(names, buckets):
+    for name, bucket in zip(names, buckets, strict=True):
         write_safetensors(out / name, bucket, {"format": "pt"})
         weight_map.update({t.name: name for t in bucket})
     if index:
