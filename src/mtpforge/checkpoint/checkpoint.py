@@ -62,11 +62,6 @@ class Checkpoint:
         """Loaded tensors grouped into logical weights (quantized ones with their companions)."""
         return resolve(self.tensors, self.read_ints)
 
-    @property
-    def shard_names(self) -> list[str]:
-        """Every `.safetensors` file that is indexed or lies in the directory."""
-        return sorted(set(self.headers) | set(self.header_errors))
-
     def read(self, info: TensorInfo, *, max_bytes: int = 1 << 26) -> np.ndarray:
         """Read one tensor's data (bfloat16 widened to float32); refuses tensors over `max_bytes`."""
         if info.nbytes > max_bytes:

@@ -8,7 +8,7 @@ from functools import cached_property
 from mtpforge.checkpoint import Checkpoint
 from mtpforge.checkpoint.quant_config import QuantConfig
 from mtpforge.checkpoint.stored import StoredWeight
-from mtpforge.families import MTP, VISION, Family, Inventory, TensorSpec, expected_inventory
+from mtpforge.families import MTP, VISION, Family, Inventory, expected_inventory
 
 
 @dataclass
@@ -42,12 +42,5 @@ class Context:
     def quant_configs(self) -> list[QuantConfig]:
         return self.ckpt.quant_configs
 
-    def group_of(self, name: str) -> str:
-        spec = self.expected.get(name)
-        return spec.group if spec else self.family.group_of(name)
-
     def loaded_mtp(self) -> list[str]:
         return sorted(n for n in self.ckpt.tensors if self.family.group_of(n) == MTP)
-
-    def specs(self, *, group: str | None = None, kind: str | None = None) -> list[TensorSpec]:
-        return [s for s in self.expected.values() if (group is None or s.group == group) and (kind is None or s.kind == kind)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mtpforge.errors import CheckpointError
 from mtpforge.families.base import (
     BIAS, CONV, EMBEDDING, EXPERTS, FULL_ATTENTION, LINEAR, LINEAR_ATTENTION, NORM, PARAM, Family, Inventory,
 )
@@ -59,8 +60,6 @@ def read_dims(family: Family, config: dict[str, Any], *, default_interval: int =
         interval = get(config, "full_attention_interval", default_interval)
         layer_types = [FULL_ATTENTION if (i + 1) % interval == 0 else LINEAR_ATTENTION for i in range(n_layers)]
     if not isinstance(layer_types, list) or len(layer_types) != n_layers or not set(layer_types) <= {FULL_ATTENTION, LINEAR_ATTENTION}:
-        from mtpforge.errors import CheckpointError
-
         raise CheckpointError(
             f"config.json: layer_types must list {n_layers} entries of full_attention / linear_attention",
             hint="restore config.json from the base model",

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from mtpforge.checkpoint import Checkpoint, open_checkpoint
-from mtpforge.checkpoint.header import FLOAT_DTYPES
+from mtpforge.checkpoint.header import DTYPE_BITS, FLOAT_DTYPES
 from mtpforge.errors import UsageError
 from mtpforge.families import TRUNK, Family, TensorSpec, detect_family, expected_inventory
 from mtpforge.families.base import LINEAR
 from mtpforge.surgery.output import make_plan
 from mtpforge.surgery.plan import NewShard, Plan, TensorCopy
-from mtpforge.surgery.rebuild import Rebuild, require_readable
+from mtpforge.surgery.rebuild import REWRITTEN_FILES, Rebuild, require_readable
 from mtpforge.surgery.sources import Computed, FileRange
 from mtpforge.surgery.stage import apply_plan, check_destination
 
@@ -72,7 +72,7 @@ def plan_quantize(base: str | os.PathLike[str], *, scheme: str = "w4a16", group_
         written.append(NewShard(shard, tuple(copies)))
         weight_map.update({c.name: shard for c in copies})
         sizes.update({c.name: c.nbytes for c in copies})
-    other = tuple(f for f in sorted(ckpt.files) if not f.endswith(".safetensors") and f not in ("config.json", "model.safetensors.index.json"))
+    other = tuple(f for f in sorted(ckpt.files) if not f.endswith(".safetensors") and f not in REWRITTEN_FILES)
     rb = Rebuild(tuple(linked) + other, tuple(written), weight_map, sizes, linked_bytes, ())
     config = {**ckpt.config, "quantization_config": _ct_config(family, expected, chosen, bits, group, symmetric)}
     actions = [f"quantize {len(chosen)} trunk Linear weights to {scheme} ({'group ' + str(group) if group else 'per channel'}, RTN)",
@@ -121,7 +121,7 @@ def _quantized(ckpt: Checkpoint, info: Any, bits: int, group: int | None, symmet
         shapes["weight_zero_point"] = ("I32", (-(-out * bits // 32), groups))
     copies = []
     for key, (dtype, shape) in shapes.items():
-        nbytes = {"I32": 4, "BF16": 2, "I64": 8}[dtype] * math.prod(shape)
+        nbytes = DTYPE_BITS[dtype] // 8 * math.prod(shape)
         copies.append(TensorCopy(f"{module}.{key}", dtype, shape, Computed(f"{module}.{key}", lambda k=key: part(k), nbytes)))
     return copies
 

@@ -121,7 +121,7 @@ def make_checkpoint(
             tensors += fmt.tensors(name, spec.shape, rng)
         else:
             values = _values(spec, rng)
-            if constant and spec.kind == NORM and spec.layer is None and spec.name.endswith((".norm.weight", "mtp.norm.weight")) \
+            if constant and spec.kind == NORM and spec.layer is None and spec.name.endswith(".norm.weight") \
                     and spec.group in (TRUNK, MTP) and spec.norm_offset:
                 values = np.full(spec.shape, -1.0)
             tensors.append(TensorData(name, spec.dtype, spec.shape, encode(spec.dtype, values)))
