@@ -47,12 +47,12 @@ def norm_shift(expected: Mapping[str, TensorSpec], head_mean: Mean, trunk_mean: 
     by_type: dict[str, list[TensorSpec]] = {}
     for spec in expected.values():
         if spec.group == TRUNK and spec.kind == NORM and spec.norm_offset:
-            by_type.setdefault(_norm_type(spec), []).append(spec)
+            by_type.setdefault(spec.local_name, []).append(spec)
     rows = []
     for spec in expected.values():
         if spec.group != MTP or spec.kind != NORM or not spec.norm_offset:
             continue
-        trunk = by_type.get(_norm_type(spec), [])
+        trunk = by_type.get(spec.local_name, [])
         mtp_mean = head_mean(spec)
         step = max(1, len(trunk) // TRUNK_SAMPLES)
         trunk_means = [m for s in trunk[::step] if (m := trunk_mean(s)) is not None]
@@ -62,13 +62,6 @@ def norm_shift(expected: Mapping[str, TensorSpec], head_mean: Mean, trunk_mean: 
         return 0.0, []
     return statistics.median(m - t for _, m, t in rows), rows
 
-
-def _norm_type(spec: TensorSpec) -> str:
-    """`input_layernorm.weight`, `self_attn.q_norm.weight`, `norm.weight`, ... without prefix or layer."""
-    parts = spec.name.split(".")
-    if "layers" in parts:
-        return ".".join(parts[parts.index("layers") + 2 :])
-    return ".".join(parts[-2:])
 
 
 def _mean(ctx: Context, spec: TensorSpec) -> float | None:

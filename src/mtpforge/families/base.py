@@ -43,6 +43,15 @@ class TensorSpec:
     expert: bool = False  # a routed MoE expert's weight (engines fuse all experts of a layer)
 
     @property
+    def local_name(self) -> str:
+        """The name inside its layer (`self_attn.q_norm.weight`), or its last two parts outside any layer
+        (`norm.weight`): tensors of the same type in the trunk and the MTP head share it."""
+        parts = self.name.split(".")
+        if "layers" in parts:
+            return ".".join(parts[parts.index("layers") + 2 :])
+        return ".".join(parts[-2:])
+
+    @property
     def numel(self) -> int:
         n = 1
         for d in self.shape:
