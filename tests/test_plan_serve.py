@@ -1,0 +1,153 @@
+"""plan: vLLM's hybrid KV arithmetic against the seeds' published figures; serve: the launch line read from the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from mtpforge.testing.replica import make_hollow_replica
+from tests.conftest import rewrite_shard
+
+GIB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def qwen36_27b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_hollow_replica(tmp_path_factory.mktemp("plan") / "qwen3.6-27b")
+
+
+def plan_json(cli, path: Path, *args: str) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
+    r = cli("plan", str(path), "--json", *args)
+    return r.code, json.loads(r.out)
+
+
+# Published: seed 004 (L40S, W4A16 and FP8 builds, MTP=2, FP8 KV), seed 002 (RTX PRO 6000, NVFP4, MTP=3, 256K, FP8 KV).
+@pytest.mark.parametrize(("kv_pool", "max_len", "k", "published_tokens"), [
+    ("21.79GiB", 200_000, 2, 166_000),  # seed 004, W4A16: "21.79 GiB -> 166K tokens at 200K max"
+    ("9.86GiB", 262_144, 2, 75_000),  # seed 004, FP8: "9.86 GiB -> 75K tokens at 262K max"
+])
+def test_kv_tokens_match_the_seed_cards_within_two_percent(cli, qwen36_27b: Path, kv_pool: str, max_len: int, k: int,
+                                                           published_tokens: int) -> None:
+    code, d = plan_json(cli, qwen36_27b, "--gpu-memory", "46GiB", "--util", "0.95", "--kv-dtype", "fp8", "--max-model-len",
+                        str(max_len), "--num-speculative-tokens", str(k), "--kv-cache-memory", kv_pool)
+    assert code == 0
+    assert abs(d["kv_tokens"] - published_tokens) / published_tokens < 0.02
+    # 16 full-attention layers + the MTP layer hold KV; 48 GDN layers hold state.
+    assert (d["attention_layers"], d["gdn_layers"]) == (17, 48)
+    assert d["block_size"] == 1600
+
+
+def test_seed_002_tokens_and_concurrency_come_out_of_the_same_pool(cli, qwen36_27b: Path) -> None:
+    # Seed 002 publishes the pair "491,200 tokens -> max concurrency 6.98x at 256K": both must hold for one pool.
+    code, d = plan_json(cli, qwen36_27b, "--gpu-memory", "96GB", "--kv-dtype", "fp8", "--max-model-len", "262144",
+                        "--num-speculative-tokens", "3", "--kv-cache-memory", "63.75GiB")
+    assert code == 0
+    assert d["kv_tokens"] == 491_200
+    assert d["max_concurrency"] == pytest.approx(6.98, abs=0.005)
+    assert d["safe_max_num_seqs"] == 6
+
+
+def test_weights_are_counted_by_group_and_only_what_loads(cli, qwen36_27b: Path) -> None:
+    inspect = json.loads(cli("inspect", str(qwen36_27b), "--json").out)["groups"]
+    _, full = plan_json(cli, qwen36_27b, "--gpu-memory", "200GiB")
+    assert full["weights_loaded"] == sum(inspect[g]["bytes"] for g in ("trunk", "embeddings", "mtp", "vision"))
+    _, text = plan_json(cli, qwen36_27b, "--gpu-memory", "200GiB", "--language-model-only", "--num-speculative-tokens", "0")
+    assert text["weights_loaded"] == inspect["trunk"]["bytes"] + inspect["embeddings"]["bytes"]
+    # Without MTP the draft layer holds no KV and the conv state loses its k extra columns.
+    assert text["attention_layers"] == 16
+    assert text["gdn_state_per_layer"] < full["gdn_state_per_layer"]
+    assert full["kv_pool"] == int(200 * GIB * 0.9) - full["weights_loaded"] - 3 * GIB
+
+
+def test_fp8_kv_halves_the_bytes_per_token_and_tp_splits_heads(cli, qwen36_27b: Path) -> None:
+    _, bf16 = plan_json(cli, qwen36_27b, "--gpu-memory", "80GiB")
+    _, fp8 = plan_json(cli, qwen36_27b, "--gpu-memory", "80GiB", "--kv-dtype", "fp8")
+    _, tp2 = plan_json(cli, qwen36_27b, "--gpu-memory", "80GiB", "--tensor-parallel-size", "2")
+    # Qwen3.6-27B: 4 KV heads x 256 dims x (K and V) x 2 bytes.
+    assert bf16["kv_bytes_per_token_per_layer"] == 4 * 256 * 2 * 2
+    assert fp8["kv_bytes_per_token_per_layer"] == bf16["kv_bytes_per_token_per_layer"] // 2
+    assert tp2["kv_bytes_per_token_per_layer"] == bf16["kv_bytes_per_token_per_layer"] // 2
+    assert tp2["gdn_state_per_layer"] == bf16["gdn_state_per_layer"] // 2
+    assert fp8["kv_tokens"] > bf16["kv_tokens"]
+
+
+def test_what_does_not_fit_exits_1_and_says_so(cli, qwen36_27b: Path) -> None:
+    code, d = plan_json(cli, qwen36_27b, "--gpu-memory", "46GiB", "--util", "0.95")
+    assert code == 1 and "exceed" in d["problems"][0]
+    code, d = plan_json(cli, qwen36_27b, "--gpu-memory", "46GiB", "--kv-cache-memory", "1GiB", "--max-model-len", "262144")
+    assert code == 1 and "longest context" in d["problems"][0]
+    assert 0 < d["longest_context_that_fits"] < 262_144
+    code, d = plan_json(cli, qwen36_27b, "--gpu-memory", "46GiB", "--kv-cache-memory", "21.79GiB", "--max-model-len", "200000",
+                        "--max-num-seqs", "8")
+    assert code == 1 and "--max-num-seqs 8" in d["problems"][0]
+
+
+@pytest.mark.parametrize("args", [("--gpu-memory", "46XB"), ("--gpu-memory", "46GiB", "--tensor-parallel-size", "3"),
+                                  ("--gpu-memory", "46GiB", "--util", "1.5")])
+def test_bad_flags_are_usage_errors(cli, qwen36_27b: Path, args: tuple[str, ...]) -> None:
+    r = cli("plan", str(qwen36_27b), *args)
+    assert r.code == 2 and "Error:" in r.err
+
+
+def serve_line(cli, path: Path, *args: str) -> tuple[list[str], dict]:  # type: ignore[no-untyped-def]
+    r = cli("serve", str(path), "--json", *args)
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    argv = shlex.split(doc["command"].replace("\\\n", " "))
+    return argv, doc
+
+
+def flag(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def test_serve_reads_mtp_and_vision_from_the_checkpoint(cli, make) -> None:  # type: ignore[no-untyped-def]
+    full = make("full")
+    argv, doc = serve_line(cli, full)
+    assert argv[:3] == ["vllm", "serve", str(full)]
+    assert json.loads(flag(argv, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 3}
+    assert "--language-model-only" not in argv  # the tower is there: serving it is the user's choice
+    assert (flag(argv, "--reasoning-parser"), flag(argv, "--tool-call-parser")) == ("qwen3", "qwen3_coder")
+    assert doc["argv"][1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", str(full)]
+
+    stripped = make("stripped", vision=True)
+    rewrite_shard(next(stripped.glob("*.safetensors")), lambda ts: [t for t in ts if not t.name.startswith("model.visual")])
+    argv, doc = serve_line(cli, stripped)
+    assert "--language-model-only" in argv and any("vision" in n for n in doc["notes"])
+
+    headless = make("headless", mtp=False)
+    argv, doc = serve_line(cli, headless)
+    assert "--speculative-config" not in argv and any("no MTP head" in n for n in doc["notes"])
+    r = cli("serve", str(headless), "--num-speculative-tokens", "2")
+    assert r.code == 2 and "graft" in r.err
+
+
+@pytest.mark.parametrize(("fmt", "quantization"), [("w4a16", "compressed-tensors"), ("modelopt-nvfp4", "modelopt_fp4")])
+def test_serve_names_the_quantization_method(cli, make, fmt: str, quantization: str) -> None:  # type: ignore[no-untyped-def]
+    argv, _ = serve_line(cli, make(fmt, quant=fmt))
+    assert flag(argv, "--quantization") == quantization
+
+
+def test_serve_takes_max_num_seqs_from_the_plan(cli, qwen36_27b: Path) -> None:
+    args = ("--gpu-memory", "80GiB", "--kv-dtype", "fp8", "--max-model-len", "131072", "--text-only")
+    argv, doc = serve_line(cli, qwen36_27b, *args)
+    _, planned = plan_json(cli, qwen36_27b, *args[:6], "--language-model-only")
+    assert int(flag(argv, "--max-num-seqs")) == planned["safe_max_num_seqs"] == doc["plan"]["safe_max_num_seqs"] > 0
+    assert (flag(argv, "--kv-cache-dtype"), flag(argv, "--max-model-len"), flag(argv, "--gpu-memory-utilization")) == ("fp8", "131072", "0.9")
+    r = cli("serve", str(qwen36_27b), "--gpu-memory", "24GiB")
+    assert r.code == 2 and "does not fit" in r.err
+
+
+def test_serve_speaks_each_engine_and_version(cli, make) -> None:  # type: ignore[no-untyped-def]
+    nxt = make("next", family="qwen3_next")
+    argv, _ = serve_line(cli, nxt, "--engine-version", "0.11.0", "--num-speculative-tokens", "2")
+    assert json.loads(flag(argv, "--speculative-config"))["method"] == "qwen3_next_mtp"
+    assert cli("serve", str(make("q35")), "--engine-version", "0.11.0").code == 2
+    argv, _ = serve_line(cli, nxt, "--engine", "sglang", "--num-speculative-tokens", "2", "--kv-dtype", "fp8")
+    assert argv[:4] == ["python", "-m", "sglang.launch_server", "--model-path"]
+    assert (flag(argv, "--speculative-algorithm"), flag(argv, "--speculative-num-steps"), flag(argv, "--speculative-num-draft-tokens")) \
+        == ("NEXTN", "2", "3")
+    assert flag(argv, "--kv-cache-dtype") == "fp8_e4m3"
