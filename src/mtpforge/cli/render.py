@@ -141,3 +141,30 @@ def render_plan(d: dict[str, Any]) -> str:
     ]
     lines += [f"  PROBLEM: {p}" for p in d["problems"]]
     return "\n".join(lines)
+
+
+def render_bench(d: dict[str, Any]) -> str:
+    def ms(stats: dict[str, float] | None, key: str) -> str:
+        return f"{stats[key] * 1000:.1f}" if stats else "-"
+
+    lines = []
+    for run in d["runs"]:
+        lines += [f"{run['url']} ({run['model']})",
+                  f"  {'conc':>5}{'ok/sent':>9}{'tok/s':>9}{'TTFT p50':>10}{'p99':>8}{'TPOT p50':>10}{'ITL p99':>9}  acceptance"]
+        for lv in run["levels"]:
+            spec = lv["spec_decode"]
+            acc = (" / ".join(f"{100 * a:.0f}%" for a in spec["per_position"]) + f"  (mean length {spec['mean_acceptance_length']})"
+                   if spec and spec["per_position"] else "-")
+            lines.append(f"  {lv['concurrency']:>5}{lv['completed']:>5}/{lv['requests']:<3}{lv['output_tokens_per_s'] or 0:>9.1f}"
+                         f"{ms(lv['ttft_s'], 'p50'):>10}{ms(lv['ttft_s'], 'p99'):>8}{ms(lv['tpot_s'], 'p50'):>10}{ms(lv['itl_s'], 'p99'):>9}  {acc}")
+            lines += [f"        {n} x {err}" for err, n in lv["errors"].items()]
+    def x(ratio: float | None) -> str:
+        return "-" if ratio is None else f"{ratio}x"
+
+    if d.get("comparison"):
+        lines.append(f"first server over second ({d['runs'][0]['url']} / {d['runs'][1]['url']}):")
+    for row in d.get("comparison", []):
+        lines.append(f"  {row['concurrency']:>5} streams: tok/s {x(row['output_tokens_per_s'])}, TTFT p50 {x(row['ttft_p50'])}, "
+                     f"TPOT p50 {x(row['tpot_p50'])}")
+    lines.append("  (times in ms)")
+    return "\n".join(lines)

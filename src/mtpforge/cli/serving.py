@@ -106,3 +106,41 @@ def _run(line, python: str) -> int:  # type: ignore[no-untyped-def]
         return EXIT_OK
     click.echo(f"{line.engine} exited with code {code}", err=True)
     return EXIT_OK if code == 0 else EXIT_INPUT
+
+
+@app.command(epilog="Examples:\n\n\b\n  mtpforge bench --url http://127.0.0.1:8000 --concurrency 1,4,16 --out bench-mtp\n"
+             "  mtpforge bench --url http://127.0.0.1:8000 --compare http://127.0.0.1:8001 --input-len 1024 --output-len 256\n\n" + EXIT_CODES)
+@click.option("--url", required=True, help="Base URL of an OpenAI-compatible server (loopback unless --allow-remote).")
+@click.option("--compare", "compare_url", default=None, help="Run the same sweep on this second server (e.g. MTP off) and report ratios.")
+@click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated concurrent streams per level.")
+@click.option("--num-requests", type=int, default=32, show_default=True, help="Requests per level.")
+@click.option("--input-len", type=int, default=256, show_default=True, help="Prompt tokens (random token ids).")
+@click.option("--output-len", type=int, default=128, show_default=True, help="Tokens generated per request (EOS ignored).")
+@click.option("--prompts", type=click.Path(dir_okay=False, path_type=str), default=None, help="Prompt file instead of random prompts.")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Requests sent before measuring.")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds per request.")
+@click.option("--max-duration", type=float, default=300.0, show_default=True, help="Seconds per level; no new request starts after.")
+@click.option("--model", default=None, help="Model name (default: the first one /v1/models lists).")
+@click.option("--allow-remote", is_flag=True, help="Allow a server that is not on this machine.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None, help="Write bench.json and bench.png here.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def bench(url: str, compare_url: str | None, concurrency: str, num_requests: int, input_len: int, output_len: int, prompts: str | None,
+          warmup: int, timeout: float, max_duration: float, model: str | None, allow_remote: bool, out: str | None, as_json: bool) -> int:
+    """Stream requests at a sweep of concurrencies: TTFT, TPOT, ITL, tok/s, MTP acceptance from /metrics (exit 1 if requests failed)."""
+    from pathlib import Path
+
+    from mtpforge.cli.render import render_bench
+    from mtpforge.loadgen import BenchOptions, write_outputs
+    from mtpforge.loadgen import bench as run_bench
+
+    try:
+        levels = tuple(int(c) for c in concurrency.split(","))
+    except ValueError:
+        raise UsageError(f"--concurrency {concurrency!r} is not a list of integers", hint="--concurrency 1,4,16") from None
+    options = BenchOptions(concurrencies=levels, num_requests=num_requests, input_len=input_len, output_len=output_len, prompts=prompts,
+                           warmup=warmup, timeout=timeout, max_duration=max_duration, model=model, allow_remote=allow_remote)
+    doc = run_bench(url, options, compare_url=compare_url)
+    written = write_outputs(doc, Path(out)) if out else []
+    _emit(doc, as_json, render_bench(doc) + "".join(f"\nwrote {p}" for p in written))
+    failed = any(level["failed"] for run in doc["runs"] for level in run["levels"])
+    return EXIT_CHECKS_FAILED if failed else EXIT_OK

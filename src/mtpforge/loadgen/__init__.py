@@ -1,0 +1,144 @@
+"""`mtpforge bench`: load any OpenAI-compatible server at a sweep of concurrencies.
+
+Streaming `/v1/completions` requests with fixed input/output lengths (random
+token-id prompts, EOS ignored, so every level decodes the same work) or the
+user's prompt file; a warm-up first; TTFT, TPOT, inter-token latency and
+throughput per level; the engine's spec-decode counters turned into
+acceptance per position. `compare_url` runs the same sweep on a second server
+(MTP off, say) and reports the ratios. Loopback only unless told otherwise,
+and bounded: a request count per level, a per-request time-out and a
+per-level time limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from mtpforge.errors import UsageError
+from mtpforge.loadgen.sweep import Level, run_level
+from mtpforge.surgery.sources import SourceError
+from mtpforge.verify.engine import served_model
+from mtpforge.verify.prompts import load_prompts
+
+# Token ids below 256 exist in every byte-level BPE vocabulary (Qwen's included), so random prompts are valid anywhere.
+PROMPT_TOKEN_RANGE = (10, 256)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    concurrencies: tuple[int, ...] = (1, 4, 16)
+    num_requests: int = 32  # per level
+    input_len: int = 256
+    output_len: int = 128
+    prompts: str | None = None  # a prompt file instead of random token ids
+    warmup: int = 2
+    timeout: float = 120.0  # per request
+    max_duration: float = 300.0  # per level
+    model: str | None = None
+    allow_remote: bool = False
+    seed: int = 0
+
+
+def bench(url: str, options: BenchOptions, *, compare_url: str | None = None) -> dict[str, Any]:
+    """Run the sweep on `url` (and `compare_url`); the `mtpforge.bench/1` document.
+
+    Raises:
+        UsageError: a non-loopback URL without `allow_remote`, or bounds out of range.
+        SourceError: the server does not answer `/v1/models`.
+    """
+    urls = [url] + ([compare_url] if compare_url else [])
+    for u in urls:
+        _check_url(u, options.allow_remote)
+    _check_bounds(options)
+    runs = [_sweep(u.rstrip("/"), options) for u in urls]
+    doc: dict[str, Any] = {"schema": "mtpforge.bench/1", "options": {**options.__dict__, "concurrencies": list(options.concurrencies)},
+                           "runs": runs}
+    if compare_url:
+        doc["comparison"] = compare(runs[0], runs[1])
+    return doc
+
+
+def _sweep(url: str, options: BenchOptions) -> dict[str, Any]:
+    try:
+        model = options.model or served_model(url)
+    except (SourceError, KeyError, IndexError, ValueError) as e:
+        raise SourceError(f"{url}: no model listed at /v1/models ({e})", hint="is an OpenAI-compatible server running there?") from e
+    bodies = _bodies(model, options)
+
+    async def levels() -> list[dict[str, Any]]:
+        warm = Level(1, bodies[: options.warmup], options.timeout, options.max_duration)
+        await run_level(url, warm)
+        return [await run_level(url, Level(c, bodies, options.timeout, options.max_duration)) for c in options.concurrencies]
+
+    return {"url": url, "model": model, "levels": asyncio.run(levels())}
+
+
+def _bodies(model: str, options: BenchOptions) -> list[dict[str, Any]]:
+    rng = random.Random(options.seed)
+    if options.prompts:
+        texts = load_prompts(options.prompts)
+        prompts: list[Any] = [texts[i % len(texts)] for i in range(options.num_requests)]
+    else:
+        prompts = [[rng.randrange(*PROMPT_TOKEN_RANGE) for _ in range(options.input_len)] for _ in range(options.num_requests)]
+    return [{"model": model, "prompt": p, "max_tokens": options.output_len, "temperature": 0, "ignore_eos": True} for p in prompts]
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per concurrency: first run over second for throughput, TTFT and TPOT medians."""
+    rows = []
+    for la, lb in zip(a["levels"], b["levels"], strict=True):
+        rows.append({"concurrency": la["concurrency"],
+                     "output_tokens_per_s": _ratio(la["output_tokens_per_s"], lb["output_tokens_per_s"]),
+                     "ttft_p50": _ratio(_p50(la, "ttft_s"), _p50(lb, "ttft_s")),
+                     "tpot_p50": _ratio(_p50(la, "tpot_s"), _p50(lb, "tpot_s"))})
+    return rows
+
+
+def _p50(level: dict[str, Any], key: str) -> float | None:
+    return level[key]["p50"] if level[key] else None
+
+
+def _ratio(x: float | None, y: float | None) -> float | None:
+    return round(x / y, 3) if x is not None and y else None
+
+
+def _check_url(url: str, allow_remote: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise UsageError(f"--url {url!r} must be http://HOST:PORT", hint="--url http://127.0.0.1:8000")
+    if allow_remote:
+        return
+    host = parts.hostname
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise UsageError(f"{host} is not this machine: bench loads only loopback servers by default",
+                         hint="add --allow-remote if you own that server and mean to load it")
+
+
+def _check_bounds(o: BenchOptions) -> None:
+    if not o.concurrencies or min(o.concurrencies) < 1 or max(o.concurrencies) > 4096:
+        raise UsageError("--concurrency takes 1 to 4096 streams", hint="--concurrency 1,4,16")
+    if not 1 <= o.num_requests <= 100_000 or o.output_len < 1 or o.input_len < 1:
+        raise UsageError("--num-requests, --input-len and --output-len must be positive (at most 100000 requests)", hint="--num-requests 32")
+    if o.timeout <= 0 or o.max_duration <= 0:
+        raise UsageError("--timeout and --max-duration must be positive seconds", hint="--timeout 120 --max-duration 300")
+
+
+def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
+    """bench.json and bench.png into `out` (created)."""
+    from mtpforge.loadgen.chart import plot
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(doc, indent=2))
+    plot(doc, out / "bench.png")
+    return [out / "bench.json", out / "bench.png"]
