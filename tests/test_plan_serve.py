@@ -106,6 +106,7 @@ def flag(argv: list[str], name: str) -> str | None:
 
 def test_serve_reads_mtp_and_vision_from_the_checkpoint(cli, make) -> None:  # type: ignore[no-untyped-def]
     full = make("full")
+    (full / "preprocessor_config.json").write_text("{}")
     argv, doc = serve_line(cli, full)
     assert argv[:3] == ["vllm", "serve", str(full)]
     assert json.loads(flag(argv, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 3}
@@ -113,10 +114,14 @@ def test_serve_reads_mtp_and_vision_from_the_checkpoint(cli, make) -> None:  # t
     assert (flag(argv, "--reasoning-parser"), flag(argv, "--tool-call-parser")) == ("qwen3", "qwen3_coder")
     assert doc["argv"][1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", str(full)]
 
+    argv, doc = serve_line(cli, make("no-processor"))  # the tower is stored but cannot take images without its preprocessor
+    assert "--language-model-only" in argv and any("preprocessor_config.json" in n for n in doc["notes"])
+
     stripped = make("stripped", vision=True)
+    (stripped / "preprocessor_config.json").write_text("{}")
     rewrite_shard(next(stripped.glob("*.safetensors")), lambda ts: [t for t in ts if not t.name.startswith("model.visual")])
     argv, doc = serve_line(cli, stripped)
-    assert "--language-model-only" in argv and any("vision" in n for n in doc["notes"])
+    assert "--language-model-only" in argv and any("weights are missing" in n for n in doc["notes"])
 
     headless = make("headless", mtp=False)
     argv, doc = serve_line(cli, headless)

@@ -18,6 +18,7 @@ import json
 import os
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mtpforge.checkpoint import open_checkpoint
 from mtpforge.checkpoint.quant_config import MODELOPT_METHOD
@@ -95,9 +96,13 @@ def launch_line(path: str | os.PathLike[str], options: ServeOptions) -> LaunchLi
     if not has_head:
         notes.append("no MTP head: served without speculative decoding (mtpforge graft adds one)")
     vision_declared = family.has_vision(config) and not family.language_model_only(config)
-    text_only = vision_declared and (options.text_only or VISION not in stored_groups)
-    if vision_declared and VISION not in stored_groups:
-        notes.append("vision tower declared but not stored: text-only serving is required")
+    # Serving images needs the tower's weights and its preprocessor; without either, vLLM fails at start-up.
+    vision_missing = [what for what, present in (("weights", VISION in stored_groups),
+                                                 ("preprocessor_config.json", (Path(path) / "preprocessor_config.json").is_file()))
+                      if not present]
+    text_only = vision_declared and (options.text_only or bool(vision_missing))
+    if vision_declared and vision_missing:
+        notes.append(f"vision tower declared but its {' and '.join(vision_missing)} are missing: text-only serving is required")
     if text_only and options.engine == "sglang":
         notes.append("SGLang has no --language-model-only: declare it in config.json (mtpforge strip --vision does)")
     methods = [qc.method for qc in ckpt.quant_configs]

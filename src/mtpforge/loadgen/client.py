@@ -1,8 +1,10 @@
 """One streaming completion over HTTP/1.1, timed per token, on asyncio streams.
 
-A hand-written client rather than an HTTP library: the load generator must
-hold hundreds of streams open on a small share of one core, and all it needs
-is one POST, a status line, chunked transfer decoding and server-sent events.
+A hand-written asyncio Protocol rather than an HTTP library or StreamReader:
+the load generator must hold hundreds of streams open on a small share of
+one core, so each arriving packet is parsed in the transport's callback with
+no task switch per event. All it needs is one POST, a status line, chunked
+transfer decoding and server-sent events.
 Every failure (refused, reset mid-stream, HTTP error, time-out, a stream that
 ends without `[DONE]`) becomes a `StreamResult` with `error` set; nothing
 raises out of `stream_completion`.
@@ -51,91 +53,140 @@ class _StreamError(Exception):
 async def stream_completion(url: str, body: dict[str, Any], *, timeout: float) -> StreamResult:
     """POST `body` (with `stream: true` added) to `url` and time the events until `[DONE]` or `timeout` seconds."""
     result = StreamResult()
+    loop = asyncio.get_running_loop()
     start = time.perf_counter()
-    writer = None
+    transport = None
     try:
         async with asyncio.timeout(timeout):
             parts = urlsplit(url)
-            reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+            protocol = _SseProtocol(result, start, loop.create_future())
+            transport, _ = await loop.create_connection(lambda: protocol, parts.hostname, parts.port or 80)
             payload = json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}}).encode()
-            writer.write(
+            transport.write(
                 f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
                 f"Accept: text/event-stream\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
-            await writer.drain()
-            status, headers = await _read_head(reader)
-            chunks = _chunked(reader) if headers.get("transfer-encoding") == "chunked" else _until_eof(reader)
-            if status != 200:
-                text = b"".join([c async for c in chunks])[:MAX_ERROR_BODY].decode(errors="replace")
-                raise _StreamError(f"HTTP {status}: {text.strip()}")
-            await _read_events(chunks, result, start)
+            await protocol.done
             result.ok = True
     except TimeoutError:
         result.error = f"timed out after {timeout:g} s" + (f" ({len(result.token_times)} events received)" if result.token_times else "")
     except _StreamError as e:
         result.error = str(e)
-    except (OSError, asyncio.IncompleteReadError, ValueError) as e:
-        result.error = f"{type(e).__name__}: {e}" + (f" after {len(result.token_times)} events" if result.token_times else "")
+    except (OSError, ValueError) as e:
+        result.error = f"{type(e).__name__}: {e}"
     finally:
-        if writer is not None:
-            writer.close()
+        if transport is not None:
+            transport.close()
     result.latency = time.perf_counter() - start if result.ok else None
     return result
 
 
-async def _read_events(chunks: Any, result: StreamResult, start: float) -> None:
-    buffer = b""
-    async for chunk in chunks:
-        buffer += chunk
-        while b"\n\n" in buffer:
-            event, buffer = buffer.split(b"\n\n", 1)
-            for line in event.splitlines():
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    if result.ttft is None:
-                        raise _StreamError("stream finished without a token")
-                    return
-                _on_event(json.loads(data), result, time.perf_counter() - start)
-    raise _StreamError(f"stream ended before [DONE] after {len(result.token_times)} events")
+class _SseProtocol(asyncio.Protocol):
+    """Parses the response as bytes arrive; resolves `done` at `[DONE]`, fails it with `_StreamError` otherwise."""
 
+    def __init__(self, result: StreamResult, start: float, done: asyncio.Future[None]) -> None:
+        self.result, self.start, self.done = result, start, done
+        self.head = b""
+        self.status: int | None = None
+        self.dechunker: _Dechunker | None = None
+        self.body = b""  # undelivered server-sent-event bytes (or the error body)
 
-def _on_event(doc: dict[str, Any], result: StreamResult, now: float) -> None:
-    if "error" in doc:
-        raise _StreamError(f"server error mid-stream: {doc['error']}")
-    choices = doc.get("choices") or []
-    if choices and (choices[0].get("text") or (choices[0].get("delta") or {}).get("content")):
-        if result.ttft is None:
-            result.ttft = now
-        result.token_times.append(now)
-        result.output_tokens = len(result.token_times)
-    usage = doc.get("usage")
-    if usage and usage.get("completion_tokens") is not None:
-        result.output_tokens = int(usage["completion_tokens"])
-        result.prompt_tokens = usage.get("prompt_tokens")
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    status_line = await reader.readline()
-    fields = status_line.split(b" ", 2)
-    if len(fields) < 2 or not fields[0].startswith(b"HTTP/"):
-        raise _StreamError(f"not an HTTP response: {status_line[:80]!r}")
-    headers = {}
-    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-        key, _, value = line.decode("latin-1").partition(":")
-        headers[key.strip().lower()] = value.strip().lower()
-    return int(fields[1]), headers
-
-
-async def _chunked(reader: asyncio.StreamReader) -> Any:
-    while True:
-        size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-        if size == 0:
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
             return
-        yield await reader.readexactly(size)
-        await reader.readexactly(2)
+        try:
+            self._receive(data)
+        except (_StreamError, ValueError) as e:
+            self._fail(e if isinstance(e, _StreamError) else _StreamError(f"bad stream: {e}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done.done():
+            return
+        if self.status is not None and self.status != 200:
+            self._fail(_StreamError(f"HTTP {self.status}: {self.body[:MAX_ERROR_BODY].decode(errors='replace').strip()}"))
+        elif exc is not None:
+            self._fail(_StreamError(f"{type(exc).__name__}: {exc} after {len(self.result.token_times)} events"))
+        else:
+            self._fail(_StreamError(f"stream ended before [DONE] after {len(self.result.token_times)} events"))
+
+    def _fail(self, error: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+
+    def _receive(self, data: bytes) -> None:
+        if self.status is None:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            self.status, chunked = _parse_head(self.head[:end])
+            self.dechunker = _Dechunker() if chunked else None
+            data = self.head[end + 4:]
+        self.body += self.dechunker.feed(data) if self.dechunker else data
+        if self.status != 200:
+            return  # collected for the message; reported when the server closes
+        while (end := self.body.find(b"\n\n")) >= 0:
+            event, self.body = self.body[:end], self.body[end + 2:]
+            for line in event.splitlines():
+                if line.startswith(b"data:") and self._on_data(line[5:].strip()):
+                    self.done.set_result(None)
+                    return
+
+    def _on_data(self, data: bytes) -> bool:
+        """Handle one `data:` payload; True at `[DONE]`."""
+        if data == b"[DONE]":
+            if self.result.ttft is None:
+                raise _StreamError("stream finished without a token")
+            return True
+        doc = json.loads(data)
+        if "error" in doc:
+            raise _StreamError(f"server error mid-stream: {doc['error']}")
+        now = time.perf_counter() - self.start
+        choices = doc.get("choices") or []
+        if choices and (choices[0].get("text") or (choices[0].get("delta") or {}).get("content")):
+            if self.result.ttft is None:
+                self.result.ttft = now
+            self.result.token_times.append(now)
+            self.result.output_tokens = len(self.result.token_times)
+        usage = doc.get("usage")
+        if usage and usage.get("completion_tokens") is not None:
+            self.result.output_tokens = int(usage["completion_tokens"])
+            self.result.prompt_tokens = usage.get("prompt_tokens")
+        return False
 
 
-async def _until_eof(reader: asyncio.StreamReader) -> Any:
-    while chunk := await reader.read(65536):
-        yield chunk
+def _parse_head(head: bytes) -> tuple[int, bool]:
+    """Status code and whether the body is chunked."""
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    fields = status_line.split(" ", 2)
+    if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
+        raise _StreamError(f"not an HTTP response: {status_line[:80]!r}")
+    chunked = any(k.strip().lower() == "transfer-encoding" and "chunked" in v.lower() for k, _, v in (ln.partition(":") for ln in lines))
+    return int(fields[1]), chunked
+
+
+class _Dechunker:
+    """HTTP/1.1 chunked transfer decoding, fed arbitrary slices of the byte stream."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.need: int | None = None  # bytes of the current chunk still to come (None: expecting a size line)
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        out = []
+        while not self.done:
+            if self.need is None:
+                end = self.buffer.find(b"\r\n")
+                if end < 0:
+                    break
+                self.need = int(self.buffer[:end].split(b";")[0], 16)
+                self.buffer = self.buffer[end + 2:]
+                self.done = self.need == 0
+                continue
+            if len(self.buffer) < self.need + 2:
+                break
+            out.append(self.buffer[: self.need])
+            self.buffer = self.buffer[self.need + 2:]
+            self.need = None
+        return b"".join(out)

@@ -36,6 +36,8 @@ class CannedServer:
         self.counters = {"drafts": 0.0, "draft_tokens": 0.0, "accepted": 0.0}
         self.per_pos = [0.0] * len(behaviour.acceptance)
         self.completions = 0
+        self.active = self.max_active = 0
+        self.prompts: list[object] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -47,7 +49,12 @@ class CannedServer:
             body = json.loads(await reader.readexactly(length)) if length else {}
             path = request.split(b" ")[1].decode() if request.count(b" ") >= 2 else "/"
             if path == "/v1/completions":
-                await self.complete(body, writer)
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
+                try:
+                    await self.complete(body, writer)
+                finally:
+                    self.active -= 1
             elif path == "/v1/models":
                 self.respond(writer, 200, json.dumps({"object": "list", "data": [{"id": "canned", "object": "model"}]}))
             elif path == "/health":
@@ -69,6 +76,7 @@ class CannedServer:
     async def complete(self, body: dict, writer: asyncio.StreamWriter) -> None:  # type: ignore[type-arg]
         b = self.behaviour
         self.completions += 1
+        self.prompts.append(body.get("prompt"))
         if b.hang:
             await asyncio.sleep(3600)
         if b.status != 200:
@@ -133,8 +141,19 @@ def canned_server(behaviour: Behaviour | None = None) -> Iterator[tuple[str, Can
     try:
         yield f"http://127.0.0.1:{port}", server
     finally:
-        loop.call_soon_threadsafe(loop.stop)
+        asyncio.run_coroutine_threadsafe(_shutdown(holder["s"], loop), loop)
         thread.join(5)
+        loop.close()
+
+
+async def _shutdown(server: asyncio.base_events.Server, loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the handlers still running (a hanging stream) before the loop stops, so none is left half-closed."""
+    server.close()
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    loop.stop()
 
 
 def main() -> None:
