@@ -27,3 +27,11 @@ def parse_size(text: str, *, option: str) -> int:
 def gib(n: float) -> str:
     """`n` bytes as GiB with two decimals."""
     return f"{n / GIB:.2f} GiB"
+
+
+def human(n: float) -> str:
+    """Bytes as a short figure in decimal units (GB = 10^9, as model cards quote them)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"

@@ -5,14 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from mtpforge.doctor import DoctorReport
+from mtpforge.units import human
 
 
-def size(n: float) -> str:
-    """Bytes as a short human figure (GB = 10^9, as model cards quote them)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"
+size = human
 
 
 def count(n: float) -> str:

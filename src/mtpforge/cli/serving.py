@@ -144,3 +144,31 @@ def bench(url: str, compare_url: str | None, concurrency: str, num_requests: int
     _emit(doc, as_json, render_bench(doc) + "".join(f"\nwrote {p}" for p in written))
     failed = any(level["failed"] for run in doc["runs"] for level in run["levels"])
     return EXIT_CHECKS_FAILED if failed else EXIT_OK
+
+
+@app.command(epilog="Examples:\n\n\b\n  mtpforge card ./Qwen3.6-27B-W4A16 --verify verify.json --bench bench.json --gpu 46GiB --gpu 80GiB\n"
+             "  mtpforge card ./ckpt --base-model Qwen/Qwen3.6-27B --out ./ckpt-card.md\n\n" + EXIT_CODES)
+@click.argument("path", type=click.Path(file_okay=False, path_type=str))
+@click.option("--name", default=None, help="Model name in the title and usage lines (default: the directory's name).")
+@click.option("--base-model", default=None, help="The base model's hub id (default: base_model from PATH's README).")
+@click.option("--verify", "verify_file", type=click.Path(dir_okay=False, path_type=str), default=None, help="A `verify --json` document.")
+@click.option("--bench", "bench_file", type=click.Path(dir_okay=False, path_type=str), default=None, help="A `bench --json` document.")
+@click.option("--gpu", "gpus", multiple=True, help="Add a planned memory row for this GPU size (repeatable).")
+@click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="fp8", show_default=True, help="KV dtype of the memory rows.")
+@click.option("--max-model-len", type=int, default=None, help="Context of the memory rows (default: the config's maximum).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None, help="Write the card here (default: stdout).")
+def card(path: str, name: str | None, base_model: str | None, verify_file: str | None, bench_file: str | None, gpus: tuple[str, ...],
+         kv_dtype: str, max_model_len: int | None, out: str | None) -> int:
+    """Write a model card (README.md) from the checkpoint and the measurements given; every figure says how it was obtained."""
+    from mtpforge.card import card as make_card
+
+    text = make_card(path, name=name, base_model=base_model, verify_file=verify_file, bench_file=bench_file, gpus=gpus,
+                     kv_dtype=kv_dtype, max_model_len=max_model_len)
+    if out is None:
+        click.echo(text, nl=False)
+        return EXIT_OK
+    from mtpforge.surgery.stage import write_atomically
+
+    write_atomically(out, text.encode())
+    click.echo(f"wrote {out}", err=True)
+    return EXIT_OK

@@ -122,6 +122,21 @@ def _write_json(path: Path, doc: object) -> None:
         os.fsync(f.fileno())
 
 
+def write_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write one file whole or not at all: a hidden temporary beside it, fsync, rename."""
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _as_user_error(e, out) from e
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -1,0 +1,186 @@
+"""`mtpforge card`: the model card (README.md) in the seeds' shape, from what was measured.
+
+The card reads the checkpoint itself (inspect, doctor, serve, plan: exact by
+construction) and only the measurement files it is given (`verify --json`,
+`bench --json`). A section whose measurement is missing says so and names the
+command that would fill it; no figure is typed in or estimated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mtpforge.checkpoint import open_checkpoint
+from mtpforge.doctor import doctor
+from mtpforge.errors import UsageError
+from mtpforge.inspection import inspect_checkpoint
+from mtpforge.plan import PlanRequest, plan
+from mtpforge.serve import ServeOptions, launch_line
+from mtpforge.units import GIB, gib, human, parse_size
+
+
+def card(path: str | os.PathLike[str], *, name: str | None = None, base_model: str | None = None, verify_file: str | None = None,
+         bench_file: str | None = None, gpus: tuple[str, ...] = (), kv_dtype: str = "fp8", max_model_len: int | None = None) -> str:
+    """The card's markdown for the checkpoint at `path`.
+
+    Raises:
+        UsageError: a measurement file is unreadable or not the document it should be.
+        CheckpointError: the checkpoint cannot be read.
+    """
+    info = inspect_checkpoint(path).data
+    name = name or Path(path).resolve().name
+    base_model = base_model or _base_model_from_readme(Path(path))
+    verify = _measurement(verify_file, "mtpforge.verify/1")
+    bench = _measurement(bench_file, "mtpforge.bench/1")
+    sections = [
+        _front_matter(info, base_model),
+        f"# {name}\n\n{_summary(info, base_model)}",
+        _quantization(info, path),
+        _mtp(info, verify, verify_file),
+        _memory(path, gpus, kv_dtype, max_model_len),
+        _usage(path, name),
+        _throughput(bench, bench_file),
+        _files(path),
+        _health(path),
+    ]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _front_matter(info: dict[str, Any], base_model: str | None) -> str:
+    quant = info["quantization"]
+    tags = ["qwen3", "mtp", "speculative-decoding"] + (["quantized", quant["configs"][0]["method"]] if quant and quant["configs"] else [])
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
+    if base_model:
+        lines.append(f"base_model: {base_model}")
+    lines += ["tags:"] + [f"- {t}" for t in tags] + ["---"]
+    return "\n".join(lines)
+
+
+def _summary(info: dict[str, Any], base_model: str | None) -> str:
+    q = info["quantization"]
+    scheme = ", ".join(s for c in q["configs"] for s in c["schemes"]) if q else "unquantized"
+    mtp = info["mtp"]
+    head = (f"the MTP head kept ({mtp['tensors']} tensors, {'quantized' if mtp['quantized'] else 'unquantized'})"
+            if mtp["present"] else "**no MTP head** (speculative decoding unavailable; `mtpforge graft` restores it)")
+    vision = "text-only (vision tower removed)" if info["vision"]["declared"] and not info["vision"]["tensors"] else (
+        "with its vision tower" if info["vision"]["tensors"] else "text-only")
+    layers = info["layers"]
+    return (f"{scheme[0].upper() + scheme[1:]} build of {'`' + base_model + '`' if base_model else 'a'} {info['family']} model "
+            f"({info['architecture']}, {layers['total']} layers: {layers.get('linear_attention', 0)} Gated DeltaNet + "
+            f"{layers.get('full_attention', 0)} full attention), {vision}, with {head}.")
+
+
+def _quantization(info: dict[str, Any], path: Any) -> str:
+    q = info["quantization"]
+    rows = ["| part | tensors | bytes | linear weights quantized |", "|---|---:|---:|---:|"]
+    linear = (q or {}).get("linear_quantized", {})
+    for group, row in info["groups"].items():
+        if row["tensors"]:
+            lq = linear.get(group)
+            share = f"{lq['quantized']} / {lq['total']}" if lq else "-"
+            rows.append(f"| {group} | {row['tensors']} | {human(row['bytes'])} | {share} |")
+    text = "## Quantization\n\n"
+    if q:
+        for c in q["configs"]:
+            text += f"- method `{c['method']}` ({c['source']}), schemes: {', '.join(c['schemes'])}\n"
+            text += f"- kept in high precision (`ignore`): {', '.join(f'`{i}`' for i in c['ignore']) or 'nothing'}\n"
+    else:
+        text += "Not quantized.\n"
+    return text + "\n" + "\n".join(rows) + f"\n\nFrom `mtpforge inspect {path}`."
+
+
+def _mtp(info: dict[str, Any], verify: dict[str, Any] | None, verify_file: str | None) -> str:
+    text = "## MTP speculative decoding\n\n"
+    if not info["mtp"]["present"]:
+        return text + "This checkpoint has no MTP head."
+    if verify is None:
+        return text + "Not measured yet: `mtpforge verify PATH --reference BASE --json > verify.json`, then `mtpforge card --verify verify.json`."
+    acc = verify["acceptance"]
+    rows = ["| draft position | acceptance |", "|---|---:|"]
+    rows += [f"| {j + 1} | {100 * r:.1f} % |" for j, r in enumerate(acc["acceptance_per_position"])]
+    text += "\n".join(rows) + f"\n\nMean acceptance length {acc['mean_acceptance_length']:.2f} (of {verify['k'] + 1}); verdict **{verify['verdict']}**."
+    if verify.get("engine_acceptance"):
+        engine = " / ".join(f"{100 * r:.1f} %" for r in verify["engine_acceptance"]["acceptance_per_position"])
+        text += f" Through vLLM's own counters on the same prompts: {engine}."
+    if verify.get("divergence"):
+        d = verify["divergence"]
+        text += f"\n\nAgainst the reference `{verify['reference']}`: " + ", ".join(f"{k} {v}" for k, v in d.items() if not isinstance(v, (dict, list)))
+    return text + (f"\n\nMeasured by `mtpforge verify` (k={verify['k']}, {verify['prompts']} prompts, {verify['new_tokens']} greedy tokens each), "
+                   f"from `{Path(verify_file or '').name}`.")
+
+
+def _memory(path: Any, gpus: tuple[str, ...], kv_dtype: str, max_model_len: int | None) -> str:
+    if not gpus:
+        return ""
+    rows = ["| GPU memory | weights loaded | KV pool | KV tokens | concurrent requests at full context |", "|---|---:|---:|---:|---:|"]
+    for gpu in gpus:
+        p = plan(path, PlanRequest(gpu_memory=parse_size(gpu, option="--gpu"), kv_dtype=kv_dtype, max_model_len=max_model_len,
+                                   language_model_only=True))
+        fits = f"{p.max_concurrency:.2f}" if p.ok else "does not fit"
+        rows.append(f"| {gpu} | {gib(p.weights_loaded)} | {gib(max(0, p.kv_pool))} | {p.kv_tokens:,} | {fits} |")
+    return (f"## Memory (planned)\n\n" + "\n".join(rows) +
+            f"\n\nComputed, not measured: `mtpforge plan {path} --gpu-memory GPU --kv-dtype {kv_dtype} --language-model-only`, "
+            f"vLLM's hybrid KV arithmetic at {max_model_len or 'the config`s maximum'} tokens, util 0.9, {gib(3 * GIB)} reserve.")
+
+
+def _usage(path: Any, name: str) -> str:
+    vllm = launch_line(path, ServeOptions(served_name=name)).shell().replace(str(path), name, 1)
+    sglang = launch_line(path, ServeOptions(engine="sglang", served_name=name)).shell().replace(str(path), name, 1)
+    return f"## Usage\n\n```bash\n{vllm}\n```\n\nSGLang:\n\n```bash\n{sglang}\n```\n\nFrom `mtpforge serve {path}` (add `--gpu-memory` for a memory-safe `--max-num-seqs`)."
+
+
+def _throughput(bench: dict[str, Any] | None, bench_file: str | None) -> str:
+    if bench is None:
+        return ""
+    o = bench["options"]
+    rows = ["| server | streams | output tok/s | TTFT p50 | TPOT p50 | mean acceptance length |", "|---|---:|---:|---:|---:|---:|"]
+    for run in bench["runs"]:
+        for lv in run["levels"]:
+            spec = lv["spec_decode"] or {}
+            ttft = f"{lv['ttft_s']['p50'] * 1000:.0f} ms" if lv["ttft_s"] else "-"
+            tpot = f"{lv['tpot_s']['p50'] * 1000:.1f} ms" if lv["tpot_s"] else "-"
+            rows.append(f"| {run['url']} | {lv['concurrency']} | {lv['output_tokens_per_s']} | {ttft} | {tpot} | "
+                        f"{spec.get('mean_acceptance_length') or '-'} |")
+    return (f"## Throughput (measured)\n\n" + "\n".join(rows) +
+            f"\n\nMeasured by `mtpforge bench` ({o['num_requests']} requests per level, {o['input_len']} input / {o['output_len']} output "
+            f"tokens), from `{Path(bench_file or '').name}`.")
+
+
+def _files(path: Any) -> str:
+    ckpt = open_checkpoint(path)
+    rows = ["| file | size |", "|---|---:|"]
+    for f in sorted(Path(path).iterdir()):
+        if f.is_file() and not f.name.startswith("."):
+            rows.append(f"| `{f.name}` | {human(f.stat().st_size)} |")
+    return f"## Files\n\n{len(ckpt.headers)} safetensors shard(s).\n\n" + "\n".join(rows)
+
+
+def _health(path: Any) -> str:
+    report = doctor(path)
+    return (f"## Checks\n\n`mtpforge doctor`: {report.count('error')} errors, {report.count('warning')} warnings"
+            + "".join(f"\n- {f.code}: {f.message}" for f in report.findings))
+
+
+def _measurement(file: str | None, schema: str) -> dict[str, Any] | None:
+    if file is None:
+        return None
+    try:
+        doc = json.loads(Path(file).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{file}: cannot read a measurement: {e}", hint="give the file written by `--json`") from e
+    if not isinstance(doc, dict) or doc.get("schema") != schema:
+        raise UsageError(f"{file} is not a {schema} document", hint=f"it is written by `mtpforge {schema.split('.')[1].split('/')[0]} --json`")
+    return doc
+
+
+def _base_model_from_readme(path: Path) -> str | None:
+    readme = path / "README.md"
+    if not readme.is_file():
+        return None
+    for line in readme.read_text(errors="replace").splitlines():
+        if line.startswith("base_model:"):
+            return line.split(":", 1)[1].strip() or None
+    return None
