@@ -138,18 +138,30 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
     return EXIT_CHECKS_FAILED if after is not None and not after.ok else EXIT_OK
 
 
-@app.command(epilog="Examples:\n\n\b\n  mtpforge quantize ./Qwen3.6-27B --scheme w4a16 --group-size 32 --out ./Qwen3.6-27B-W4A16-g32\n\n" + EXIT_CODES)
+@app.command(epilog="Examples:\n\n\b\n  mtpforge quantize ./Qwen3.6-27B --scheme w4a16-asym --group-size 32 --scope attention-mlp --out ./W4A16\n"
+             "  mtpforge quantize ./Qwen3.6-27B --scheme nvfp4a16 --text-only --out ./NVFP4A16\n"
+             "  mtpforge quantize ./base --scheme w4a16 --exclude 'model\\.language_model\\.layers\\.0\\..*' --mtp quantize --out ./q\n\n"
+             + EXIT_CODES)
 @click.argument("base", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output directory.")
-@click.option("--scheme", type=click.Choice(["w4a16", "w4a16-asym", "w8a16", "w8a16-asym"]), default="w4a16", show_default=True)
-@click.option("--group-size", type=int, default=None, help="Inputs per scale (default: 128 for 4-bit, per channel for 8-bit).")
+@click.option("--scheme", type=click.Choice(["w4a16", "w4a16-asym", "w8a16", "w8a16-asym", "nvfp4a16"]), default="w4a16", show_default=True)
+@click.option("--group-size", type=int, default=None, help="Inputs per scale (default: 128 for INT4, per channel for INT8, 16 for NVFP4).")
+@click.option("--scope", type=click.Choice(["all", "attention-mlp", "mlp-skip-first"]), default="all", show_default=True,
+              help="all: attention, GDN projections, MLP; attention-mlp: GDN stays BF16; mlp-skip-first: MLP of layers 1+.")
+@click.option("--include", multiple=True, help="Also quantize Linear layers whose module path matches this regex (repeatable).")
+@click.option("--exclude", multiple=True, help="Keep Linear layers whose module path matches this regex high precision (repeatable).")
+@click.option("--mtp", type=click.Choice(["keep", "quantize"]), default="keep", show_default=True,
+              help="keep: the head as stored, excluded with re:^mtp.*; quantize: its layer in the same scheme (fc stays BF16).")
+@click.option("--text-only", is_flag=True, help="Drop the vision tower in the same pass (language_model_only: true).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @_out_options
-def quantize(base: str, out: str, scheme: str, group_size: int | None, as_json: bool, overwrite: bool, dry_run: bool) -> int:
-    """Quantize BASE (data-free RTN, compressed-tensors pack-quantized), keeping the MTP head BF16 and excluded."""
+def quantize(base: str, out: str, scheme: str, group_size: int | None, scope: str, include: tuple[str, ...], exclude: tuple[str, ...],
+             mtp: str, text_only: bool, as_json: bool, overwrite: bool, dry_run: bool) -> int:
+    """Quantize BASE (data-free RTN; compressed-tensors), hybrid-aware, carrying the MTP head."""
     from mtpforge.quant import quantize as run_quantize
 
-    plan = run_quantize(base, out, scheme=scheme, group_size=group_size, overwrite=overwrite, dry_run=dry_run)
+    plan = run_quantize(base, out, scheme=scheme, group_size=group_size, scope=scope, include=include, exclude=exclude, mtp=mtp,
+                        text_only=text_only, overwrite=overwrite, dry_run=dry_run)
     return _report_written(plan, out, as_json=as_json, dry_run=dry_run)
 
 

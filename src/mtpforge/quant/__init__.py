@@ -1,13 +1,13 @@
 """`mtpforge quantize`: hybrid-aware quantization that never loses the MTP head.
 
-Today: data-free round-to-nearest INT (W4A16 / W8A16, symmetric or with a zero
-point, any group size or per channel) written as compressed-tensors
-`pack-quantized`, streamed tensor by tensor. The scope comes from the family
-rules: trunk Linear weights, except what must stay high precision (conv1d,
-A_log, dt_bias, norms, routers), GDN `in_proj_a` / `in_proj_b`, and MoE
-experts. The MTP head stays as stored and is excluded with `re:^mtp.*`; the
-vision tower stays BF16 (`re:^model\\.visual\\..*`); every other unquantized Linear is
-ignored by exact name, whole fused groups together.
+Data-free round-to-nearest, streamed tensor by tensor (memory bounded by the
+largest tensor): INT4 / INT8 (symmetric or with a zero point, any group size
+or per channel) as compressed-tensors `pack-quantized`, and NVFP4 weights
+(NVFP4A16) as `nvfp4-pack-quantized`, with compressed-tensors computing the
+FP4 bytes. What is quantized comes from `scope.py` (the seeds' presets, the
+user's patterns, whole fused groups). The MTP head is kept as stored and
+excluded with `re:^mtp.*`, or quantized like the trunk with `mtp="quantize"`;
+it is carried either way. `text_only` drops the vision tower in the same pass.
 """
 
 from __future__ import annotations
@@ -20,45 +20,92 @@ from typing import Any
 from mtpforge.checkpoint import Checkpoint, open_checkpoint
 from mtpforge.checkpoint.header import DTYPE_BITS, FLOAT_DTYPES
 from mtpforge.errors import UsageError
-from mtpforge.families import TRUNK, Family, TensorSpec, detect_family, expected_inventory
+from mtpforge.families import VISION, Family, TensorSpec, detect_family, expected_inventory
 from mtpforge.families.base import LINEAR
+from mtpforge.quant.scope import SCOPES, select
 from mtpforge.surgery.output import make_plan
 from mtpforge.surgery.plan import NewShard, Plan, TensorCopy
 from mtpforge.surgery.rebuild import REWRITTEN_FILES, Rebuild, require_readable
 from mtpforge.surgery.sources import Computed, FileRange
 from mtpforge.surgery.stage import apply_plan, check_destination
 
-SCHEMES = {"w4a16": (4, True), "w4a16-asym": (4, False), "w8a16": (8, True), "w8a16-asym": (8, False)}
-DEFAULT_GROUP = {4: 128, 8: None}  # compressed-tensors presets: W4A16 group 128, W8A16 per channel
+# Scheme -> (kind, bits, symmetric)
+SCHEMES = {"w4a16": ("int", 4, True), "w4a16-asym": ("int", 4, False), "w8a16": ("int", 8, True), "w8a16-asym": ("int", 8, False),
+           "nvfp4a16": ("fp4", 4, True)}
+DEFAULT_GROUP = {"w4a16": 128, "w4a16-asym": 128, "w8a16": None, "w8a16-asym": None, "nvfp4a16": 16}  # compressed-tensors presets
 
 
-def in_scope(spec: TensorSpec) -> bool:
-    """Trunk Linear weights that engines run quantized; everything the family keeps high precision stays."""
-    return spec.kind == LINEAR and spec.group == TRUNK and not (spec.keep_high_precision or spec.small_proj or spec.expert)
-
-
-def plan_quantize(base: str | os.PathLike[str], *, scheme: str = "w4a16", group_size: int | None = None) -> Plan:
-    """Describe the RTN quantization of `base` (pure; nothing is read beyond headers, nothing written)."""
+def plan_quantize(base: str | os.PathLike[str], *, scheme: str = "w4a16", group_size: int | None = None, scope: str = "all",
+                  include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep", text_only: bool = False) -> Plan:
+    """Describe the quantization of `base` (pure: headers only, nothing written). Arguments as for `quantize`."""
     if scheme not in SCHEMES:
         raise UsageError(f"unknown scheme {scheme!r}", hint=f"one of {', '.join(SCHEMES)}")
-    bits, symmetric = SCHEMES[scheme]
-    group = group_size if group_size is not None else DEFAULT_GROUP[bits]
+    kind, bits, symmetric = SCHEMES[scheme]
+    group = group_size if group_size is not None else DEFAULT_GROUP[scheme]
+    if kind == "fp4" and group != 16:
+        raise UsageError(f"NVFP4 uses groups of 16, not {group}", hint="leave --group-size out for nvfp4a16")
     ckpt = open_checkpoint(base)
     require_readable(ckpt)
     if ckpt.quant_configs or ckpt.foreign_quant_method:
         raise UsageError(f"{base} is already quantized", hint="quantize the BF16 base")
     family = detect_family(ckpt.config)
     expected = expected_inventory(family, ckpt.config, ckpt.tensors)
-    chosen = {n: s for n, s in expected.items() if in_scope(s) and n in ckpt.tensors and ckpt.tensors[n].dtype in FLOAT_DTYPES}
+    selection = select(expected, preset=scope, include=include, exclude=exclude, mtp=mtp)
+    chosen = {n: s for n, s in selection.chosen.items() if n in ckpt.tensors and ckpt.tensors[n].dtype in FLOAT_DTYPES}
+    if mtp == "quantize" and not any(s.group == "mtp" for s in chosen.values()):
+        raise UsageError(f"--mtp quantize: {base} has no MTP head to quantize", hint="graft one first: mtpforge graft BASE --donor ...")
     if group:
         bad = sorted(n for n, s in chosen.items() if s.shape[1] % group)
         if bad:
             raise UsageError(f"group size {group} does not divide the inputs of {bad[0]} {list(expected[bad[0]].shape)}",
                              hint="choose a group size that divides every quantized layer's input dimension")
+    dropped = {n for n in ckpt.tensors if family.group_of(n) == VISION} if text_only else set()
+    amax = _fused_amax(ckpt, expected, chosen) if kind == "fp4" else {}
+    rb = _rebuild(ckpt, chosen, dropped, lambda info: _quantized(ckpt, info, kind, bits, group, symmetric, amax))
+    config = {**ckpt.config, "quantization_config": _ct_config(family, expected, chosen, kind, bits, group, symmetric, mtp)}
+    if text_only:
+        config["language_model_only"] = True
+    layout = "NVFP4 groups of 16" if kind == "fp4" else ("group " + str(group) if group else "per channel")
+    head = "quantize the MTP layer like the trunk (its fc stays BF16)" if mtp == "quantize" else \
+        "keep the MTP head as stored, excluded with re:^mtp.*"
+    actions = [f"quantize {len(chosen)} Linear weights to {scheme} ({layout}, RTN), scope {scope}: {SCOPES[scope]}", head,
+               "keep conv1d, A_log, dt_bias, norms, in_proj_a/b, embeddings and lm_head high precision", *selection.notes]
+    if text_only:
+        actions.append(f"drop {len(dropped)} vision tensors and declare language_model_only: true")
+    return make_plan("quantize", ckpt.root, rb, config, None, actions, [])
+
+
+def quantize(base: str, out: str, *, scheme: str = "w4a16", group_size: int | None = None, scope: str = "all",
+             include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep", text_only: bool = False,
+             overwrite: bool = False, dry_run: bool = False) -> Plan:
+    """Quantize `base` into `out` (RTN), carrying the MTP head.
+
+    Args:
+        base: the BF16 checkpoint.
+        out: the output directory (must not exist unless `overwrite`).
+        scheme: a key of SCHEMES.
+        group_size: inputs per scale (default: 128 for INT4, per channel for INT8, 16 for NVFP4).
+        scope: a preset of `quant.scope.SCOPES`.
+        include, exclude: regular expressions on module paths that widen or narrow the scope.
+        mtp: `keep` the head as stored, or `quantize` it in the same scheme.
+        text_only: drop the vision tower and declare `language_model_only`.
+        overwrite: replace `out` if it exists.
+        dry_run: validate and return the plan without writing anything.
+    """
+    check_destination(Path(base), Path(out), overwrite=overwrite)
+    plan = plan_quantize(base, scheme=scheme, group_size=group_size, scope=scope, include=include, exclude=exclude, mtp=mtp,
+                         text_only=text_only)
+    if not dry_run:
+        apply_plan(plan, Path(out), overwrite=overwrite)
+    return plan
+
+
+def _rebuild(ckpt: Checkpoint, chosen: dict[str, TensorSpec], dropped: set[str], quantized: Any) -> Rebuild:
+    """Link shards with nothing to change; rewrite the others with quantized weights streamed in and dropped tensors left out."""
     linked, written, weight_map, sizes, linked_bytes = [], [], {}, {}, 0
     for shard, header in sorted(ckpt.headers.items()):
         names = [t.name for t in sorted(header.tensors.values(), key=lambda t: t.begin)]
-        if not any(n in chosen for n in names):
+        if not any(n in chosen or n in dropped for n in names):
             linked.append(shard)
             linked_bytes += header.file_bytes
             sizes.update({n: header.tensors[n].nbytes for n in names})
@@ -67,58 +114,65 @@ def plan_quantize(base: str | os.PathLike[str], *, scheme: str = "w4a16", group_
         copies: list[TensorCopy] = []
         for n in names:
             info = header.tensors[n]
-            copies += _quantized(ckpt, info, bits, group, symmetric) if n in chosen else \
-                [TensorCopy(n, info.dtype, info.shape, FileRange(ckpt.root / shard, info.begin, info.end))]
-        written.append(NewShard(shard, tuple(copies)))
+            if n in dropped:
+                continue
+            copies += quantized(info) if n in chosen else [TensorCopy(n, info.dtype, info.shape, FileRange(ckpt.root / shard, info.begin, info.end))]
+        if copies:
+            written.append(NewShard(shard, tuple(copies)))
         weight_map.update({c.name: shard for c in copies})
         sizes.update({c.name: c.nbytes for c in copies})
     other = tuple(f for f in sorted(ckpt.files) if not f.endswith(".safetensors") and f not in REWRITTEN_FILES)
-    rb = Rebuild(tuple(linked) + other, tuple(written), weight_map, sizes, linked_bytes, ())
-    config = {**ckpt.config, "quantization_config": _ct_config(family, expected, chosen, bits, group, symmetric)}
-    actions = [f"quantize {len(chosen)} trunk Linear weights to {scheme} ({'group ' + str(group) if group else 'per channel'}, RTN)",
-               "keep the MTP head as stored, excluded with re:^mtp.*", "keep conv1d, A_log, dt_bias, norms, in_proj_a/b and embeddings high precision"]
-    return make_plan("quantize", ckpt.root, rb, config, None, actions, [])
+    return Rebuild(tuple(linked) + other, tuple(written), weight_map, sizes, linked_bytes, ())
 
 
-def quantize(base: str, out: str, *, scheme: str = "w4a16", group_size: int | None = None, overwrite: bool = False,
-             dry_run: bool = False) -> Plan:
-    """Quantize `base` into `out` (RTN, compressed-tensors pack-quantized), keeping the MTP head.
+def _fused_amax(ckpt: Checkpoint, expected: dict[str, TensorSpec], chosen: dict[str, TensorSpec]) -> dict[str, Any]:
+    """Per weight, a function giving the largest magnitude over its fused group (read once, when first needed)."""
+    groups: dict[str, list[str]] = {}
+    for n, s in chosen.items():
+        groups.setdefault(s.fused or n, []).append(n)
+    memo: dict[str, float] = {}
 
-    Args:
-        base: the BF16 checkpoint.
-        out: the output directory (must not exist unless `overwrite`).
-        scheme: `w4a16`, `w4a16-asym`, `w8a16` or `w8a16-asym`.
-        group_size: inputs per scale (default: 128 for 4-bit, per channel for 8-bit).
-        overwrite: replace `out` if it exists.
-        dry_run: validate and return the plan without writing anything.
-    """
-    check_destination(Path(base), Path(out), overwrite=overwrite)
-    plan = plan_quantize(base, scheme=scheme, group_size=group_size)
-    if not dry_run:
-        apply_plan(plan, Path(out), overwrite=overwrite)
-    return plan
+    def amax_of(key: str) -> float:
+        if key not in memo:
+            from mtpforge.reference.dequant import read_tensor
+
+            memo[key] = max(float(read_tensor(ckpt, ckpt.tensors[n]).float().abs().max()) for n in groups[key])
+        return memo[key]
+
+    return {n: (lambda key=(s.fused or n): amax_of(key)) for n, s in chosen.items()}
 
 
-def _quantized(ckpt: Checkpoint, info: Any, bits: int, group: int | None, symmetric: bool) -> list[TensorCopy]:
+def _quantized(ckpt: Checkpoint, info: Any, kind: str, bits: int, group: int | None, symmetric: bool,
+               amax: dict[str, Any]) -> list[TensorCopy]:
     """The companions standing for one weight; computed when the writer reaches them."""
     out, inp = info.shape
-    groups = inp // group if group else 1
     module = info.name.rsplit(".", 1)[0]
     memo: dict[str, Any] = {}
 
     def part(key: str) -> bytes:
         import torch  # only when the plan is applied: planning stays torch-free
 
-        from mtpforge.quant.int_affine import quantize_int
         from mtpforge.reference.dequant import read_tensor
 
         if not memo:  # quantize once, when the writer reaches the first companion
-            memo.update(quantize_int(read_tensor(ckpt, info), bits=bits, group_size=group, symmetric=symmetric))
+            w = read_tensor(ckpt, info)
+            if kind == "fp4":
+                from mtpforge.quant.nvfp4 import quantize_nvfp4
+
+                memo.update(quantize_nvfp4(w, amax[info.name]()))
+            else:
+                from mtpforge.quant.int_affine import quantize_int
+
+                memo.update(quantize_int(w, bits=bits, group_size=group, symmetric=symmetric))
         return memo.pop(key).contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
-    shapes = {"weight_packed": ("I32", (out, inp * bits // 32)), "weight_scale": ("BF16", (out, groups)), "weight_shape": ("I64", (2,))}
-    if not symmetric:
-        shapes["weight_zero_point"] = ("I32", (-(-out * bits // 32), groups))
+    if kind == "fp4":
+        shapes = {"weight_packed": ("U8", (out, inp // 2)), "weight_scale": ("F8_E4M3", (out, inp // 16)), "weight_global_scale": ("F32", (1,))}
+    else:
+        groups = inp // group if group else 1
+        shapes = {"weight_packed": ("I32", (out, inp * bits // 32)), "weight_scale": ("BF16", (out, groups)), "weight_shape": ("I64", (2,))}
+        if not symmetric:
+            shapes["weight_zero_point"] = ("I32", (-(-out * bits // 32), groups))
     copies = []
     for key, (dtype, shape) in shapes.items():
         nbytes = DTYPE_BITS[dtype] // 8 * math.prod(shape)
@@ -126,17 +180,24 @@ def _quantized(ckpt: Checkpoint, info: Any, bits: int, group: int | None, symmet
     return copies
 
 
-def _ct_config(family: Family, expected: dict[str, TensorSpec], chosen: dict[str, TensorSpec], bits: int, group: int | None,
-               symmetric: bool) -> dict[str, Any]:
-    skipped = sorted({s.module for n, s in expected.items() if s.kind == LINEAR and n not in chosen and s.group == TRUNK})
+def _ct_config(family: Family, expected: dict[str, TensorSpec], chosen: dict[str, TensorSpec], kind: str, bits: int, group: int | None,
+               symmetric: bool, mtp: str) -> dict[str, Any]:
+    kept_groups = ("trunk", "mtp") if mtp == "quantize" else ("trunk",)
+    skipped = sorted({s.module for n, s in expected.items() if s.kind == LINEAR and n not in chosen and s.group in kept_groups})
     # Patterns for the head and the tower match the fused names engines build; exact names for the rest.
-    ignore = ["lm_head", *skipped, f"re:^{family.vision_prefix}\\..*", f"re:^{family.mtp_prefix}.*"]
-    weights = {"num_bits": bits, "type": "int", "symmetric": symmetric, "strategy": "group" if group else "channel",
-               "group_size": group, "dynamic": False, "actorder": None, "observer": "minmax", "observer_kwargs": {}}
-    return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+    ignore = ["lm_head", *skipped, f"re:^{family.vision_prefix}\\..*"] + ([f"re:^{family.mtp_prefix}.*"] if mtp == "keep" else [])
+    if kind == "fp4":
+        from mtpforge.quant.nvfp4 import weights_config
+
+        weights, fmt = weights_config(), "nvfp4-pack-quantized"
+    else:
+        weights = {"num_bits": bits, "type": "int", "symmetric": symmetric, "strategy": "group" if group else "channel",
+                   "group_size": group, "dynamic": False, "actorder": None, "observer": "minmax", "observer_kwargs": {}}
+        fmt = "pack-quantized"
+    return {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
-                                          "output_activations": None, "format": "pack-quantized"}},
+                                          "output_activations": None, "format": fmt}},
             "ignore": ignore, "kv_cache_scheme": None, "sparsity_config": {}, "version": "0.19.0"}
 
 
-__all__ = ["SCHEMES", "in_scope", "plan_quantize", "quantize"]
+__all__ = ["SCHEMES", "SCOPES", "plan_quantize", "quantize"]
