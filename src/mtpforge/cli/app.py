@@ -206,3 +206,22 @@ def demo(workdir: str | None) -> int:
     from mtpforge.demo import run_demo
 
     return run_demo(workdir)
+
+
+@app.command(epilog="Examples:\n\n\b\n  mtpforge build seed-004-w4a16-g128 --base ./Qwen3.6-27B --out ./Qwen3.6-27B-W4A16-G128\n"
+             "  mtpforge build my-recipe.toml --base ./tmax-27b --donor Qwen/Qwen3.6-27B --out ./tmax-W4A16\n\n" + EXIT_CODES)
+@click.argument("recipe")
+@click.option("--base", required=True, type=click.Path(file_okay=False, path_type=str), help="The BF16 checkpoint to build from.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output directory (appears when every step passed).")
+@click.option("--donor", default=None, help="Where to take the MTP head from when the base has none (overrides the recipe).")
+@click.option("--min-acceptance", type=float, default=None, help="Override the recipe's acceptance floor (position 1, 0-1).")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def build(recipe: str, base: str, out: str, donor: str | None, min_acceptance: float | None, as_json: bool) -> int:
+    """Run a recipe (a TOML file or a bundled seed recipe): graft, quantize, strip, doctor, verify, card; resumable."""
+    from mtpforge.build import build as run_build
+    from mtpforge.cli.render import render_verify
+
+    report = run_build(recipe, base, out, donor=donor, min_acceptance=min_acceptance, progress=lambda m: click.echo(m, err=True))
+    steps = "\n".join(f"  {s['step']}" + (" (reused)" if s.get("reused") else "") for s in report.steps)
+    _emit(report.to_dict(), as_json, f"built {out}:\n{steps}\n" + render_verify(report.verify or {}))
+    return EXIT_OK

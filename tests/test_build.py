@@ -1,0 +1,76 @@
+"""build: every seed recipe on the bundled tiny model, end to end; resumable; loud on failure."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from mtpforge.build import bundled_recipes
+from mtpforge.checkpoint import open_checkpoint
+from mtpforge.doctor import doctor
+
+MODELS = Path(__file__).resolve().parents[1] / "src" / "mtpforge" / "models"
+BASE, FINETUNE = MODELS / "tiny-qwen3.5", MODELS / "tiny-qwen3.5-finetune"
+
+
+def load_in_transformers(path: Path):  # type: ignore[no-untyped-def]
+    import torch
+    import transformers
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transformers.logging.set_verbosity_error()
+        return transformers.AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True, dtype=torch.bfloat16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted(bundled_recipes()))
+def test_each_seed_recipe_builds_a_checkpoint_that_passes(cli, tmp_path: Path, recipe: str) -> None:  # type: ignore[no-untyped-def]
+    # Seed 000 is the tmax case: a finetune without a head, grafted from its base before quantizing.
+    base, donor = (FINETUNE, ["--donor", str(BASE)]) if recipe.startswith("seed-000") else (BASE, [])
+    out = tmp_path / "out"
+    r = cli("build", recipe, "--base", str(base), "--out", str(out), "--json", *donor)
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert [s["step"] for s in report["steps"]][-3:] == ["quantize", "doctor", "card"]
+    assert doctor(out).ok and not (tmp_path / "out.build").exists()
+    ckpt = open_checkpoint(out)
+    assert any(n.startswith("mtp.") for n in ckpt.tensors)  # never lose the head
+    recipe_doc = json.loads((out / "mtpforge-build.json").read_text())["recipe"]
+    assert (ckpt.config.get("language_model_only") is True) == recipe_doc.get("strip", {}).get("vision", False)
+    pos0 = report["verify"]["acceptance"]["acceptance_per_position"][0]
+    assert pos0 >= recipe_doc["verify"]["min_acceptance"]
+    assert report["verify"]["divergence"]["kl_mean_nats"] <= recipe_doc["verify"]["max_kld"]
+    assert f"| 1 | {100 * pos0:.1f} % |" in (out / "README.md").read_text()
+    model, info = load_in_transformers(out)
+    assert not info["unexpected_keys"] and all(k.startswith("model.visual.") for k in info["missing_keys"])
+    (tmp_path / "figures.json").write_text(json.dumps({"recipe": recipe, "verify": report["verify"]}))
+
+
+@pytest.mark.slow
+def test_a_failed_build_keeps_its_work_and_resumes(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    r = cli("build", "seed-004-w4a16-g128", "--base", str(BASE), "--out", str(out), "--min-acceptance", "0.99")
+    assert r.code == 1 and "acceptance" in r.err and not out.exists()
+    assert (tmp_path / "out.build" / "quantize" / "model.safetensors").is_file()
+    r = cli("build", "seed-004-w4a16-g128", "--base", str(BASE), "--out", str(out), "--json")
+    assert r.code == 0, r.err
+    steps = json.loads(r.out)["steps"]
+    assert {"step": "quantize", "reused": True} in steps and out.is_dir() and not (tmp_path / "out.build").exists()
+
+
+def test_bad_recipes_and_outputs_are_usage_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.toml"
+    for text, message in (('[quantize]\nmethod = "awq"\n', "calibrated AWQ"), ('[quantize]\nbits = 4\n', "unknown [quantize] keys"),
+                          ("[nonsense]\n", "unknown or malformed"), ("name = \n", "bad.toml")):
+        bad.write_text(text)
+        r = cli("build", str(bad), "--base", str(BASE), "--out", str(tmp_path / "o"))
+        assert r.code == 2 and message in r.err, (text, r.err)
+    (tmp_path / "exists").mkdir()
+    assert cli("build", "seed-004-w4a16-g128", "--base", str(BASE), "--out", str(tmp_path / "exists")).code == 2
+    r = cli("build", "seed-000-w4a16-g32-asym-mtp-quantized", "--base", str(FINETUNE), "--out", str(tmp_path / "o"),
+            "--donor", str(tmp_path / "nowhere"))
+    assert r.code in (2, 3) and not (tmp_path / "o").exists()
