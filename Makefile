@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -c requirements/lock.txt torch==2.13.0 -e '.[dev,torch]'
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -c requirements/lock.txt torch==2.13.0 -e '.[dev,torch,calibrate]'
 	$(VENV)/bin/pip check
 	touch $@
 

@@ -64,7 +64,7 @@ def test_a_failed_build_keeps_its_work_and_resumes(cli, tmp_path: Path) -> None:
 
 def test_bad_recipes_and_outputs_are_usage_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad.toml"
-    for text, message in (('[quantize]\nmethod = "awq"\n', "calibrated AWQ"), ('[quantize]\nbits = 4\n', "unknown [quantize] keys"),
+    for text, message in (('[quantize]\nmethod = "smoothquant"\n', "unknown method"), ('[quantize]\nbits = 4\n', "unknown [quantize] keys"),
                           ("[nonsense]\n", "unknown or malformed"), ("name = \n", "bad.toml")):
         bad.write_text(text)
         r = cli("build", str(bad), "--base", str(BASE), "--out", str(tmp_path / "o"))

@@ -20,7 +20,7 @@ Make = Callable[..., Path]
 Cli = Callable[..., CliResult]
 
 
-@pytest.mark.parametrize("scheme,group", [("w4a16", 32), ("w4a16-asym", 16), ("w8a16", None), ("w8a16-asym", 64)])
+@pytest.mark.parametrize("scheme,group", [("w4a16", 32), ("w4a16-asym", 16), ("w8a16", 0), ("w8a16-asym", 64)])
 def test_rtn_output_is_healthy_and_reads_back_within_half_a_step(tmp_path: Path, make: Make, cli: Cli, scheme: str, group: int | None) -> None:
     from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
@@ -29,7 +29,7 @@ def test_rtn_output_is_healthy_and_reads_back_within_half_a_step(tmp_path: Path,
 
     base = make("base", shards=2)
     before = snapshot(base)
-    args = ["quantize", str(base), "--out", str(tmp_path / "q"), "--scheme", scheme] + (["--group-size", str(group)] if group else [])
+    args = ["quantize", str(base), "--out", str(tmp_path / "q"), "--scheme", scheme] + (["--group-size", str(group)] if group is not None else [])
     r = cli(*args)
     assert r.code == 0, r.err
     assert snapshot(base) == before and doctor(tmp_path / "q").findings == ()

@@ -35,7 +35,7 @@ from mtpforge.errors import ChecksFailed, UsageError
 from mtpforge.families import MTP, detect_family
 
 RECIPE_SECTIONS = {"name": str, "source": str, "quantize": dict, "graft": dict, "strip": dict, "verify": dict, "card": dict}
-QUANTIZE_KEYS = {"method", "scheme", "group_size", "scope", "include", "exclude", "mtp"}
+QUANTIZE_KEYS = {"method", "scheme", "group_size", "scope", "include", "exclude", "mtp", "actorder", "calibration", "samples"}
 
 
 @dataclass
@@ -76,10 +76,6 @@ def load_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
     unknown = set(recipe.get("quantize", {})) - QUANTIZE_KEYS
     if unknown:
         raise UsageError(f"recipe {path}: unknown [quantize] keys {sorted(unknown)}", hint=f"keys: {', '.join(sorted(QUANTIZE_KEYS))}")
-    method = recipe.get("quantize", {}).get("method", "rtn")
-    if method != "rtn":
-        raise UsageError(f"recipe {path}: method {method!r} is not available in this mtpforge (data-free RTN only)",
-                         hint='set method = "rtn" in [quantize]; calibrated AWQ / GPTQ are not built yet')
     return recipe
 
 
@@ -134,7 +130,8 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
     text_only = bool(recipe.get("strip", {}).get("vision", False))
     params = {"scheme": q.get("scheme", "w4a16"), "group_size": q.get("group_size"), "scope": q.get("scope", "all"),
               "include": tuple(q.get("include", ())), "exclude": tuple(q.get("exclude", ())), "mtp": q.get("mtp", "keep"),
-              "text_only": text_only}
+              "text_only": text_only, "method": q.get("method", "rtn"), "actorder": bool(q.get("actorder", False)),
+              "calibration": q.get("calibration"), "samples": q.get("samples", 64)}
     quantized = step("quantize", {"source": str(source), **params}, lambda t: quantize(str(source), str(t), **params))
 
     from mtpforge.doctor import doctor

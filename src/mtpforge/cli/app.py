@@ -145,7 +145,7 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
 @click.argument("base", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output directory.")
 @click.option("--scheme", type=click.Choice(["w4a16", "w4a16-asym", "w8a16", "w8a16-asym", "nvfp4a16"]), default="w4a16", show_default=True)
-@click.option("--group-size", type=int, default=None, help="Inputs per scale (default: 128 for INT4, per channel for INT8, 16 for NVFP4).")
+@click.option("--group-size", type=int, default=None, help="Inputs per scale; 0: one scale per output channel (default: 128 for INT, 16 for NVFP4).")
 @click.option("--scope", type=click.Choice(["all", "attention-mlp", "mlp-skip-first"]), default="all", show_default=True,
               help="all: attention, GDN projections, MLP; attention-mlp: GDN stays BF16; mlp-skip-first: MLP of layers 1+.")
 @click.option("--include", multiple=True, help="Also quantize Linear layers whose module path matches this regex (repeatable).")
@@ -153,15 +153,23 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
 @click.option("--mtp", type=click.Choice(["keep", "quantize"]), default="keep", show_default=True,
               help="keep: the head as stored, excluded with re:^mtp.*; quantize: its layer in the same scheme (fc stays BF16).")
 @click.option("--text-only", is_flag=True, help="Drop the vision tower in the same pass (language_model_only: true).")
+@click.option("--method", type=click.Choice(["rtn", "awq", "gptq"]), default="rtn", show_default=True,
+              help="rtn: data-free, streamed; awq / gptq: llm-compressor on calibration text (whole model in memory).")
+@click.option("--actorder", is_flag=True, help="GPTQ with activation order (desc_act).")
+@click.option("--calibration", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Calibration texts for awq / gptq: a JSON list or one per line (default: the bundled prompts).")
+@click.option("--samples", type=int, default=64, show_default=True, help="Calibration texts used at most.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @_out_options
 def quantize(base: str, out: str, scheme: str, group_size: int | None, scope: str, include: tuple[str, ...], exclude: tuple[str, ...],
-             mtp: str, text_only: bool, as_json: bool, overwrite: bool, dry_run: bool) -> int:
-    """Quantize BASE (data-free RTN; compressed-tensors), hybrid-aware, carrying the MTP head."""
+             mtp: str, text_only: bool, method: str, actorder: bool, calibration: str | None, samples: int, as_json: bool,
+             overwrite: bool, dry_run: bool) -> int:
+    """Quantize BASE into compressed-tensors (RTN streamed, or AWQ / GPTQ calibrated), hybrid-aware, carrying the MTP head."""
     from mtpforge.quant import quantize as run_quantize
 
     plan = run_quantize(base, out, scheme=scheme, group_size=group_size, scope=scope, include=include, exclude=exclude, mtp=mtp,
-                        text_only=text_only, overwrite=overwrite, dry_run=dry_run)
+                        text_only=text_only, method=method, actorder=actorder, calibration=calibration, samples=samples,
+                        overwrite=overwrite, dry_run=dry_run)
     return _report_written(plan, out, as_json=as_json, dry_run=dry_run)
 
 

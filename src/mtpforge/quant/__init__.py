@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from mtpforge.checkpoint.header import DTYPE_BITS, FLOAT_DTYPES
 from mtpforge.errors import UsageError
 from mtpforge.families import VISION, Family, TensorSpec, detect_family, expected_inventory
 from mtpforge.families.base import LINEAR
+from mtpforge.quant.calibrated import check_method
 from mtpforge.quant.scope import SCOPES, select
 from mtpforge.surgery.output import make_plan
 from mtpforge.surgery.plan import NewShard, Plan, TensorCopy
@@ -32,16 +34,22 @@ from mtpforge.surgery.stage import apply_plan, check_destination
 # Scheme -> (kind, bits, symmetric)
 SCHEMES = {"w4a16": ("int", 4, True), "w4a16-asym": ("int", 4, False), "w8a16": ("int", 8, True), "w8a16-asym": ("int", 8, False),
            "nvfp4a16": ("fp4", 4, True)}
-DEFAULT_GROUP = {"w4a16": 128, "w4a16-asym": 128, "w8a16": None, "w8a16-asym": None, "nvfp4a16": 16}  # compressed-tensors presets
+DEFAULT_GROUP = {"w4a16": 128, "w4a16-asym": 128, "w8a16": 128, "w8a16-asym": 128, "nvfp4a16": 16}  # compressed-tensors 0.19 presets; --group-size 0: per channel
 
 
 def plan_quantize(base: str | os.PathLike[str], *, scheme: str = "w4a16", group_size: int | None = None, scope: str = "all",
-                  include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep", text_only: bool = False) -> Plan:
+                  include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep", text_only: bool = False,
+                  method: str = "rtn", actorder: bool = False) -> Plan:
     """Describe the quantization of `base` (pure: headers only, nothing written). Arguments as for `quantize`."""
+    check_method(method, mtp)
+    if method == "rtn" and actorder:
+        raise UsageError("--actorder orders GPTQ's columns; RTN has no order", hint="--method gptq --actorder")
+    if kind_of(scheme) == "fp4" and method != "rtn":
+        raise UsageError(f"{scheme} is written data-free here; --method {method} runs INT schemes", hint="--method rtn")
     if scheme not in SCHEMES:
         raise UsageError(f"unknown scheme {scheme!r}", hint=f"one of {', '.join(SCHEMES)}")
     kind, bits, symmetric = SCHEMES[scheme]
-    group = group_size if group_size is not None else DEFAULT_GROUP[scheme]
+    group = (group_size if group_size is not None else DEFAULT_GROUP[scheme]) or None  # 0: one scale per output channel
     if kind == "fp4" and group != 16:
         raise UsageError(f"NVFP4 uses groups of 16, not {group}", hint="leave --group-size out for nvfp4a16")
     ckpt = open_checkpoint(base)
@@ -62,42 +70,81 @@ def plan_quantize(base: str | os.PathLike[str], *, scheme: str = "w4a16", group_
     dropped = {n for n in ckpt.tensors if family.group_of(n) == VISION} if text_only else set()
     amax = _fused_amax(ckpt, expected, chosen) if kind == "fp4" else {}
     rb = _rebuild(ckpt, chosen, dropped, lambda info: _quantized(ckpt, info, kind, bits, group, symmetric, amax))
-    config = {**ckpt.config, "quantization_config": _ct_config(family, expected, chosen, kind, bits, group, symmetric, mtp)}
+    config = {**ckpt.config, "quantization_config": _ct_config(family, expected, chosen, kind, bits, group, symmetric, mtp, method, actorder)}
     if text_only:
         config["language_model_only"] = True
     layout = "NVFP4 groups of 16" if kind == "fp4" else ("group " + str(group) if group else "per channel")
     head = "quantize the MTP layer like the trunk (its fc stays BF16)" if mtp == "quantize" else \
         "keep the MTP head as stored, excluded with re:^mtp.*"
-    actions = [f"quantize {len(chosen)} Linear weights to {scheme} ({layout}, RTN), scope {scope}: {SCOPES[scope]}", head,
+    how = "RTN" if method == "rtn" else f"{method.upper()} via llm-compressor on calibration text" + (", activation order" if actorder else "")
+    actions = [f"quantize {len(chosen)} Linear weights to {scheme} ({layout}, {how}), scope {scope}: {SCOPES[scope]}", head,
                "keep conv1d, A_log, dt_bias, norms, in_proj_a/b, embeddings and lm_head high precision", *selection.notes]
     if text_only:
         actions.append(f"drop {len(dropped)} vision tensors and declare language_model_only: true")
-    return make_plan("quantize", ckpt.root, rb, config, None, actions, [])
+    warnings = [] if method == "rtn" else ["llm-compressor writes the shards: their layout differs from the list below"]
+    return make_plan("quantize", ckpt.root, rb, config, None, actions, warnings)
+
+
+def kind_of(scheme: str) -> str:
+    return SCHEMES[scheme][0] if scheme in SCHEMES else ""
 
 
 def quantize(base: str, out: str, *, scheme: str = "w4a16", group_size: int | None = None, scope: str = "all",
              include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep", text_only: bool = False,
+             method: str = "rtn", actorder: bool = False, calibration: str | None = None, samples: int = 64,
              overwrite: bool = False, dry_run: bool = False) -> Plan:
-    """Quantize `base` into `out` (RTN), carrying the MTP head.
+    """Quantize `base` into `out`, carrying the MTP head.
 
     Args:
         base: the BF16 checkpoint.
         out: the output directory (must not exist unless `overwrite`).
         scheme: a key of SCHEMES.
-        group_size: inputs per scale (default: 128 for INT4, per channel for INT8, 16 for NVFP4).
+        group_size: inputs per scale; 0 for one per output channel (default: 128 for INT, 16 for NVFP4).
         scope: a preset of `quant.scope.SCOPES`.
         include, exclude: regular expressions on module paths that widen or narrow the scope.
         mtp: `keep` the head as stored, or `quantize` it in the same scheme.
         text_only: drop the vision tower and declare `language_model_only`.
+        method: `rtn` (data-free, streamed), or `awq` / `gptq` (llm-compressor, calibrated, whole model in memory).
+        actorder: GPTQ with activation order (`desc_act`).
+        calibration: a text file for awq / gptq (JSON list or one text per line); default: the bundled prompts.
+        samples: calibration texts used at most.
         overwrite: replace `out` if it exists.
         dry_run: validate and return the plan without writing anything.
     """
     check_destination(Path(base), Path(out), overwrite=overwrite)
     plan = plan_quantize(base, scheme=scheme, group_size=group_size, scope=scope, include=include, exclude=exclude, mtp=mtp,
-                         text_only=text_only)
-    if not dry_run:
+                         text_only=text_only, method=method, actorder=actorder)
+    if dry_run:
+        return plan
+    if method == "rtn":
         apply_plan(plan, Path(out), overwrite=overwrite)
+    else:
+        _calibrate(Path(base), Path(out), plan, method=method, text_only=text_only, calibration=calibration, samples=samples,
+                   overwrite=overwrite)
     return plan
+
+
+def _calibrate(base: Path, out: Path, plan: Plan, *, method: str, text_only: bool, calibration: str | None, samples: int,
+               overwrite: bool) -> None:
+    """llm-compressor into a staging directory beside `out`; declare the head; strip if asked; one rename (or strip's publish)."""
+    from mtpforge.quant.calibrated import calibration_texts, finish, in_temporary, quantize_calibrated, remove
+    from mtpforge.strip import strip
+
+    family = detect_family(open_checkpoint(base).config)
+    qc = plan.json_files["config.json"]["quantization_config"]
+    staging = in_temporary(out.resolve())
+    try:
+        quantize_calibrated(base.resolve(), staging, method=method, weights=qc["config_groups"]["group_0"]["weights"], ignore=qc["ignore"],
+                            texts=calibration_texts(calibration), max_samples=samples)
+        finish(staging, f"re:^{family.mtp_prefix}.*")
+        if text_only:
+            strip(str(staging), str(out), overwrite=overwrite)
+        else:
+            if out.exists() and overwrite:
+                shutil.rmtree(out)
+            os.rename(staging, out)
+    finally:
+        remove(staging)
 
 
 def _rebuild(ckpt: Checkpoint, chosen: dict[str, TensorSpec], dropped: set[str], quantized: Any) -> Rebuild:
@@ -181,7 +228,7 @@ def _quantized(ckpt: Checkpoint, info: Any, kind: str, bits: int, group: int | N
 
 
 def _ct_config(family: Family, expected: dict[str, TensorSpec], chosen: dict[str, TensorSpec], kind: str, bits: int, group: int | None,
-               symmetric: bool, mtp: str) -> dict[str, Any]:
+               symmetric: bool, mtp: str, method: str = "rtn", actorder: bool = False) -> dict[str, Any]:
     kept_groups = ("trunk", "mtp") if mtp == "quantize" else ("trunk",)
     skipped = sorted({s.module for n, s in expected.items() if s.kind == LINEAR and n not in chosen and s.group in kept_groups})
     # Patterns for the head and the tower match the fused names engines build; exact names for the rest.
@@ -192,7 +239,8 @@ def _ct_config(family: Family, expected: dict[str, TensorSpec], chosen: dict[str
         weights, fmt = weights_config(), "nvfp4-pack-quantized"
     else:
         weights = {"num_bits": bits, "type": "int", "symmetric": symmetric, "strategy": "group" if group else "channel",
-                   "group_size": group, "dynamic": False, "actorder": None, "observer": "minmax", "observer_kwargs": {}}
+                   "group_size": group, "dynamic": False, "actorder": "static" if actorder else None, "observer": "minmax",
+                   "observer_kwargs": {}}
         fmt = "pack-quantized"
     return {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
             "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
