@@ -54,8 +54,9 @@ def test_rtn_writes_what_llmcompressor_writes(cli, tmp_path: Path, scheme: str, 
 def test_awq_keeps_the_head_bf16_declared_and_indexed(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "awq"
     r = cli("quantize", str(TINY), "--method", "awq", "--scheme", "w4a16-asym", "--group-size", "32", "--scope", "attention-mlp",
-            "--out", str(out))
+            "--out", str(out), "--json")
     assert r.code == 0, r.err
+    assert json.loads(r.out)["schema"] == "mtpforge.quantize/1"  # llm-compressor's log stays off stdout
     assert doctor(out).findings == ()  # head ignored, index total_size right: llm-compressor alone leaves both wrong
     ckpt = open_checkpoint(out)
     assert "re:^mtp.*" in ckpt.config["quantization_config"]["ignore"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
     from datasets import Dataset
     from transformers import AutoTokenizer
 
+    _import_llmcompressor()
     from llmcompressor import oneshot
     from llmcompressor.modifiers.gptq import GPTQModifier
     from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -89,9 +91,17 @@ def check_method(method: str, mtp: str) -> None:
                          hint="keep the head BF16 (--mtp keep), or use --method rtn")
     if method != "rtn":
         try:
-            import llmcompressor  # noqa: F401
+            _import_llmcompressor()
         except ImportError:
             raise UsageError(f"--method {method} needs llm-compressor", hint="pip install 'mtpforge[calibrate]'") from None
+
+
+def _import_llmcompressor() -> None:
+    """Import llm-compressor with its log on stderr: it adds a stdout sink (and logs) at import, and `--json` owns stdout."""
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):
+        import llmcompressor  # noqa: F401
 
 
 def _load(base: Path, torch: Any) -> Any:
