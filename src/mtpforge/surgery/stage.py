@@ -24,6 +24,7 @@ from mtpforge.checkpoint import open_checkpoint
 from mtpforge.checkpoint.writer import TensorData, encode_header
 from mtpforge.errors import CheckpointError, MtpforgeError, UsageError
 from mtpforge.surgery.plan import NewShard, Plan
+from mtpforge.surgery.progress import Progress
 from mtpforge.surgery.sources import FileRange
 
 
@@ -48,8 +49,10 @@ def apply_plan(plan: Plan, out: Path, *, overwrite: bool = False) -> Path:
         with _signals_as_exit():
             for name in plan.linked:
                 _link_or_copy(plan.source_dir / name, staging / name)
+            progress = Progress(f"{plan.verb} -> {out.name}", plan.written_bytes)
             for shard in plan.written:
-                _write_shard(staging / shard.name, shard)
+                _write_shard(staging / shard.name, shard, progress)
+            progress.close()
             for name, doc in plan.json_files.items():
                 _write_json(staging / name, doc)
             _fsync_dir(staging)
@@ -95,7 +98,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _write_shard(path: Path, shard: NewShard) -> None:
+def _write_shard(path: Path, shard: NewShard, progress: Progress) -> None:
     header = encode_header([TensorData(t.name, t.dtype, t.shape) for t in shard.tensors], dict(shard.metadata))
     with open(path, "wb") as f:
         f.write(header)
@@ -108,6 +111,7 @@ def _write_shard(path: Path, shard: NewShard) -> None:
                 for chunk in tensor.source.chunks():
                     f.write(chunk)
                     written += len(chunk)
+            progress.advance(written, tensor.name)
             if written != tensor.nbytes:
                 raise CheckpointError(f"{tensor.source.describe()}: {written} bytes read for {tensor.name}, {tensor.nbytes} expected")
         f.flush()
