@@ -45,8 +45,9 @@ def test_each_seed_recipe_builds_a_checkpoint_that_passes(cli, tmp_path: Path, r
     assert pos0 >= recipe_doc["verify"]["min_acceptance"]
     assert report["verify"]["divergence"]["kl_mean_nats"] <= recipe_doc["verify"]["max_kld"]
     assert f"| 1 | {100 * pos0:.1f} % |" in (out / "README.md").read_text()
-    model, info = load_in_transformers(out)
-    assert not info["unexpected_keys"] and all(k.startswith("model.visual.") for k in info["missing_keys"])
+    if not (out / "hf_quant_config.json").exists():  # transformers has no modelopt reader (test_quantize_scope converts it instead)
+        model, info = load_in_transformers(out)
+        assert not info["unexpected_keys"] and all(k.startswith("model.visual.") for k in info["missing_keys"])
     (tmp_path / "figures.json").write_text(json.dumps({"recipe": recipe, "verify": report["verify"]}))
 
 

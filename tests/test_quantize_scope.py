@@ -104,3 +104,39 @@ def test_text_only_drops_the_tower_in_the_same_pass(cli, tmp_path: Path) -> None
     assert ckpt.config["language_model_only"] is True
     assert any(n.startswith("mtp.") for n in ckpt.tensors)  # the head is carried
     assert doctor(out).ok
+
+
+@pytest.mark.slow
+def test_nvfp4_with_fp4_activations_in_both_layouts_agree_through_the_modelopt_converter(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from compressed_tensors.entrypoints.convert.converters.modelopt_nvfp4 import ModelOptNvfp4Converter
+    from safetensors.torch import load_file
+
+    ct, mo = tmp_path / "ct", tmp_path / "modelopt"
+    assert cli("quantize", str(TINY), "--scheme", "nvfp4", "--out", str(ct)).code == 0
+    assert cli("quantize", str(TINY), "--scheme", "nvfp4", "--format", "modelopt", "--out", str(mo)).code == 0
+    assert doctor(ct).ok and doctor(mo).ok
+    acts = json.loads((ct / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]["input_activations"]
+    assert acts["type"] == "float" and acts["num_bits"] == 4 and acts["strategy"] == "tensor_group"
+    assert json.loads((mo / "hf_quant_config.json").read_text())["quantization"]["quant_algo"] == "NVFP4"
+    ours, theirs = load_file(ct / "model.safetensors"), load_file(mo / "model.safetensors")
+    modules = sorted(k[: -len(".weight_scale_2")] for k in theirs if k.endswith(".weight_scale_2"))
+    converted = ModelOptNvfp4Converter(targets=modules).process(dict(theirs))
+    quantized = [k for k in ours if k.endswith("input_global_scale")]
+    assert len(quantized) == 25
+    for name, tensor in ours.items():
+        if name.endswith("global_scale"):  # modelopt stores their reciprocals: one float32 rounding each way
+            torch.testing.assert_close(converted[name].reshape(tensor.shape), tensor, rtol=2**-23, atol=0)
+        else:  # the FP4 codes, the FP8 group scales and every unquantized tensor: bit for bit
+            assert torch.equal(converted[name], tensor), name
+    # q/k/v read the same input, so their input scales agree; and each is 448 * 6 / the largest |input| seen.
+    layer = "model.language_model.layers.3.self_attn"
+    assert len({float(ours[f"{layer}.{p}.input_global_scale"]) for p in ("q_proj", "k_proj", "v_proj")}) == 1
+    assert all(0 < float(ours[k]) < 448 * 6 / 1e-3 for k in quantized)
+    r = cli("verify", str(mo), "--reference", str(TINY), "--max-prompts", "4", "--new-tokens", "32", "--json")
+    assert r.code == 0 and json.loads(r.out)["divergence"]["kl_mean_nats"] < 0.1
+
+
+@pytest.mark.parametrize("args", [("--scheme", "nvfp4a16", "--format", "modelopt"), ("--scheme", "nvfp4", "--mtp", "quantize")])
+def test_nvfp4_requests_that_cannot_work_are_usage_errors(cli, tmp_path: Path, args: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    r = cli("quantize", str(TINY), *args, "--out", str(tmp_path / "q"))
+    assert r.code == 2 and not (tmp_path / "q").exists()

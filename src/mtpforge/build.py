@@ -35,7 +35,7 @@ from mtpforge.errors import ChecksFailed, UsageError
 from mtpforge.families import MTP, detect_family
 
 RECIPE_SECTIONS = {"name": str, "source": str, "quantize": dict, "graft": dict, "strip": dict, "verify": dict, "card": dict}
-QUANTIZE_KEYS = {"method", "scheme", "group_size", "scope", "include", "exclude", "mtp", "actorder", "calibration", "samples"}
+QUANTIZE_KEYS = {"method", "scheme", "format", "group_size", "scope", "include", "exclude", "mtp", "actorder", "calibration", "samples"}
 
 
 @dataclass
@@ -131,7 +131,7 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
     params = {"scheme": q.get("scheme", "w4a16"), "group_size": q.get("group_size"), "scope": q.get("scope", "all"),
               "include": tuple(q.get("include", ())), "exclude": tuple(q.get("exclude", ())), "mtp": q.get("mtp", "keep"),
               "text_only": text_only, "method": q.get("method", "rtn"), "actorder": bool(q.get("actorder", False)),
-              "calibration": q.get("calibration"), "samples": q.get("samples", 64)}
+              "calibration": q.get("calibration"), "samples": q.get("samples", 64), "layout": q.get("format", "compressed-tensors")}
     quantized = step("quantize", {"source": str(source), **params}, lambda t: quantize(str(source), str(t), **params))
 
     from mtpforge.doctor import doctor

@@ -33,17 +33,27 @@ from mtpforge.surgery.stage import apply_plan, check_destination
 
 # Scheme -> (kind, bits, symmetric)
 SCHEMES = {"w4a16": ("int", 4, True), "w4a16-asym": ("int", 4, False), "w8a16": ("int", 8, True), "w8a16-asym": ("int", 8, False),
-           "nvfp4a16": ("fp4", 4, True)}
-DEFAULT_GROUP = {"w4a16": 128, "w4a16-asym": 128, "w8a16": 128, "w8a16-asym": 128, "nvfp4a16": 16}  # compressed-tensors 0.19 presets; --group-size 0: per channel
+           "nvfp4a16": ("fp4", 4, True), "nvfp4": ("fp4", 4, True)}
+QUANTIZED_ACTIVATIONS = {"nvfp4"}  # FP4 activations: input scales calibrated on text
+LAYOUTS = ("compressed-tensors", "modelopt")
+DEFAULT_GROUP = {"w4a16": 128, "w4a16-asym": 128, "w8a16": 128, "w8a16-asym": 128, "nvfp4a16": 16, "nvfp4": 16}  # compressed-tensors 0.19 presets; --group-size 0: per channel
 
 
 def plan_quantize(base: str | os.PathLike[str], *, scheme: str = "w4a16", group_size: int | None = None, scope: str = "all",
                   include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep", text_only: bool = False,
-                  method: str = "rtn", actorder: bool = False) -> Plan:
-    """Describe the quantization of `base` (pure: headers only, nothing written). Arguments as for `quantize`."""
+                  method: str = "rtn", actorder: bool = False, layout: str = "compressed-tensors",
+                  input_amax: dict[str, float] | None = None) -> Plan:
+    """Describe the quantization of `base` (pure: headers only, nothing written). Arguments as for `quantize`;
+    `input_amax` is read only when the plan is applied (filled by calibration for FP4 activations)."""
+    if layout not in LAYOUTS or (layout == "modelopt" and scheme != "nvfp4"):
+        raise UsageError(f"--format {layout} is not written for {scheme}",
+                         hint="modelopt holds NVFP4 with FP4 activations only: --scheme nvfp4 --format modelopt")
     check_method(method, mtp)
     if method == "rtn" and actorder:
         raise UsageError("--actorder orders GPTQ's columns; RTN has no order", hint="--method gptq --actorder")
+    if scheme in QUANTIZED_ACTIVATIONS and mtp == "quantize":
+        raise UsageError("--mtp quantize with FP4 activations: the head's input ranges cannot be calibrated (transformers builds no MTP module)",
+                         hint="--mtp keep, or --scheme nvfp4a16")
     if kind_of(scheme) == "fp4" and method != "rtn":
         raise UsageError(f"{scheme} is written data-free here; --method {method} runs INT schemes", hint="--method rtn")
     if scheme not in SCHEMES:
@@ -69,8 +79,15 @@ def plan_quantize(base: str | os.PathLike[str], *, scheme: str = "w4a16", group_
                              hint="choose a group size that divides every quantized layer's input dimension")
     dropped = {n for n in ckpt.tensors if family.group_of(n) == VISION} if text_only else set()
     amax = _fused_amax(ckpt, expected, chosen) if kind == "fp4" else {}
-    rb = _rebuild(ckpt, chosen, dropped, lambda info: _quantized(ckpt, info, kind, bits, group, symmetric, amax))
-    config = {**ckpt.config, "quantization_config": _ct_config(family, expected, chosen, kind, bits, group, symmetric, mtp, method, actorder)}
+    acts = input_amax if scheme in QUANTIZED_ACTIVATIONS else None
+    rb = _rebuild(ckpt, chosen, dropped, lambda info: _quantized(ckpt, info, kind, bits, group, symmetric, amax, layout, acts))
+    qc = _ct_config(family, expected, chosen, kind, bits, group, symmetric, mtp, method, actorder, acts is not None)
+    hf_quant = None
+    if layout == "modelopt":
+        from mtpforge.quant.nvfp4 import modelopt_configs
+
+        qc, hf_quant = modelopt_configs([_modelopt_pattern(p) for p in qc["ignore"]])
+    config = {**ckpt.config, "quantization_config": qc}
     if text_only:
         config["language_model_only"] = True
     layout = "NVFP4 groups of 16" if kind == "fp4" else ("group " + str(group) if group else "per channel")
@@ -82,7 +99,16 @@ def plan_quantize(base: str | os.PathLike[str], *, scheme: str = "w4a16", group_
     if text_only:
         actions.append(f"drop {len(dropped)} vision tensors and declare language_model_only: true")
     warnings = [] if method == "rtn" else ["llm-compressor writes the shards: their layout differs from the list below"]
-    return make_plan("quantize", ckpt.root, rb, config, None, actions, warnings)
+    if acts is not None:
+        actions.append("calibrate FP4 activation scales: the largest |input| of each quantized layer on calibration text")
+    return make_plan("quantize", ckpt.root, rb, config, hf_quant, actions, warnings)
+
+
+def _modelopt_pattern(ignore: str) -> str:
+    """compressed-tensors `re:^prefix...` patterns as modelopt's wildcards (`prefix*`); exact names stay."""
+    if not ignore.startswith("re:"):
+        return ignore
+    return ignore[len("re:"):].lstrip("^").replace("\\.", ".").replace(".*", "*")
 
 
 def kind_of(scheme: str) -> str:
@@ -92,7 +118,7 @@ def kind_of(scheme: str) -> str:
 def quantize(base: str, out: str, *, scheme: str = "w4a16", group_size: int | None = None, scope: str = "all",
              include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep", text_only: bool = False,
              method: str = "rtn", actorder: bool = False, calibration: str | None = None, samples: int = 64,
-             overwrite: bool = False, dry_run: bool = False) -> Plan:
+             layout: str = "compressed-tensors", overwrite: bool = False, dry_run: bool = False) -> Plan:
     """Quantize `base` into `out`, carrying the MTP head.
 
     Args:
@@ -108,14 +134,23 @@ def quantize(base: str, out: str, *, scheme: str = "w4a16", group_size: int | No
         actorder: GPTQ with activation order (`desc_act`).
         calibration: a text file for awq / gptq (JSON list or one text per line); default: the bundled prompts.
         samples: calibration texts used at most.
+        layout: `compressed-tensors`, or `modelopt` (NVFP4 with FP4 activations, with `hf_quant_config.json`).
         overwrite: replace `out` if it exists.
         dry_run: validate and return the plan without writing anything.
     """
     check_destination(Path(base), Path(out), overwrite=overwrite)
+    input_amax: dict[str, float] = {}
     plan = plan_quantize(base, scheme=scheme, group_size=group_size, scope=scope, include=include, exclude=exclude, mtp=mtp,
-                         text_only=text_only, method=method, actorder=actorder)
+                         text_only=text_only, method=method, actorder=actorder, layout=layout, input_amax=input_amax)
     if dry_run:
         return plan
+    if scheme in QUANTIZED_ACTIVATIONS:  # the one calibrated part of NVFP4: activation ranges, filled in before the write
+        from mtpforge.quant.activations import input_amax as measure
+        from mtpforge.quant.calibrated import calibration_texts
+
+        modules = {t.name.rsplit(".", 1)[0] for shard in plan.written for t in shard.tensors
+                   if t.name.endswith(("weight_global_scale", "weight_scale_2"))}
+        input_amax.update(measure(Path(base), modules, calibration_texts(calibration), max_samples=samples))
     if method == "rtn":
         apply_plan(plan, Path(out), overwrite=overwrite)
     else:
@@ -190,7 +225,7 @@ def _fused_amax(ckpt: Checkpoint, expected: dict[str, TensorSpec], chosen: dict[
 
 
 def _quantized(ckpt: Checkpoint, info: Any, kind: str, bits: int, group: int | None, symmetric: bool,
-               amax: dict[str, Any]) -> list[TensorCopy]:
+               amax: dict[str, Any], layout: str, input_amax: dict[str, float] | None) -> list[TensorCopy]:
     """The companions standing for one weight; computed when the writer reaches them."""
     out, inp = info.shape
     module = info.name.rsplit(".", 1)[0]
@@ -204,9 +239,10 @@ def _quantized(ckpt: Checkpoint, info: Any, kind: str, bits: int, group: int | N
         if not memo:  # quantize once, when the writer reaches the first companion
             w = read_tensor(ckpt, info)
             if kind == "fp4":
-                from mtpforge.quant.nvfp4 import quantize_nvfp4
+                from mtpforge.quant.nvfp4 import stored_tensors
 
-                memo.update(quantize_nvfp4(w, amax[info.name]()))
+                acts = None if input_amax is None else input_amax[module]
+                memo.update(stored_tensors(w, amax[info.name](), acts, layout=layout))
             else:
                 from mtpforge.quant.int_affine import quantize_int
 
@@ -214,7 +250,9 @@ def _quantized(ckpt: Checkpoint, info: Any, kind: str, bits: int, group: int | N
         return memo.pop(key).contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
     if kind == "fp4":
-        shapes = {"weight_packed": ("U8", (out, inp // 2)), "weight_scale": ("F8_E4M3", (out, inp // 16)), "weight_global_scale": ("F32", (1,))}
+        from mtpforge.quant.nvfp4 import stored_shapes
+
+        shapes = stored_shapes(out, inp, layout=layout, activations=input_amax is not None)
     else:
         groups = inp // group if group else 1
         shapes = {"weight_packed": ("I32", (out, inp * bits // 32)), "weight_scale": ("BF16", (out, groups)), "weight_shape": ("I64", (2,))}
@@ -228,22 +266,22 @@ def _quantized(ckpt: Checkpoint, info: Any, kind: str, bits: int, group: int | N
 
 
 def _ct_config(family: Family, expected: dict[str, TensorSpec], chosen: dict[str, TensorSpec], kind: str, bits: int, group: int | None,
-               symmetric: bool, mtp: str, method: str = "rtn", actorder: bool = False) -> dict[str, Any]:
+               symmetric: bool, mtp: str, method: str = "rtn", actorder: bool = False, activations: bool = False) -> dict[str, Any]:
     kept_groups = ("trunk", "mtp") if mtp == "quantize" else ("trunk",)
     skipped = sorted({s.module for n, s in expected.items() if s.kind == LINEAR and n not in chosen and s.group in kept_groups})
     # Patterns for the head and the tower match the fused names engines build; exact names for the rest.
     ignore = ["lm_head", *skipped, f"re:^{family.vision_prefix}\\..*"] + ([f"re:^{family.mtp_prefix}.*"] if mtp == "keep" else [])
     if kind == "fp4":
-        from mtpforge.quant.nvfp4 import weights_config
+        from mtpforge.quant.nvfp4 import ct_config, weights_config
 
-        weights, fmt = weights_config(), "nvfp4-pack-quantized"
+        (weights, acts), fmt = ct_config(weights_config(), activations), "nvfp4-pack-quantized"
     else:
         weights = {"num_bits": bits, "type": "int", "symmetric": symmetric, "strategy": "group" if group else "channel",
                    "group_size": group, "dynamic": False, "actorder": "static" if actorder else None, "observer": "minmax",
                    "observer_kwargs": {}}
-        fmt = "pack-quantized"
+        acts, fmt = None, "pack-quantized"
     return {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
-            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": acts,
                                           "output_activations": None, "format": fmt}},
             "ignore": ignore, "kv_cache_scheme": None, "sparsity_config": {}, "version": "0.19.0"}
 

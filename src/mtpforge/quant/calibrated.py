@@ -52,7 +52,7 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
         recipe: list[Any] = [GPTQModifier(config_groups=groups, ignore=ignore, dampening_frac=0.01)]
     else:
         recipe = [AWQModifier(), QuantizationModifier(config_groups=groups, ignore=ignore)]
-    model = _load(base, torch)
+    model = load_for_calibration(base)
     oneshot(model=model, dataset=dataset, recipe=recipe, processor=tokenizer, num_calibration_samples=len(encoded),
             max_seq_length=seq_len, output_dir=str(staging), save_compressed=True)
 
@@ -104,7 +104,9 @@ def _import_llmcompressor() -> None:
         import llmcompressor  # noqa: F401
 
 
-def _load(base: Path, torch: Any) -> Any:
+def load_for_calibration(base: Path) -> Any:
+    """The model as transformers builds it, module paths as in the checkpoint (the VLM class for VLM layouts)."""
+    import torch
     import transformers
 
     config = json.loads((base / "config.json").read_text())

@@ -39,3 +39,44 @@ def weights_config() -> dict[str, object]:
     """The `weights` block compressed-tensors writes for NVFP4A16."""
     return {"num_bits": 4, "type": "float", "symmetric": True, "strategy": "tensor_group", "group_size": GROUP, "dynamic": False,
             "actorder": None, "observer": "minmax", "observer_kwargs": {}}
+
+
+# Stored names, dtypes and shapes per layout. compressed-tensors keeps global scales as multipliers;
+# modelopt keeps their inverses (`weight_scale_2`, `input_scale`) as 0-d tensors (its converter inverts them back).
+def stored_shapes(out: int, inp: int, *, layout: str, activations: bool) -> dict[str, tuple[str, tuple[int, ...]]]:
+    if layout == "modelopt":
+        return {"weight": ("U8", (out, inp // 2)), "weight_scale": ("F8_E4M3", (out, inp // GROUP)), "weight_scale_2": ("F32", ()),
+                "input_scale": ("F32", ())}
+    shapes = {"weight_packed": ("U8", (out, inp // 2)), "weight_scale": ("F8_E4M3", (out, inp // GROUP)), "weight_global_scale": ("F32", (1,))}
+    if activations:
+        shapes["input_global_scale"] = ("F32", (1,))
+    return shapes
+
+
+def stored_tensors(w: torch.Tensor, weight_amax: float, input_amax: float | None, *, layout: str) -> dict[str, torch.Tensor]:
+    """The tensors of `stored_shapes` for one weight."""
+    from compressed_tensors.quantization.utils.helpers import generate_gparam
+
+    t = quantize_nvfp4(w, weight_amax)
+    if input_amax is not None:
+        t["input_global_scale"] = generate_gparam(torch.tensor([-input_amax]), torch.tensor([input_amax]))
+    if layout != "modelopt":
+        return t
+    return {"weight": t["weight_packed"], "weight_scale": t["weight_scale"], "weight_scale_2": (1 / t["weight_global_scale"]).reshape(()),
+            "input_scale": (1 / t["input_global_scale"]).reshape(())}
+
+
+def ct_config(weights: dict[str, object], activations: bool) -> tuple[dict[str, object], dict[str, object] | None]:
+    """`weights` and `input_activations` blocks of the compressed-tensors config (NVFP4 or NVFP4A16)."""
+    acts = {**weights, "dynamic": "local", "observer": "static_minmax"} if activations else None
+    return weights, acts
+
+
+def modelopt_configs(exclude: list[str]) -> tuple[dict[str, object], dict[str, object]]:
+    """config.json's `quantization_config` and `hf_quant_config.json` for modelopt NVFP4 (what vLLM's modelopt_fp4 reads)."""
+    producer = {"name": "modelopt", "version": "0.39.0"}
+    config = {"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": GROUP, "ignore": exclude, "producer": producer,
+              "kv_cache_scheme": None}
+    hf_quant = {"producer": producer, "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": None, "group_size": GROUP,
+                                                       "exclude_modules": exclude}}
+    return config, hf_quant
