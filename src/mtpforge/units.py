@@ -25,8 +25,8 @@ def parse_size(text: str, *, option: str) -> int:
 
 
 def gib(n: float) -> str:
-    """`n` bytes as GiB with two decimals."""
-    return f"{n / GIB:.2f} GiB"
+    """`n` bytes in GiB with two decimals (MiB below a tenth of a GiB)."""
+    return f"{n / GIB:.2f} GiB" if abs(n) >= GIB / 10 else f"{n / 2**20:.1f} MiB"
 
 
 def human(n: float) -> str:
