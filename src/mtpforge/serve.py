@@ -2,8 +2,9 @@
 
 Everything on the line is read from the checkpoint, not copied from a card:
 the quantization method from its config, `--language-model-only` when the
-architecture declares a vision tower that the files do not hold (a stripped
-build fails to load without it), the MTP flags only when a head is present,
+architecture builds a vision tower whose weights or preprocessor the files do
+not hold (a stripped build fails to start without it, even when its config
+says `language_model_only`), the MTP flags only when a head is present,
 the memory-safe `--max-num-seqs` from `plan` when the GPU is given, and
 Qwen's reasoning and tool parsers.
 
@@ -95,7 +96,9 @@ def launch_line(path: str | os.PathLike[str], options: ServeOptions) -> LaunchLi
                          hint=f"mtpforge doctor {path} says which; graft one with mtpforge graft {path} --donor BASE --out OUT")
     if not has_head:
         notes.append("no MTP head: served without speculative decoding (mtpforge graft adds one)")
-    vision_declared = family.has_vision(config) and not family.language_model_only(config)
+    # The architecture builds a tower even when config.json says language_model_only (vLLM 0.32 still loads the
+    # image processor then), so the flag goes on whenever the tower cannot or should not be served.
+    vision_declared = family.has_vision(config)
     # Serving images needs the tower's weights and its preprocessor; without either, vLLM fails at start-up.
     vision_missing = [what for what, present in (("weights", VISION in stored_groups),
                                                  ("preprocessor_config.json", (Path(path) / "preprocessor_config.json").is_file()))
@@ -103,7 +106,7 @@ def launch_line(path: str | os.PathLike[str], options: ServeOptions) -> LaunchLi
     text_only = vision_declared and (options.text_only or bool(vision_missing))
     if vision_declared and vision_missing:
         notes.append(f"vision tower declared but its {' and '.join(vision_missing)} are missing: text-only serving is required")
-    if text_only and options.engine == "sglang":
+    if text_only and options.engine == "sglang" and not family.language_model_only(config):
         notes.append("SGLang has no --language-model-only: declare it in config.json (mtpforge strip --vision does)")
     methods = [qc.method for qc in ckpt.quant_configs]
     build = _vllm_args if options.engine == "vllm" else _sglang_args
