@@ -13,18 +13,21 @@ def test_core_requirements_exclude_torch() -> None:
     assert core and not any(r.lower().startswith(("torch", "transformers", "vllm")) for r in core)
 
 
-def test_inspect_and_doctor_do_not_import_torch(tmp_path: Path) -> None:
+def test_the_core_and_engine_side_verbs_do_not_import_torch(tmp_path: Path) -> None:
     script = f"""
 import sys
 from pathlib import Path
 from mtpforge.testing.factory import make_checkpoint
+from mtpforge.testing.streamserver import canned_server
 from mtpforge.cli import main
 ckpt = make_checkpoint(Path({str(tmp_path / 'c')!r}), quant='nvfp4', shards=2)
-for verb in ('inspect', 'doctor'):
-    try:
-        main([verb, str(ckpt), '--json'])
-    except SystemExit as e:
-        assert e.code == 0, e.code
+with canned_server() as (url, _):
+    for argv in (['inspect', str(ckpt)], ['doctor', str(ckpt)], ['plan', str(ckpt), '--gpu-memory', '8GiB'], ['serve', str(ckpt)],
+                 ['card', str(ckpt)], ['bench', '--url', url, '--concurrency', '1', '--num-requests', '1', '--output-len', '2']):
+        try:
+            main(argv + ([] if argv[0] == 'card' else ['--json']))
+        except SystemExit as e:
+            assert e.code == 0, (argv, e.code)
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'safetensors'))
 print('HEAVY', heavy, file=sys.stderr)
 assert not heavy, heavy

@@ -12,8 +12,12 @@ import json
 import re
 import urllib.request
 
+from typing import TYPE_CHECKING
+
 from mtpforge.surgery.sources import SourceError, http_get
-from mtpforge.verify.acceptance import Acceptance
+
+if TYPE_CHECKING:  # bench reads the counters without torch; only measure_engine builds an Acceptance
+    from mtpforge.verify.acceptance import Acceptance
 
 _COUNTER = re.compile(r"^vllm:spec_decode_num_(\w+?)_total(\{[^}]*\})? ([\d.eE+-]+)$")
 
@@ -54,6 +58,8 @@ def served_model(url: str) -> str:
 
 def measure_engine(url: str, prompts: list[list[int]], new_tokens: int, k: int) -> Acceptance:
     """Acceptance per position as the server counts it over greedy completions of `prompts`."""
+    from mtpforge.verify.acceptance import Acceptance
+
     model = served_model(url)
     before = spec_counters(url)
     for prompt in prompts:
