@@ -160,8 +160,15 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
     from mtpforge.surgery.stage import write_atomically
 
     c = recipe.get("card", {})
-    text = card(quantized, name=recipe.get("name") or out_dir.name, base_model=c.get("base_model"),
-                verify_file=str(work / "verify.json"), gpus=tuple(c.get("gpus", ())), max_model_len=c.get("max_model_len"))
+    from mtpforge.quant.scope import SCOPES
+
+    built_with = (f"Built by `mtpforge build {Path(recipe_path).name}`"
+                  + (f" (recipe of {recipe['source']})" if recipe.get("source") else "")
+                  + f": {params['method'].upper()} {params['scheme']}, scope {params['scope']} ({SCOPES[params['scope']]}), "
+                  + ("MTP head quantized like the trunk" if params["mtp"] == "quantize" else "MTP head kept as stored")
+                  + (", vision tower removed" if text_only else "") + ".")
+    text = card(quantized, built_with=built_with, name=recipe.get("name") or out_dir.name, base_model=c.get("base_model"),
+                verify_file=str(work / "verify.json"), gpus=tuple(c.get("gpus", ())), max_model_len=c.get("max_model_len"), shown_path=out)
     write_atomically(quantized / "README.md", text.encode())
     (quantized / "mtpforge-build.json").write_text(json.dumps({"recipe": recipe, "base": str(Path(base).resolve())}, indent=2))
     report.steps.append({"step": "card"})

@@ -23,25 +23,27 @@ from mtpforge.units import GIB, gib, human, parse_size
 
 
 def card(path: str | os.PathLike[str], *, name: str | None = None, base_model: str | None = None, verify_file: str | None = None,
-         bench_file: str | None = None, gpus: tuple[str, ...] = (), kv_dtype: str = "fp8", max_model_len: int | None = None) -> str:
-    """The card's markdown for the checkpoint at `path`.
+         bench_file: str | None = None, gpus: tuple[str, ...] = (), kv_dtype: str = "fp8", max_model_len: int | None = None,
+         shown_path: str | None = None, built_with: str | None = None) -> str:
+    """The card's markdown for the checkpoint at `path` (`shown_path`: the path the commands in the card name, e.g. a build's OUT).
 
     Raises:
         UsageError: a measurement file is unreadable or not the document it should be.
         CheckpointError: the checkpoint cannot be read.
     """
     info = inspect_checkpoint(path).data
-    name = name or Path(path).resolve().name
+    shown = shown_path or str(path)
+    name = name or Path(shown).resolve().name
     base_model = base_model or _base_model_from_readme(Path(path))
     verify = _measurement(verify_file, "mtpforge.verify/1")
     bench = _measurement(bench_file, "mtpforge.bench/1")
     sections = [
         _front_matter(info, base_model),
-        f"# {name}\n\n{_summary(info, base_model)}",
-        _quantization(info, path),
+        f"# {name}\n\n{_summary(info, base_model)}" + (f"\n\n{built_with}" if built_with else ""),
+        _quantization(info, shown),
         _mtp(info, verify, verify_file),
-        _memory(path, gpus, kv_dtype, max_model_len),
-        _usage(path, name),
+        _memory(path, shown, gpus, kv_dtype, max_model_len),
+        _usage(path, shown, name),
         _throughput(bench, bench_file),
         _files(path),
         _health(path),
@@ -86,10 +88,17 @@ def _quantization(info: dict[str, Any], path: Any) -> str:
     if q:
         for c in q["configs"]:
             text += f"- method `{c['method']}` ({c['source']}), schemes: {', '.join(c['schemes'])}\n"
-            text += f"- kept in high precision (`ignore`): {', '.join(f'`{i}`' for i in c['ignore']) or 'nothing'}\n"
+            text += f"- kept in high precision (`ignore`): {_ignore_summary(c['ignore'])}\n"
     else:
         text += "Not quantized.\n"
     return text + "\n" + "\n".join(rows) + f"\n\nFrom `mtpforge inspect {path}`."
+
+
+def _ignore_summary(ignore: list[str], shown: int = 8) -> str:
+    """Patterns first, then exact names; a long list (llm-compressor writes every module) is cut, with the count."""
+    ordered = sorted(ignore, key=lambda i: (not (i.startswith("re:") or "*" in i), i))
+    text = ", ".join(f"`{i}`" for i in ordered[:shown]) or "nothing"
+    return text + (f" and {len(ordered) - shown} more module names (config.json)" if len(ordered) > shown else "")
 
 
 def _mtp(info: dict[str, Any], verify: dict[str, Any] | None, verify_file: str | None) -> str:
@@ -107,12 +116,14 @@ def _mtp(info: dict[str, Any], verify: dict[str, Any] | None, verify_file: str |
         text += f" Through vLLM's own counters on the same prompts: {engine}."
     if verify.get("divergence"):
         d = verify["divergence"]
-        text += f"\n\nAgainst the reference `{verify['reference']}`: " + ", ".join(f"{k} {v}" for k, v in d.items() if not isinstance(v, (dict, list)))
+        text += (f"\n\nAgainst the reference `{verify['reference']}` over {d['positions']} positions: KL divergence mean "
+                 f"{d['kl_mean_nats']:.4f} nats (p99 {d['kl_p99_nats']:.4f}), top-1 agreement {100 * d['top1_agreement']:.1f} %, "
+                 f"perplexity {d['perplexity_candidate']:.3f} vs {d['perplexity_reference']:.3f}.")
     return text + (f"\n\nMeasured by `mtpforge verify` (k={verify['k']}, {verify['prompts']} prompts, {verify['new_tokens']} greedy tokens each), "
                    f"from `{Path(verify_file or '').name}`.")
 
 
-def _memory(path: Any, gpus: tuple[str, ...], kv_dtype: str, max_model_len: int | None) -> str:
+def _memory(path: Any, shown: str, gpus: tuple[str, ...], kv_dtype: str, max_model_len: int | None) -> str:
     if not gpus:
         return ""
     rows = ["| GPU memory | weights loaded | KV pool | KV tokens | concurrent requests at full context |", "|---|---:|---:|---:|---:|"]
@@ -122,14 +133,15 @@ def _memory(path: Any, gpus: tuple[str, ...], kv_dtype: str, max_model_len: int 
         fits = f"{p.max_concurrency:.2f}" if p.ok else "does not fit"
         rows.append(f"| {gpu} | {gib(p.weights_loaded)} | {gib(max(0, p.kv_pool))} | {p.kv_tokens:,} | {fits} |")
     return (f"## Memory (planned)\n\n" + "\n".join(rows) +
-            f"\n\nComputed, not measured: `mtpforge plan {path} --gpu-memory GPU --kv-dtype {kv_dtype} --language-model-only`, "
-            f"vLLM's hybrid KV arithmetic at {max_model_len or 'the config`s maximum'} tokens, util 0.9, {gib(3 * GIB)} reserve.")
+            f"\n\nComputed, not measured: `mtpforge plan {shown} --gpu-memory GPU --kv-dtype {kv_dtype} --language-model-only`, "
+            f"vLLM's hybrid KV arithmetic at {max_model_len or 'the config' + chr(39) + 's maximum'} tokens, util 0.9, "
+            f"{gib(3 * GIB)} reserve.")
 
 
-def _usage(path: Any, name: str) -> str:
+def _usage(path: Any, shown: str, name: str) -> str:
     vllm = launch_line(path, ServeOptions(served_name=name)).shell().replace(str(path), name, 1)
     sglang = launch_line(path, ServeOptions(engine="sglang", served_name=name)).shell().replace(str(path), name, 1)
-    return f"## Usage\n\n```bash\n{vllm}\n```\n\nSGLang:\n\n```bash\n{sglang}\n```\n\nFrom `mtpforge serve {path}` (add `--gpu-memory` for a memory-safe `--max-num-seqs`)."
+    return f"## Usage\n\n```bash\n{vllm}\n```\n\nSGLang:\n\n```bash\n{sglang}\n```\n\nFrom `mtpforge serve {shown}` (add `--gpu-memory` for a memory-safe `--max-num-seqs`)."
 
 
 def _throughput(bench: dict[str, Any] | None, bench_file: str | None) -> str:
