@@ -21,13 +21,16 @@ from typing import Any
 
 import click
 
-from mtpforge.cli.render import render_doctor, render_inspect, render_verify
+from mtpforge.cli.render import render_doctor, render_inspect, render_plan, render_verify
 from mtpforge.doctor import doctor
 from mtpforge.doctor.fix import fix
 from mtpforge.graft import graft
 from mtpforge.inspection import inspect_checkpoint
+from mtpforge.plan import PlanRequest, plan
+from mtpforge.serve import ServeOptions, launch_line
 from mtpforge.strip import strip
 from mtpforge.testing.replica import make_hollow_replica
+from mtpforge.units import GIB
 
 VERIFY: dict[str, Any] = {"k": 3, "new_tokens": 48, "max_prompts": 8}
 
@@ -93,6 +96,15 @@ def run_demo(workdir: str | None = None) -> int:
         graft(str(headless), str(replica), str(root / "tmax-27b-mtp"))
         click.echo(f"(graft took {time.perf_counter() - start:.1f} s)")
         surprises += _doctor(root / "tmax-27b-mtp", expect_ok=True)
+
+        _title("6. how it would serve: memory plan and launch line for one 80 GiB GPU")
+        _step("mtpforge plan tmax-27b-mtp --gpu-memory 80GiB --kv-dtype fp8 --max-model-len 131072 --language-model-only")
+        planned = plan(root / "tmax-27b-mtp", PlanRequest(gpu_memory=80 * GIB, kv_dtype="fp8", max_model_len=131072, language_model_only=True))
+        click.echo(render_plan(planned.to_dict()))
+        _step("mtpforge serve tmax-27b-mtp --gpu-memory 80GiB --kv-dtype fp8 --max-model-len 131072 --text-only")
+        click.echo(launch_line(root / "tmax-27b-mtp", ServeOptions(kv_dtype="fp8", max_model_len=131072, util=0.9, text_only=True,
+                                                                    max_num_seqs=planned.safe_max_num_seqs)).shell())
+        surprises += int(not planned.ok)
 
         pos = lambda r: r.acceptance["acceptance_per_position"] if r.acceptance else [0.0] * VERIFY["k"]  # noqa: E731
         click.echo("\nacceptance per draft position (greedy, reference runtime):")
