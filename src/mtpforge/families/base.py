@@ -17,6 +17,7 @@ from mtpforge.errors import CheckpointError
 TRUNK, MTP, VISION, EMBEDDINGS = "trunk", "mtp", "vision", "embeddings"
 GROUPS = (TRUNK, MTP, VISION, EMBEDDINGS)
 FULL_ATTENTION, LINEAR_ATTENTION = "full_attention", "linear_attention"
+ATTENTION_BLOCK, GDN_BLOCK, MLP_BLOCK, MTP_FC_BLOCK = "attention", "gdn", "mlp", "mtp_fc"
 
 # Module kinds. Only LINEAR modules are ever targeted by a quantization scheme.
 LINEAR, NORM, CONV, PARAM, EMBEDDING, EXPERTS, BIAS = "linear", "norm", "conv", "param", "embedding", "experts", "bias"
@@ -41,6 +42,7 @@ class TensorSpec:
     small_proj: bool = False  # GDN in_proj_a / in_proj_b: kept high precision by default
     norm_offset: bool = False  # RMSNorm stored as an offset from 1 (Gemma convention)
     expert: bool = False  # a routed MoE expert's weight (engines fuse all experts of a layer)
+    block: str | None = None  # ATTENTION_BLOCK, GDN_BLOCK, MLP_BLOCK or MTP_FC_BLOCK: what quantization scopes select by
 
     @property
     def local_name(self) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 
 from mtpforge.errors import CheckpointError
 from mtpforge.families.base import (
-    BIAS, CONV, EMBEDDING, EXPERTS, FULL_ATTENTION, LINEAR, LINEAR_ATTENTION, NORM, PARAM, Family, Inventory,
+    ATTENTION_BLOCK, BIAS, CONV, EMBEDDING, EXPERTS, FULL_ATTENTION, GDN_BLOCK, LINEAR, LINEAR_ATTENTION, MLP_BLOCK, MTP_FC_BLOCK, NORM,
+    PARAM, Family, Inventory,
 )
 
 
@@ -97,6 +98,7 @@ def linear(inv: Inventory, name: str, out: int, inp: int, *, fused: str | None =
 
 def gated_attention(inv: Inventory, p: str, d: TextDims, **role: Any) -> None:
     """`self_attn` of a full-attention layer: q packs query and gate, so 2 x heads x head_dim outputs."""
+    role = {**role, "block": ATTENTION_BLOCK}
     qkv = f"{p}.qkv_proj"
     linear(inv, f"{p}.q_proj.weight", 2 * d.heads * d.head_dim, d.hidden, fused=qkv, **role)
     linear(inv, f"{p}.k_proj.weight", d.kv_heads * d.head_dim, d.hidden, fused=qkv, **role)
@@ -108,6 +110,7 @@ def gated_attention(inv: Inventory, p: str, d: TextDims, **role: Any) -> None:
 
 def gdn(inv: Inventory, p: str, d: TextDims, *, fused_layout: bool, **role: Any) -> None:
     """`linear_attn` (Gated DeltaNet); conv1d, A_log, dt_bias and the gated norm stay high precision."""
+    role = {**role, "block": GDN_BLOCK}
     conv_dim = 2 * d.key_dim + d.value_dim
     if fused_layout:  # Qwen3-Next: per key-head groups [q, k, v, z] and [b, a]
         linear(inv, f"{p}.in_proj_qkvz.weight", 2 * d.key_dim + 2 * d.value_dim, d.hidden, **role)
@@ -125,6 +128,7 @@ def gdn(inv: Inventory, p: str, d: TextDims, *, fused_layout: bool, **role: Any)
 
 
 def dense_mlp(inv: Inventory, p: str, hidden: int, inter: int, **role: Any) -> None:
+    role = {**role, "block": MLP_BLOCK}
     linear(inv, f"{p}.gate_proj.weight", inter, hidden, fused=f"{p}.gate_up_proj", **role)
     linear(inv, f"{p}.up_proj.weight", inter, hidden, fused=f"{p}.gate_up_proj", **role)
     linear(inv, f"{p}.down_proj.weight", hidden, inter, **role)
@@ -132,6 +136,7 @@ def dense_mlp(inv: Inventory, p: str, hidden: int, inter: int, **role: Any) -> N
 
 def moe_mlp(inv: Inventory, p: str, d: TextDims, *, fused_experts: bool, **role: Any) -> None:
     """Sparse MoE block: router, experts (fused 3-D or per expert), shared expert and its gate."""
+    role = {**role, "block": MLP_BLOCK}
     inv.add(f"{p}.gate.weight", (d.num_experts, d.hidden), kind=LINEAR, keep_high_precision=True, **role)
     experts = f"{p}.experts"
     if fused_experts:
@@ -149,7 +154,7 @@ def moe_mlp(inv: Inventory, p: str, d: TextDims, *, fused_experts: bool, **role:
 def mtp_head(inv: Inventory, d: TextDims, n_layers: int, *, moe: bool, fused_experts: bool, dtype: str) -> None:
     """The MTP head: fc over [embedding, hidden], its norms, and full-attention decoder layers."""
     role: dict[str, Any] = {"group": "mtp", "dtype": dtype}
-    linear(inv, "mtp.fc.weight", d.hidden, 2 * d.hidden, **role)
+    linear(inv, "mtp.fc.weight", d.hidden, 2 * d.hidden, block=MTP_FC_BLOCK, **role)
     norm(inv, "mtp.pre_fc_norm_embedding.weight", d.hidden, **role)
     norm(inv, "mtp.pre_fc_norm_hidden.weight", d.hidden, **role)
     norm(inv, "mtp.norm.weight", d.hidden, **role)

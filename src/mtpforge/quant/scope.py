@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from mtpforge.errors import UsageError
 from mtpforge.families import MTP, TRUNK, TensorSpec
-from mtpforge.families.base import LINEAR
+from mtpforge.families.base import ATTENTION_BLOCK, LINEAR, MLP_BLOCK, MTP_FC_BLOCK
 
 # Preset -> (what it quantizes, which seed builds it).
 SCOPES = {
@@ -23,8 +23,6 @@ SCOPES = {
     "mlp-skip-first": "MLP only, layer 0 kept whole in BF16 (seed 003)",
 }
 MTP_POLICIES = ("keep", "quantize")
-# The head's fc mixes [embedding, hidden]: kept BF16 even when the head is quantized (seed 002: "load-bearing").
-MTP_KEPT_LOCAL = ("fc.weight",)
 
 
 @dataclass(frozen=True)
@@ -38,11 +36,10 @@ def eligible(spec: TensorSpec) -> bool:
 
 
 def _in_preset(spec: TensorSpec, preset: str) -> bool:
-    role = spec.local_name.split(".")[0]  # self_attn, linear_attn or mlp
     if preset == "attention-mlp":
-        return role in ("self_attn", "mlp")
+        return spec.block in (ATTENTION_BLOCK, MLP_BLOCK)
     if preset == "mlp-skip-first":
-        return role == "mlp" and not (spec.group == TRUNK and spec.layer == 0)
+        return spec.block == MLP_BLOCK and not (spec.group == TRUNK and spec.layer == 0)
     return True
 
 
@@ -75,7 +72,8 @@ def select(expected: dict[str, TensorSpec], *, preset: str = "all", include: tup
     for name, spec in expected.items():
         if not eligible(spec):
             continue
-        if spec.group == MTP and (mtp == "keep" or spec.local_name in MTP_KEPT_LOCAL):
+        # The head's fc mixes [embedding, hidden]: kept BF16 even when the head is quantized (seed 002: "load-bearing").
+        if spec.group == MTP and (mtp == "keep" or spec.block == MTP_FC_BLOCK):
             continue
         picked = _in_preset(spec, preset) or any(p.fullmatch(spec.module) for p in includes)
         if picked and not any(p.fullmatch(spec.module) for p in excludes):
