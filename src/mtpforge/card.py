@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mtpforge.checkpoint import open_checkpoint
 from mtpforge.doctor import doctor
 from mtpforge.errors import UsageError
 from mtpforge.inspection import inspect_checkpoint
@@ -45,7 +44,7 @@ def card(path: str | os.PathLike[str], *, name: str | None = None, base_model: s
         _memory(path, shown, gpus, kv_dtype, max_model_len),
         _usage(path, shown, name),
         _throughput(bench, bench_file),
-        _files(path),
+        _files(path, info["shards"]["count"]),
         _health(path),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
@@ -161,13 +160,12 @@ def _throughput(bench: dict[str, Any] | None, bench_file: str | None) -> str:
             f"tokens), from `{Path(bench_file or '').name}`.")
 
 
-def _files(path: Any) -> str:
-    ckpt = open_checkpoint(path)
+def _files(path: Any, shards: int) -> str:
     rows = ["| file | size |", "|---|---:|"]
     for f in sorted(Path(path).iterdir()):
         if f.is_file() and not f.name.startswith("."):
             rows.append(f"| `{f.name}` | {human(f.stat().st_size)} |")
-    return f"## Files\n\n{len(ckpt.headers)} safetensors shard(s).\n\n" + "\n".join(rows)
+    return f"## Files\n\n{shards} safetensors shard(s).\n\n" + "\n".join(rows)
 
 
 def _health(path: Any) -> str:

@@ -10,13 +10,17 @@ passes the amax of the whole fused group (llm-compressor's
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch only where tensors are made: the test factory reads the configs below without it
+    import torch
 
 GROUP = 16
 
 
 def quantize_nvfp4(w: torch.Tensor, amax: float) -> dict[str, torch.Tensor]:
     """`weight_packed` (uint8 [out, in/2]), `weight_scale` (float8_e4m3fn [out, in/16]) and `weight_global_scale` (float32 [1])."""
+    import torch
     from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
     from compressed_tensors.quantization import QuantizationScheme
     from compressed_tensors.quantization.quant_scheme import NVFP4A16
@@ -55,6 +59,7 @@ def stored_shapes(out: int, inp: int, *, layout: str, activations: bool) -> dict
 
 def stored_tensors(w: torch.Tensor, weight_amax: float, input_amax: float | None, *, layout: str) -> dict[str, torch.Tensor]:
     """The tensors of `stored_shapes` for one weight."""
+    import torch
     from compressed_tensors.quantization.utils.helpers import generate_gparam
 
     t = quantize_nvfp4(w, weight_amax)

@@ -16,6 +16,7 @@ import numpy as np
 
 from mtpforge.checkpoint.values import encode
 from mtpforge.checkpoint.writer import TensorData
+from mtpforge.quant.nvfp4 import modelopt_configs
 
 # Name -> (format, bits, group size, symmetric, activations quantized)
 FORMATS: dict[str, tuple[str, int, int | None, bool, bool]] = {
@@ -75,8 +76,7 @@ class Format:
         """The `quantization_config` of config.json for this format."""
         fmt, bits, group, symmetric, acts = self.spec
         if self.is_modelopt:
-            return {"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16, "ignore": list(MODELOPT_EXCLUDE),
-                    "producer": {"name": "modelopt", "version": "0.39.0"}, "kv_cache_scheme": None}
+            return modelopt_configs(list(MODELOPT_EXCLUDE))[0]
         weights = {"num_bits": bits, "type": "float" if fmt.startswith("nvfp4") else "int", "symmetric": symmetric,
                    "strategy": "tensor_group" if fmt.startswith("nvfp4") else ("group" if group else "channel"),
                    "group_size": group, "dynamic": False, "actorder": None, "observer": "minmax", "observer_kwargs": {}}
@@ -88,11 +88,7 @@ class Format:
 
     def hf_quant_config(self) -> dict[str, Any] | None:
         """modelopt's `hf_quant_config.json`, or None for compressed-tensors formats."""
-        if not self.is_modelopt:
-            return None
-        return {"producer": {"name": "modelopt", "version": "0.39.0"},
-                "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": None, "group_size": 16,
-                                 "exclude_modules": list(MODELOPT_EXCLUDE)}}
+        return modelopt_configs(list(MODELOPT_EXCLUDE))[1] if self.is_modelopt else None
 
 
 def _ints(name: str, dtype: str, shape: tuple[int, ...], rng: np.random.Generator) -> TensorData:
