@@ -28,8 +28,8 @@ from report import emit  # bench/report.py, beside this script
 from safetensors import safe_open
 
 from mtpforge.checkpoint import open_checkpoint
-from mtpforge.doctor import doctor
-from mtpforge.inspection import inspect_checkpoint
+from mtpforge.diagnosis.doctor import doctor
+from mtpforge.diagnosis.inspection import inspect_checkpoint
 from mtpforge.testing.replica import make_hollow_replica
 
 

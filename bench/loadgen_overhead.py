@@ -24,7 +24,7 @@ from pathlib import Path
 
 from report import emit  # bench/report.py, beside this script
 
-from mtpforge.loadgen.sweep import Level, run_level
+from mtpforge.bench.sweep import Level, run_level
 
 
 def process_cpu_seconds(pid: int) -> float:

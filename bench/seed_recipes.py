@@ -22,7 +22,7 @@ from pathlib import Path
 
 from report import emit  # bench/report.py, beside this script
 
-from mtpforge.build import bundled_recipes
+from mtpforge.publish.build import bundled_recipes
 
 MODELS = Path(__file__).resolve().parents[1] / "src" / "mtpforge" / "models"
 

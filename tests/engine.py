@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mtpforge.engine import launched_vllm
-from mtpforge.verify.engine import complete, spec_counters
+from mtpforge.engine.process import launched_vllm
+from mtpforge.engine.metrics import spec_counters
+from mtpforge.verify.served import complete
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_PYTHON = Path(os.environ.get("MTPFORGE_ENGINE_PYTHON", ROOT / ".venv-engine" / "bin" / "python"))

@@ -159,7 +159,7 @@ def test_usage_errors_exit_2(cli: Cli) -> None:
 
 
 def test_bugs_exit_70_with_the_traceback(make: Make, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mtpforge.doctor as doctor_module
+    import mtpforge.diagnosis.doctor as doctor_module
 
     def boom(ctx: object) -> list[object]:
         raise RuntimeError("simulated bug")

@@ -18,9 +18,9 @@ import pytest
 
 from mtpforge.checkpoint.values import encode
 from mtpforge.checkpoint.writer import TensorData
-from mtpforge.doctor import doctor
-from mtpforge.graft import graft
-from mtpforge.strip import strip
+from mtpforge.diagnosis.doctor import doctor
+from mtpforge.surgery.graft import graft
+from mtpforge.surgery.strip import strip
 
 from .conftest import rewrite_shard, shard_of
 from .engine import complete, engine_available, spec_counters, vllm_server

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mtpforge.engine import free_port
+from mtpforge.engine.process import free_port
 
 from .engine import ENGINE_PYTHON, engine_available
 

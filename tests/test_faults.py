@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mtpforge.doctor import doctor
+from mtpforge.diagnosis.doctor import doctor
 from mtpforge.errors import MtpforgeError
-from mtpforge.graft import open_donor, plan_graft
+from mtpforge.surgery.graft import open_donor, plan_graft
 from mtpforge.surgery.stage import apply_plan
 from mtpforge.testing.replica import make_hollow_replica
 

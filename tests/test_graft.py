@@ -12,7 +12,7 @@ import pytest
 
 from mtpforge.checkpoint import open_checkpoint
 from mtpforge.checkpoint.index import INDEX_NAME
-from mtpforge.doctor import doctor
+from mtpforge.diagnosis.doctor import doctor
 
 from .conftest import CliResult, codes, edit_json, read_all
 from .test_doctor import drop_tensors, set_config, shift_norms
@@ -83,7 +83,7 @@ def test_graft_replaces_a_partial_or_wrongly_excluded_head(tmp_path: Path, make:
 
     set_config(target, per_module)
     assert {"mtp-incomplete", "mtp-quant-uncovered"} <= codes(doctor(target).to_dict())
-    from mtpforge.graft import graft
+    from mtpforge.surgery.graft import graft
 
     graft(str(target), str(base), str(tmp_path / "out"))
     out = tmp_path / "out"
@@ -97,7 +97,7 @@ def test_graft_replaces_a_partial_or_wrongly_excluded_head(tmp_path: Path, make:
 
 def test_graft_replaces_an_unindexed_head_file(tmp_path: Path, make: Make) -> None:
     from mtpforge.checkpoint.writer import write_safetensors
-    from mtpforge.graft import graft
+    from mtpforge.surgery.graft import graft
 
     base = make("base")
     target = make("target", shards=2, seed=5)
@@ -110,7 +110,7 @@ def test_graft_replaces_an_unindexed_head_file(tmp_path: Path, make: Make) -> No
 
 
 def test_single_file_target_gains_an_index(tmp_path: Path, make: Make) -> None:
-    from mtpforge.graft import graft
+    from mtpforge.surgery.graft import graft
 
     target = make("single", mtp=False)
     assert not (target / INDEX_NAME).exists()
@@ -121,7 +121,7 @@ def test_single_file_target_gains_an_index(tmp_path: Path, make: Make) -> None:
 
 @pytest.mark.parametrize("family", ["qwen3_5_moe", "qwen3_next"])
 def test_graft_moe_families(tmp_path: Path, make: Make, family: str) -> None:
-    from mtpforge.graft import graft
+    from mtpforge.surgery.graft import graft
 
     base = make("base", family=family)
     target = make("target", family=family, mtp=False, seed=2)
@@ -166,7 +166,7 @@ def test_donors_that_cannot_serve_are_refused_before_writing(tmp_path: Path, mak
 
 
 def test_provenance_warning(tmp_path: Path, make: Make) -> None:
-    from mtpforge.graft import plan_graft, open_donor
+    from mtpforge.surgery.graft import plan_graft, open_donor
 
     target = make("target", mtp=False)
     (target / "README.md").write_text("---\nbase_model: Qwen/Qwen3.6-27B\n---\n# a finetune\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mtpforge.checkpoint import open_checkpoint
-from mtpforge.doctor import doctor
+from mtpforge.diagnosis.doctor import doctor
 
 from .conftest import CliResult
 from .hubserver import HubState, serve

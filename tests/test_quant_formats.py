@@ -9,7 +9,7 @@ import pytest
 
 from mtpforge.checkpoint import open_checkpoint
 from mtpforge.checkpoint.quant_config import QuantConfigInvalid, parse_ct, parse_modelopt
-from mtpforge.testing.formats import Format
+from mtpforge.formats.synthetic import Format
 
 LAYER = "model.language_model.layers.3"
 

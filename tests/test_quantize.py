@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mtpforge.checkpoint import open_checkpoint
-from mtpforge.doctor import doctor
+from mtpforge.diagnosis.doctor import doctor
 
 from .conftest import CliResult
 from .test_graft import mtp_bytes, snapshot
@@ -25,7 +25,7 @@ def test_rtn_output_is_healthy_and_reads_back_within_half_a_step(tmp_path: Path,
     from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
-    from mtpforge.reference.dequant import read_tensor
+    from mtpforge.checkpoint.tensors import read_tensor
 
     base = make("base", shards=2)
     before = snapshot(base)

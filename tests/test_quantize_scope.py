@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mtpforge.checkpoint import open_checkpoint
-from mtpforge.doctor import doctor
+from mtpforge.diagnosis.doctor import doctor
 
 torch = pytest.importorskip("torch")
 TINY = Path(__file__).resolve().parents[1] / "src" / "mtpforge" / "models" / "tiny-qwen3.5"

@@ -14,7 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mtpforge.checkpoint import open_checkpoint  # noqa: E402
-from mtpforge.reference.dequant import dequantize, read_tensor, unpack_fp4  # noqa: E402
+from mtpforge.checkpoint.tensors import read_tensor, read_weight  # noqa: E402
+from mtpforge.formats.dequant import unpack_fp4  # noqa: E402
 from mtpforge.reference.model import load_reference  # noqa: E402
 from mtpforge.verify.acceptance import greedy_continuation, measure_acceptance  # noqa: E402
 from mtpforge.verify.divergence import measure_divergence  # noqa: E402
@@ -108,7 +109,7 @@ def test_dequantization_matches_compressed_tensors_bit_for_bit(make: Make, quant
             continue
         parts = {k: read_tensor(ckpt, v) for k, v in weight.parts.items()}
         theirs = compressor.decompress(parts, scheme)["weight"]
-        ours = dequantize(ckpt, weight)
+        ours = read_weight(ckpt, weight)
         assert ours.dtype == theirs.dtype and torch.equal(ours, theirs), name
         checked += 1
     assert checked >= 20
@@ -126,7 +127,7 @@ def test_modelopt_nvfp4_dequantizes_like_its_compressed_tensors_conversion(make:
         # compressed-tensors' modelopt converter: weight -> weight_packed, weight_global_scale = 1 / weight_scale_2
         converted = {"weight_packed": p["weight"], "weight_scale": p["weight_scale"], "weight_global_scale": (1 / p["weight_scale_2"]).reshape(1)}
         theirs = NVFP4PackedCompressor.decompress(converted, scheme)["weight"]
-        torch.testing.assert_close(dequantize(ckpt, weight), theirs, rtol=2**-7, atol=0)
+        torch.testing.assert_close(read_weight(ckpt, weight), theirs, rtol=2**-7, atol=0)
 
 
 def test_e2m1_unpacking_keeps_the_sign_of_zero() -> None:

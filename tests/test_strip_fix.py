@@ -12,7 +12,7 @@ import pytest
 from mtpforge.checkpoint import open_checkpoint
 from mtpforge.checkpoint.index import INDEX_NAME
 from mtpforge.checkpoint.writer import write_safetensors
-from mtpforge.doctor import doctor
+from mtpforge.diagnosis.doctor import doctor
 
 from .conftest import CliResult, codes, edit_json, read_all
 from .test_doctor import drop_tensors, set_config

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from mtpforge.checkpoint.values import decode, encode  # noqa: E402
 from mtpforge.checkpoint.writer import TensorData  # noqa: E402
-from mtpforge.doctor import doctor  # noqa: E402
+from mtpforge.diagnosis.doctor import doctor  # noqa: E402
 from mtpforge.verify import verify  # noqa: E402
 
 from .conftest import rewrite_shard  # noqa: E402
@@ -104,7 +104,7 @@ def test_an_int4_trunk_diverges_but_its_head_still_drafts(tmp_path: Path, base_r
 
 
 def test_graft_restores_drafting_on_the_headless_finetune(tmp_path: Path, base_report: dict[str, Any]) -> None:
-    from mtpforge.graft import graft
+    from mtpforge.surgery.graft import graft
 
     before = verify(str(FINETUNE), **RUN)
     assert before.verdict == "collapsed" and before.acceptance is None

@@ -32,8 +32,8 @@ def logits(model, ids: list[int]):  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 @pytest.mark.parametrize("quant", [None, "w4a16", "w4a16-asym", "w8a16", "nvfp4"])
 def test_grafted_and_stripped_outputs_load_in_transformers(tmp_path: Path, make: Make, quant: str | None) -> None:
-    from mtpforge.graft import graft
-    from mtpforge.strip import strip
+    from mtpforge.surgery.graft import graft
+    from mtpforge.surgery.strip import strip
 
     base = make("base")
     target = make("target", mtp=False, quant=quant, seed=4)

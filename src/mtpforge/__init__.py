@@ -13,11 +13,11 @@ __all__ = ["__version__", "doctor", "inspect_checkpoint"]  # noqa: F822 (provide
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
     # Lazy, so `import mtpforge` stays cheap and torch-free.
     if name == "doctor":
-        from mtpforge.doctor import doctor
+        from mtpforge.diagnosis.doctor import doctor
 
         return doctor
     if name == "inspect_checkpoint":
-        from mtpforge.inspection import inspect_checkpoint
+        from mtpforge.diagnosis.inspection import inspect_checkpoint
 
         return inspect_checkpoint
     raise AttributeError(name)

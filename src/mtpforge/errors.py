@@ -37,6 +37,10 @@ class UsageError(MtpforgeError):
     exit_code = EXIT_USAGE
 
 
+class SourceError(MtpforgeError):
+    """A source of bytes failed: a file changed while being read, or a server misbehaved."""
+
+
 class ChecksFailed(MtpforgeError):
     """The command ran, but the checks it was asked to make failed."""
 

@@ -34,7 +34,7 @@ def _emit(document: dict[str, Any], as_json: bool, human: str) -> None:
 def inspect(path: str, as_json: bool) -> int:
     """Summarise a checkpoint: family, layers, parameters and bytes by group, quantization, MTP and vision status."""
     from mtpforge.cli.render import render_inspect
-    from mtpforge.inspection import inspect_checkpoint
+    from mtpforge.diagnosis.inspection import inspect_checkpoint
 
     report = inspect_checkpoint(path).to_dict()
     _emit(report, as_json, render_inspect(report))
@@ -64,7 +64,7 @@ def doctor(path: str, as_json: bool, strict: bool, apply_fix: bool, out: str | N
         return _doctor_fix(path, out, as_json=as_json, overwrite=overwrite, dry_run=dry_run)
     if out or overwrite or dry_run:
         raise UsageError("--out, --overwrite and --dry-run go with --fix", hint=f"mtpforge doctor {path} --fix --out OUT")
-    from mtpforge.doctor import doctor as run_doctor
+    from mtpforge.diagnosis.doctor import doctor as run_doctor
 
     report = run_doctor(path)
     _emit(report.to_dict(), as_json, render_doctor(report))
@@ -74,13 +74,13 @@ def doctor(path: str, as_json: bool, strict: bool, apply_fix: bool, out: str | N
 
 def _doctor_fix(path: str, out: str | None, *, as_json: bool, overwrite: bool, dry_run: bool) -> int:
     from mtpforge.cli.render import render_doctor
-    from mtpforge.doctor.fix import fix
+    from mtpforge.surgery.fix import fix
 
     if out is None:
         raise UsageError("--fix writes a repaired copy: give it --out DIR", hint=f"mtpforge doctor {path} --fix --out {path}-fixed")
     result = fix(path, out, overwrite=overwrite, dry_run=dry_run)
     left = [f.to_dict(path) for f in result.unfixable]
-    doc = {"schema": "mtpforge.doctor-fix/1", "plan": result.plan.to_dict() if result.plan else None, "written": bool(result.after),
+    doc = {"schema": "mtpforge.diagnosis.doctor-fix/1", "plan": result.plan.to_dict() if result.plan else None, "written": bool(result.after),
            "out": out if result.after else None, "unfixable": left, "after": result.after.to_dict() if result.after else None}
     lines = [result.plan.render() if result.plan else f"{path}: nothing that --fix can repair; nothing written"]
     lines += [f"cannot fix {f['code']}: {f['fix']}" + (f"  ->  {f['command']}" if f["command"] else "") for f in left]
@@ -105,7 +105,7 @@ def _doctor_fix(path: str, out: str | None, *, as_json: bool, overwrite: bool, d
 def graft(target: str, donor: str, out: str, revision: str, mtp_precision: str, shard_name: str, as_json: bool,
           overwrite: bool, dry_run: bool) -> int:
     """Put the donor's MTP head into TARGET: indexed, excluded from quantization, declared."""
-    from mtpforge.graft import graft as run_graft
+    from mtpforge.surgery.graft import graft as run_graft
 
     plan = run_graft(target, donor, out, revision=revision, mtp_precision=mtp_precision, shard_name=shard_name,
                      overwrite=overwrite, dry_run=dry_run)
@@ -120,7 +120,7 @@ def graft(target: str, donor: str, out: str, revision: str, mtp_precision: str, 
 @_out_options
 def strip(target: str, vision: bool, out: str, as_json: bool, overwrite: bool, dry_run: bool) -> int:
     """Write a text-only build of TARGET (keeps the architecture and names engines need)."""
-    from mtpforge.strip import strip as run_strip
+    from mtpforge.surgery.strip import strip as run_strip
 
     plan = run_strip(target, out, vision=vision, overwrite=overwrite, dry_run=dry_run)
     return _report_written(plan, out, as_json=as_json, dry_run=dry_run)
@@ -129,7 +129,7 @@ def strip(target: str, vision: bool, out: str, as_json: bool, overwrite: bool, d
 def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int:
     """Print the plan and, after a real run, doctor's verdict on the output (exit 1 if it has errors)."""
     from mtpforge.cli.render import render_doctor
-    from mtpforge.doctor import doctor as run_doctor
+    from mtpforge.diagnosis.doctor import doctor as run_doctor
 
     after = None if dry_run else run_doctor(out)
     doc = {**plan.to_dict(), "out": None if dry_run else out, "dry_run": dry_run, "after": after.to_dict() if after else None}
@@ -214,7 +214,7 @@ def verify(candidate: str, reference: str | None, k: int, new_tokens: int, promp
               help="Where to build the demo checkpoints (default: a temporary directory, removed afterwards).")
 def demo(workdir: str | None) -> int:
     """Run the story end to end on small checkpoints built on the spot."""
-    from mtpforge.demo import run_demo
+    from mtpforge.cli.demo import run_demo
 
     return run_demo(workdir)
 
@@ -229,7 +229,7 @@ def demo(workdir: str | None) -> int:
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def build(recipe: str, base: str, out: str, donor: str | None, min_acceptance: float | None, as_json: bool) -> int:
     """Run a recipe (a TOML file or a bundled seed recipe): graft, quantize, strip, doctor, verify, card; resumable."""
-    from mtpforge.build import build as run_build
+    from mtpforge.publish.build import build as run_build
     from mtpforge.cli.render import render_verify
 
     report = run_build(recipe, base, out, donor=donor, min_acceptance=min_acceptance, progress=lambda m: click.echo(m, err=True))

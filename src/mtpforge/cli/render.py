@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from mtpforge.doctor import DoctorReport
+from mtpforge.diagnosis.doctor import DoctorReport
 from mtpforge.units import human
 
 
-size = human
+
 
 
 def count(n: float) -> str:
@@ -31,19 +31,19 @@ def render_inspect(d: dict[str, Any]) -> str:
     ]
     for group, row in d["groups"].items():
         if row["tensors"]:
-            lines.append(f"  {group:<12}{row['tensors']:>9}{count(row['parameters']):>14}{size(row['bytes']):>12}")
+            lines.append(f"  {group:<12}{row['tensors']:>9}{count(row['parameters']):>14}{human(row['bytes']):>12}")
     total_tensors = sum(r["tensors"] for r in d["groups"].values())
-    lines.append(f"  {'total':<12}{total_tensors:>9}{count(d['parameters']):>14}{size(d['bytes']):>12}")
+    lines.append(f"  {'total':<12}{total_tensors:>9}{count(d['parameters']):>14}{human(d['bytes']):>12}")
     lines.append(f"  ({d['parameters']:,} parameters)")
     lines.append("")
-    lines.append("  dtypes        " + ", ".join(f"{k} {size(v)}" for k, v in d["dtypes"].items()))
+    lines.append("  dtypes        " + ", ".join(f"{k} {human(v)}" for k, v in d["dtypes"].items()))
     lines.append("  quantization  " + _quant_line(d["quantization"]))
     lines.append("  MTP           " + _mtp_line(d["mtp"]))
     lines.append("  vision        " + _vision_line(d["vision"]))
     s = d["shards"]
     index = f"indexed, total_size {s['total_size']:,}" if s["indexed"] and s["total_size"] is not None else (
         "indexed" if s["indexed"] else "no index")
-    lines.append(f"  shards        {s['count']} file(s), {size(s['file_bytes'])} in files, {index}")
+    lines.append(f"  shards        {s['count']} file(s), {human(s['file_bytes'])} in files, {index}")
     return "\n".join(lines)
 
 
@@ -63,7 +63,7 @@ def _mtp_line(m: dict[str, Any]) -> str:
     if not m["present"]:
         present = "ABSENT" + (f", {m['unindexed_tensors']} tensors sit unindexed" if m["unindexed_tensors"] else "")
     else:
-        present = f"{m['tensors']}/{m['expected_tensors']} tensors, {size(m['bytes'])}"
+        present = f"{m['tensors']}/{m['expected_tensors']} tensors, {human(m['bytes'])}"
         present += f", {m['quantized']} quantized" if m["quantized"] else ", unquantized"
     return f"{declared}; {present}"
 
@@ -72,7 +72,7 @@ def _vision_line(v: dict[str, Any]) -> str:
     if not v["declared"]:
         return "none (text-only architecture)"
     state = "language_model_only" if v["language_model_only"] else "declared"
-    return f"{state}; {v['tensors']} tensors, {size(v['bytes'])}" if v["tensors"] else f"{state}; stripped (no tensors)"
+    return f"{state}; {v['tensors']} tensors, {human(v['bytes'])}" if v["tensors"] else f"{state}; stripped (no tensors)"
 
 
 def render_doctor(report: DoctorReport, max_tensors: int = 4) -> str:

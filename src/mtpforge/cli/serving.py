@@ -30,8 +30,8 @@ def plan(path: str, gpu_memory: str, util: float, kv_dtype: str, max_model_len: 
          max_num_seqs: int | None, tp: int, reserve: str, kv_cache_memory: str | None, language_model_only: bool, as_json: bool) -> int:
     """Weights, KV per token, GDN state per sequence: how much context and concurrency fit on one GPU in vLLM (exit 1 if nothing fits)."""
     from mtpforge.cli.render import render_plan
-    from mtpforge.plan import PlanRequest
-    from mtpforge.plan import plan as run_plan
+    from mtpforge.engine.memory import PlanRequest
+    from mtpforge.engine.memory import plan as run_plan
 
     request = PlanRequest(gpu_memory=parse_size(gpu_memory, option="--gpu-memory"), util=util, kv_dtype=kv_dtype,
                           max_model_len=max_model_len, spec_tokens=spec_tokens, max_num_seqs=max_num_seqs, tensor_parallel=tp,
@@ -67,12 +67,12 @@ def serve(path: str, engine: str, engine_version: str | None, host: str, port: i
           max_model_len: int | None, kv_dtype: str, gpu_memory: str | None, util: float | None, max_num_seqs: int | None, tp: int,
           text_only: bool, device: str, run_it: bool, engine_python: str, as_json: bool) -> int:
     """Print the launch line PATH needs (quantization, text-only, MTP, parsers, memory-safe concurrency); --run starts it."""
-    from mtpforge.serve import ServeOptions, launch_line
+    from mtpforge.engine.launch import ServeOptions, launch_line
 
     planned = None
     if gpu_memory:
-        from mtpforge.plan import PlanRequest
-        from mtpforge.plan import plan as run_plan
+        from mtpforge.engine.memory import PlanRequest
+        from mtpforge.engine.memory import plan as run_plan
 
         planned = run_plan(path, PlanRequest(gpu_memory=parse_size(gpu_memory, option="--gpu-memory"), util=util or 0.9,
                                              kv_dtype=kv_dtype, max_model_len=max_model_len, spec_tokens=spec_tokens,
@@ -95,7 +95,7 @@ def serve(path: str, engine: str, engine_version: str | None, host: str, port: i
 
 
 def _run(line, python: str) -> int:  # type: ignore[no-untyped-def]
-    from mtpforge.engine import launched
+    from mtpforge.engine.process import launched
 
     try:
         with launched(line, python=python) as server:
@@ -130,8 +130,8 @@ def bench(url: str, compare_url: str | None, concurrency: str, num_requests: int
     from pathlib import Path
 
     from mtpforge.cli.render import render_bench
-    from mtpforge.loadgen import BenchOptions, write_outputs
-    from mtpforge.loadgen import bench as run_bench
+    from mtpforge.bench import BenchOptions, write_outputs
+    from mtpforge.bench import bench as run_bench
 
     try:
         levels = tuple(int(c) for c in concurrency.split(","))
@@ -160,7 +160,7 @@ def bench(url: str, compare_url: str | None, concurrency: str, num_requests: int
 def card(path: str, name: str | None, base_model: str | None, verify_file: str | None, bench_file: str | None, gpus: tuple[str, ...],
          kv_dtype: str, max_model_len: int | None, out: str | None) -> int:
     """Write a model card (README.md) from the checkpoint and the measurements given; every figure says how it was obtained."""
-    from mtpforge.card import card as make_card
+    from mtpforge.publish.card import card as make_card
 
     text = make_card(path, name=name, base_model=base_model, verify_file=verify_file, bench_file=bench_file, gpus=gpus,
                      kv_dtype=kv_dtype, max_model_len=max_model_len)

@@ -26,7 +26,7 @@ from mtpforge.families.base import LINEAR
 from mtpforge.quant.calibrated import check_method
 from mtpforge.quant.scope import SCOPES, select
 from mtpforge.surgery.output import make_plan
-from mtpforge.surgery.plan import NewShard, Plan, TensorCopy
+from mtpforge.surgery.writeplan import NewShard, WritePlan, TensorCopy
 from mtpforge.surgery.rebuild import REWRITTEN_FILES, Rebuild, require_readable
 from mtpforge.surgery.sources import Computed, FileRange
 from mtpforge.surgery.stage import apply_plan, check_destination
@@ -42,7 +42,7 @@ DEFAULT_GROUP = {"w4a16": 128, "w4a16-asym": 128, "w8a16": 128, "w8a16-asym": 12
 def plan_quantize(base: str | os.PathLike[str], *, scheme: str = "w4a16", group_size: int | None = None, scope: str = "all",
                   include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep", text_only: bool = False,
                   method: str = "rtn", actorder: bool = False, layout: str = "compressed-tensors",
-                  input_amax: dict[str, float] | None = None) -> Plan:
+                  input_amax: dict[str, float] | None = None) -> WritePlan:
     """Describe the quantization of `base` (pure: headers only, nothing written). Arguments as for `quantize`;
     `input_amax` is read only when the plan is applied (filled by calibration for FP4 activations)."""
     if layout not in LAYOUTS or (layout == "modelopt" and scheme != "nvfp4"):
@@ -84,7 +84,7 @@ def plan_quantize(base: str | os.PathLike[str], *, scheme: str = "w4a16", group_
     qc = _ct_config(family, expected, chosen, kind, bits, group, symmetric, mtp, method, actorder, acts is not None)
     hf_quant = None
     if layout == "modelopt":
-        from mtpforge.quant.nvfp4 import modelopt_configs
+        from mtpforge.formats.nvfp4 import modelopt_configs
 
         qc, hf_quant = modelopt_configs([_modelopt_pattern(p) for p in qc["ignore"]])
     config = {**ckpt.config, "quantization_config": qc}
@@ -118,7 +118,7 @@ def kind_of(scheme: str) -> str:
 def quantize(base: str, out: str, *, scheme: str = "w4a16", group_size: int | None = None, scope: str = "all",
              include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep", text_only: bool = False,
              method: str = "rtn", actorder: bool = False, calibration: str | None = None, samples: int = 64,
-             layout: str = "compressed-tensors", overwrite: bool = False, dry_run: bool = False) -> Plan:
+             layout: str = "compressed-tensors", overwrite: bool = False, dry_run: bool = False) -> WritePlan:
     """Quantize `base` into `out`, carrying the MTP head.
 
     Args:
@@ -159,11 +159,11 @@ def quantize(base: str, out: str, *, scheme: str = "w4a16", group_size: int | No
     return plan
 
 
-def _calibrate(base: Path, out: Path, plan: Plan, *, method: str, text_only: bool, calibration: str | None, samples: int,
+def _calibrate(base: Path, out: Path, plan: WritePlan, *, method: str, text_only: bool, calibration: str | None, samples: int,
                overwrite: bool) -> None:
     """llm-compressor into a staging directory beside `out`; declare the head; strip if asked; one rename (or strip's publish)."""
     from mtpforge.quant.calibrated import calibration_texts, finish, in_temporary, quantize_calibrated, remove
-    from mtpforge.strip import strip
+    from mtpforge.surgery.strip import strip
 
     family = detect_family(open_checkpoint(base).config)
     qc = plan.json_files["config.json"]["quantization_config"]
@@ -216,7 +216,7 @@ def _fused_amax(ckpt: Checkpoint, expected: dict[str, TensorSpec], chosen: dict[
 
     def amax_of(key: str) -> float:
         if key not in memo:
-            from mtpforge.reference.dequant import read_tensor
+            from mtpforge.checkpoint.tensors import read_tensor
 
             memo[key] = max(float(read_tensor(ckpt, ckpt.tensors[n]).float().abs().max()) for n in groups[key])
         return memo[key]
@@ -234,23 +234,23 @@ def _quantized(ckpt: Checkpoint, info: Any, kind: str, bits: int, group: int | N
     def part(key: str) -> bytes:
         import torch  # only when the plan is applied: planning stays torch-free
 
-        from mtpforge.reference.dequant import read_tensor
+        from mtpforge.checkpoint.tensors import read_tensor
 
         if not memo:  # quantize once, when the writer reaches the first companion
             w = read_tensor(ckpt, info)
             if kind == "fp4":
-                from mtpforge.quant.nvfp4 import stored_tensors
+                from mtpforge.formats.nvfp4 import stored_tensors
 
                 acts = None if input_amax is None else input_amax[module]
                 memo.update(stored_tensors(w, amax[info.name](), acts, layout=layout))
             else:
-                from mtpforge.quant.int_affine import quantize_int
+                from mtpforge.formats.int_affine import quantize_int
 
                 memo.update(quantize_int(w, bits=bits, group_size=group, symmetric=symmetric))
         return memo.pop(key).contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
     if kind == "fp4":
-        from mtpforge.quant.nvfp4 import stored_shapes
+        from mtpforge.formats.nvfp4 import stored_shapes
 
         shapes = stored_shapes(out, inp, layout=layout, activations=input_amax is not None)
     else:
@@ -272,7 +272,7 @@ def _ct_config(family: Family, expected: dict[str, TensorSpec], chosen: dict[str
     # Patterns for the head and the tower match the fused names engines build; exact names for the rest.
     ignore = ["lm_head", *skipped, f"re:^{family.vision_prefix}\\..*"] + ([f"re:^{family.mtp_prefix}.*"] if mtp == "keep" else [])
     if kind == "fp4":
-        from mtpforge.quant.nvfp4 import ct_config, weights_config
+        from mtpforge.formats.nvfp4 import ct_config, weights_config
 
         (weights, acts), fmt = ct_config(weights_config(), activations), "nvfp4-pack-quantized"
     else:

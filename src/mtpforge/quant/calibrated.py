@@ -78,7 +78,7 @@ def finish(staging: Path, mtp_pattern: str) -> None:
 
 def calibration_texts(path: str | None) -> list[str]:
     """The user's texts (JSON list or one per line), or the bundled prompt set."""
-    from mtpforge.verify.prompts import load_prompts
+    from mtpforge.prompts import load_prompts
 
     return load_prompts(path)
 

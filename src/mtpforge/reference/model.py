@@ -21,7 +21,7 @@ from mtpforge.checkpoint import open_checkpoint
 from mtpforge.errors import CheckpointError
 from mtpforge.families import MTP, TRUNK, EMBEDDINGS, detect_family
 from mtpforge.reference.classes import RUNTIMES, text_config
-from mtpforge.reference.dequant import dequantize
+from mtpforge.checkpoint.tensors import read_weight
 from mtpforge.reference.mtp import MtpHead
 
 
@@ -79,9 +79,9 @@ def load_reference(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.f
         group = family.group_of(name)
         if group in (TRUNK, EMBEDDINGS):
             local = "lm_head." + name[len("lm_head."):] if name.startswith("lm_head.") else "model." + name[len(prefix):]
-            trunk_state[local] = dequantize(ckpt, weight)
+            trunk_state[local] = read_weight(ckpt, weight)
         elif group == MTP and head is not None:
-            head_state[name[len("mtp."):]] = dequantize(ckpt, weight)
+            head_state[name[len("mtp."):]] = read_weight(ckpt, weight)
     if trunk.config.tie_word_embeddings and "lm_head.weight" not in trunk_state:
         trunk_state["lm_head.weight"] = trunk_state["model.embed_tokens.weight"]
     _load(trunk, fuse_experts(trunk_state), str(path), "trunk")

@@ -14,7 +14,7 @@ from mtpforge.checkpoint import Checkpoint
 from mtpforge.checkpoint.checkpoint import HF_QUANT_CONFIG
 from mtpforge.checkpoint.index import INDEX_NAME
 from mtpforge.errors import CheckpointError
-from mtpforge.surgery.plan import NewShard, TensorCopy
+from mtpforge.surgery.writeplan import NewShard, TensorCopy
 from mtpforge.surgery.sources import FileRange
 
 REWRITTEN_FILES = frozenset({"config.json", INDEX_NAME, HF_QUANT_CONFIG})
@@ -44,7 +44,7 @@ def require_readable(ckpt: Checkpoint) -> None:
 
 
 def rebuild(ckpt: Checkpoint, *, drop: set[str], add: tuple[NewShard, ...] = ()) -> Rebuild:
-    """Plan the input's files with the tensors `drop` removed and the shards `add` added."""
+    """WritePlan the input's files with the tensors `drop` removed and the shards `add` added."""
     require_readable(ckpt)
     referenced = set(ckpt.index.weight_map.values()) if ckpt.index is not None else set(ckpt.headers)
     linked, written, dropped = [], [], []

@@ -1,4 +1,4 @@
-"""Carry out a `Plan`: never touch the input, never leave half an output.
+"""Carry out a `WritePlan`: never touch the input, never leave half an output.
 
 Everything is written into `.<out>.partial/` beside the destination: unchanged
 files are hard-linked (copied where the filesystem refuses links), new shards
@@ -23,7 +23,7 @@ from types import FrameType
 from mtpforge.checkpoint import open_checkpoint
 from mtpforge.checkpoint.writer import TensorData, encode_header
 from mtpforge.errors import CheckpointError, MtpforgeError, UsageError
-from mtpforge.surgery.plan import NewShard, Plan
+from mtpforge.surgery.writeplan import NewShard, WritePlan
 from mtpforge.surgery.progress import Progress
 from mtpforge.surgery.sources import FileRange
 
@@ -32,7 +32,7 @@ def staging_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
-def apply_plan(plan: Plan, out: Path, *, overwrite: bool = False) -> Path:
+def apply_plan(plan: WritePlan, out: Path, *, overwrite: bool = False) -> Path:
     """Write the checkpoint `plan` describes to `out`, atomically.
 
     Raises:

@@ -23,7 +23,7 @@ from mtpforge.checkpoint.values import encode
 from mtpforge.checkpoint.writer import TensorData, write_safetensors
 from mtpforge.families import FAMILIES, MTP, TRUNK, TensorSpec
 from mtpforge.families.base import LINEAR, NORM
-from mtpforge.testing.formats import Format
+from mtpforge.formats.synthetic import Format
 
 _TEXT = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2,
@@ -94,7 +94,7 @@ def make_checkpoint(
         mtp_layers: MTP layers declared in the config.
         vision: write the vision tower (otherwise `language_model_only: true`).
         text_only_arch: use the text-only class (`Qwen3_5ForCausalLM`, `model.*` names).
-        quant: None, or a format of `mtpforge.testing.formats.FORMATS`.
+        quant: None, or a format of `mtpforge.formats.synthetic.FORMATS`.
         scope: which tensors `quant` applies to.
         shards: number of shard files.
         index: write `model.safetensors.index.json` (default: when sharded).

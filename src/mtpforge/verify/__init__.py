@@ -67,7 +67,7 @@ def verify(candidate: str, *, reference: str | None = None, k: int = 3, new_toke
     from mtpforge.reference.model import load_reference
     from mtpforge.verify.acceptance import greedy_continuation, measure_acceptance
     from mtpforge.verify.divergence import measure_divergence
-    from mtpforge.verify.prompts import load_prompts, tokenize
+    from mtpforge.prompts import load_prompts, tokenize
 
     if k < 1 or new_tokens < k + 2 or max_prompts < 1:
         raise UsageError("need k >= 1, new_tokens >= k + 2 and max_prompts >= 1")
@@ -96,8 +96,8 @@ def _engine_acceptance(candidate: str, url: str | None, python: str | None, prom
                        k: int) -> dict[str, Any]:
     import tempfile
 
-    from mtpforge.engine import launched_vllm
-    from mtpforge.verify.engine import measure_engine
+    from mtpforge.engine.process import launched_vllm
+    from mtpforge.verify.served import measure_engine
 
     if url is not None:
         return measure_engine(url, prompt_ids, new_tokens, k).to_dict()

@@ -22,18 +22,19 @@ import numpy as np
 
 from mtpforge.checkpoint import Checkpoint, open_checkpoint
 from mtpforge.checkpoint.header import FLOAT_DTYPES, TensorInfo
-from mtpforge.checkpoint.stored import resolve
+from mtpforge.formats.stored import resolve
 from mtpforge.checkpoint.values import decode
-from mtpforge.doctor.norms import SHIFT_THRESHOLD, norm_shift
+from mtpforge.diagnosis.norms import SHIFT_THRESHOLD, norm_shift
 from mtpforge.errors import CheckpointError, MtpforgeError, UsageError
 from mtpforge.families import MTP, Family, TensorSpec, detect_family, expected_inventory
 from mtpforge.families.blocks import read_dims
-from mtpforge.hub import RemoteRepo, is_repo_id
+from mtpforge.checkpoint.remote import RemoteRepo, is_repo_id
 from mtpforge.surgery.output import make_plan
-from mtpforge.surgery.plan import ByteSource, NewShard, Plan, TensorCopy
+from mtpforge.surgery.writeplan import ByteSource, NewShard, WritePlan, TensorCopy
 from mtpforge.surgery.quant_lists import edit_lists, exclude_prefix
 from mtpforge.surgery.rebuild import hf_quant_config, rebuild
-from mtpforge.surgery.sources import FileRange, fetch_range
+from mtpforge.checkpoint.http import fetch_range
+from mtpforge.surgery.sources import FileRange
 from mtpforge.surgery.stage import apply_plan, check_destination
 
 # Dimensions that must agree for a head to run on a trunk (DOMAIN.md §2).
@@ -81,7 +82,7 @@ def open_donor(donor: str, *, revision: str = "main") -> Donor:
     return Donor(donor, revision, config, tensors, lambda t: repo.tensor_source(t.shard, t.begin, t.end), read)
 
 
-def plan_graft(target: str | os.PathLike[str], donor: Donor, *, shard_name: str = "mtp.safetensors") -> Plan:
+def plan_graft(target: str | os.PathLike[str], donor: Donor, *, shard_name: str = "mtp.safetensors") -> WritePlan:
     """Validate the graft of `donor`'s head into `target` and describe the output (pure; nothing is written).
 
     Raises:
@@ -127,7 +128,7 @@ def plan_graft(target: str | os.PathLike[str], donor: Donor, *, shard_name: str 
 
 
 def graft(target: str, donor: str, out: str, *, revision: str = "main", mtp_precision: str = "source",
-          shard_name: str = "mtp.safetensors", overwrite: bool = False, dry_run: bool = False) -> Plan:
+          shard_name: str = "mtp.safetensors", overwrite: bool = False, dry_run: bool = False) -> WritePlan:
     """Graft `donor`'s MTP head into `target`, writing the result to `out`.
 
     Args:

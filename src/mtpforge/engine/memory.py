@@ -37,7 +37,7 @@ from mtpforge.errors import UsageError
 from mtpforge.families import EMBEDDINGS, MTP, TRUNK, VISION, detect_family
 from mtpforge.families.base import FULL_ATTENTION, LINEAR_ATTENTION
 from mtpforge.families.blocks import read_dims
-from mtpforge.inspection import inspect_checkpoint
+from mtpforge.diagnosis.inspection import inspect_checkpoint
 from mtpforge.units import GIB
 
 DEFAULT_RESERVE = 3 * GIB

@@ -7,7 +7,7 @@ from functools import cached_property
 
 from mtpforge.checkpoint import Checkpoint
 from mtpforge.checkpoint.quant_config import QuantConfig
-from mtpforge.checkpoint.stored import StoredWeight
+from mtpforge.formats.stored import StoredWeight
 from mtpforge.families import MTP, VISION, Family, Inventory, expected_inventory
 
 

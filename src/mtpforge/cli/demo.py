@@ -22,13 +22,13 @@ from typing import Any
 import click
 
 from mtpforge.cli.render import render_doctor, render_inspect, render_plan, render_verify
-from mtpforge.doctor import doctor
-from mtpforge.doctor.fix import fix
-from mtpforge.graft import graft
-from mtpforge.inspection import inspect_checkpoint
-from mtpforge.plan import PlanRequest, plan
-from mtpforge.serve import ServeOptions, launch_line
-from mtpforge.strip import strip
+from mtpforge.diagnosis.doctor import doctor
+from mtpforge.surgery.fix import fix
+from mtpforge.surgery.graft import graft
+from mtpforge.diagnosis.inspection import inspect_checkpoint
+from mtpforge.engine.memory import PlanRequest, plan
+from mtpforge.engine.launch import ServeOptions, launch_line
+from mtpforge.surgery.strip import strip
 from mtpforge.testing.replica import make_hollow_replica
 from mtpforge.units import GIB
 

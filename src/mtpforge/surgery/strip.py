@@ -17,7 +17,7 @@ from mtpforge.checkpoint import open_checkpoint
 from mtpforge.errors import MtpforgeError, UsageError
 from mtpforge.families import VISION, detect_family
 from mtpforge.surgery.output import make_plan
-from mtpforge.surgery.plan import Plan
+from mtpforge.surgery.writeplan import WritePlan
 from mtpforge.surgery.quant_lists import drop_names, edit_lists
 from mtpforge.surgery.rebuild import hf_quant_config, rebuild
 from mtpforge.surgery.stage import apply_plan, check_destination
@@ -26,7 +26,7 @@ class StripError(MtpforgeError):
     """There is nothing to strip."""
 
 
-def plan_strip(target: str | os.PathLike[str]) -> Plan:
+def plan_strip(target: str | os.PathLike[str]) -> WritePlan:
     """Describe the text-only build of `target` (pure; nothing is written).
 
     Raises:
@@ -52,7 +52,7 @@ def plan_strip(target: str | os.PathLike[str]) -> Plan:
     return make_plan("strip", ckpt.root, rb, config, hf_quant, actions, warnings)
 
 
-def strip(target: str, out: str, *, vision: bool = True, overwrite: bool = False, dry_run: bool = False) -> Plan:
+def strip(target: str, out: str, *, vision: bool = True, overwrite: bool = False, dry_run: bool = False) -> WritePlan:
     """Write a text-only build of `target` to `out`.
 
     Args:

@@ -22,10 +22,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mtpforge.errors import UsageError
-from mtpforge.loadgen.sweep import Level, run_level
-from mtpforge.surgery.sources import SourceError
-from mtpforge.verify.engine import served_model
-from mtpforge.verify.prompts import load_prompts
+from mtpforge.bench.sweep import Level, run_level
+from mtpforge.errors import SourceError
+from mtpforge.engine.metrics import served_model
+from mtpforge.prompts import load_prompts
 
 # Token ids below 256 exist in every byte-level BPE vocabulary (Qwen's included), so random prompts are valid anywhere.
 PROMPT_TOKEN_RANGE = (10, 256)
@@ -136,7 +136,7 @@ def _check_bounds(o: BenchOptions) -> None:
 
 def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
     """bench.json and bench.png into `out` (created)."""
-    from mtpforge.loadgen.chart import plot
+    from mtpforge.bench.chart import plot
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(doc, indent=2))

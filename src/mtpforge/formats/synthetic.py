@@ -16,7 +16,7 @@ import numpy as np
 
 from mtpforge.checkpoint.values import encode
 from mtpforge.checkpoint.writer import TensorData
-from mtpforge.quant.nvfp4 import modelopt_configs
+from mtpforge.formats.nvfp4 import modelopt_configs
 
 # Name -> (format, bits, group size, symmetric, activations quantized)
 FORMATS: dict[str, tuple[str, int, int | None, bool, bool]] = {

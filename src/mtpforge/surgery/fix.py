@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtpforge.checkpoint import open_checkpoint
-from mtpforge.doctor import DoctorReport, Finding, doctor
+from mtpforge.diagnosis.doctor import DoctorReport, Finding, doctor
 from mtpforge.families import MTP, detect_family
 from mtpforge.surgery.output import make_plan
-from mtpforge.surgery.plan import NewShard, Plan, TensorCopy
+from mtpforge.surgery.writeplan import NewShard, WritePlan, TensorCopy
 from mtpforge.surgery.quant_lists import edit_lists, exclude_prefix
 from mtpforge.surgery.rebuild import hf_quant_config, rebuild
 from mtpforge.surgery.sources import FileRange
@@ -32,12 +32,12 @@ FIXABLE = frozenset({"mtp-unindexed", "mtp-quant-uncovered", "mtp-ignore-fused-u
 class FixResult:
     """What `--fix` did: the plan (None when nothing was fixable), the findings it could not fix, and the output's diagnosis."""
 
-    plan: Plan | None
+    plan: WritePlan | None
     unfixable: tuple[Finding, ...]
     after: DoctorReport | None
 
 
-def plan_fix(path: str | os.PathLike[str], report: DoctorReport) -> Plan | None:
+def plan_fix(path: str | os.PathLike[str], report: DoctorReport) -> WritePlan | None:
     """The plan fixing `report`'s fixable findings in `path`, or None when there are none."""
     fixable = [f for f in report.findings if f.code in FIXABLE]
     if not fixable:

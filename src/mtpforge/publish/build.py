@@ -120,7 +120,7 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
         donor = donor or recipe.get("graft", {}).get("donor")
         if not donor:
             raise UsageError(f"{base} has no MTP head and the recipe names no donor", hint="pass --donor BASE_WITH_HEAD")
-        from mtpforge.graft import graft
+        from mtpforge.surgery.graft import graft
 
         source = step("graft", {"base": str(source), "donor": donor},
                       lambda t: graft(str(Path(base).resolve()), donor, str(t)))
@@ -134,7 +134,7 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
               "calibration": q.get("calibration"), "samples": q.get("samples", 64), "layout": q.get("format", "compressed-tensors")}
     quantized = step("quantize", {"source": str(source), **params}, lambda t: quantize(str(source), str(t), **params))
 
-    from mtpforge.doctor import doctor
+    from mtpforge.diagnosis.doctor import doctor
 
     health = doctor(quantized)
     report.steps.append({"step": "doctor", "errors": health.count("error"), "warnings": health.count("warning")})
@@ -156,7 +156,7 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
         raise ChecksFailed(f"verify: {result.verdict}; " + "; ".join(result.failed_thresholds or result.reasons),
                            hint=f"the work so far is kept in {work}; a rerun resumes there")
 
-    from mtpforge.card import card
+    from mtpforge.publish.card import card
     from mtpforge.surgery.stage import write_atomically
 
     c = recipe.get("card", {})

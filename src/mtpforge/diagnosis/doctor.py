@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtpforge.checkpoint import open_checkpoint
-from mtpforge.doctor.context import Context
-from mtpforge.doctor.files import check_files
-from mtpforge.doctor.findings import CATALOGUE, ERROR, INFO, WARNING, Finding
-from mtpforge.doctor.inventory import check_inventory
-from mtpforge.doctor.norms import check_norms
-from mtpforge.doctor.quantization import check_quantization
+from mtpforge.diagnosis.context import Context
+from mtpforge.diagnosis.files import check_files
+from mtpforge.diagnosis.findings import CATALOGUE, ERROR, INFO, WARNING, Finding
+from mtpforge.diagnosis.inventory import check_inventory
+from mtpforge.diagnosis.norms import check_norms
+from mtpforge.diagnosis.quantization import check_quantization
 from mtpforge.families import detect_family
 
 CHECKS = (check_files, check_inventory, check_quantization, check_norms)

@@ -16,8 +16,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from mtpforge.checkpoint.header import TensorInfo
+
+class StoredTensor(Protocol):
+    """One tensor as a shard header lists it (`checkpoint.header.TensorInfo` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def shard(self) -> str: ...
+    @property
+    def begin(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def numel(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+
 
 # Parameter suffixes that only ever accompany a quantized weight.
 COMPANION_SUFFIXES = (
@@ -46,7 +67,7 @@ class StoredWeight:
     name: str
     format: str
     shape: tuple[int, ...] | None  # logical shape; None when it cannot be known
-    parts: dict[str, TensorInfo]  # param suffix (or "" for a dense tensor) -> stored tensor
+    parts: dict[str, StoredTensor]  # param suffix (or "" for a dense tensor) -> stored tensor
     missing: tuple[str, ...] = ()
     problems: tuple[str, ...] = field(default=())
 
@@ -73,8 +94,8 @@ class StoredWeight:
 
 
 def resolve(
-    tensors: Mapping[str, TensorInfo],
-    read_ints: Callable[[TensorInfo], list[int]] | None = None,
+    tensors: Mapping[str, StoredTensor],
+    read_ints: Callable[[StoredTensor], list[int]] | None = None,
 ) -> dict[str, StoredWeight]:
     """Group stored tensors into logical tensors, keyed by logical name.
 
@@ -86,7 +107,7 @@ def resolve(
         One `StoredWeight` per logical tensor: `X.weight` for a quantized module,
         the tensor's own name for everything else.
     """
-    modules: dict[str, dict[str, TensorInfo]] = {}
+    modules: dict[str, dict[str, StoredTensor]] = {}
     out: dict[str, StoredWeight] = {}
     for name, info in tensors.items():
         module, _, suffix = name.rpartition(".")
@@ -108,7 +129,7 @@ def resolve(
 
 
 def _classify(
-    name: str, parts: dict[str, TensorInfo], read_ints: Callable[[TensorInfo], list[int]] | None
+    name: str, parts: dict[str, StoredTensor], read_ints: Callable[[StoredTensor], list[int]] | None
 ) -> StoredWeight:
     fmt = _format_of(parts)
     if fmt == BROKEN:
@@ -120,7 +141,7 @@ def _classify(
     return StoredWeight(name, fmt, shape, parts, missing, tuple(_shape_problems(fmt, parts, shape)))
 
 
-def _format_of(parts: dict[str, TensorInfo]) -> str:
+def _format_of(parts: dict[str, StoredTensor]) -> str:
     packed, weight = parts.get("weight_packed"), parts.get("weight")
     if packed is not None:
         return {"U8": CT_NVFP4, "I32": CT_INT}.get(packed.dtype, BROKEN)
@@ -132,7 +153,7 @@ def _format_of(parts: dict[str, TensorInfo]) -> str:
 
 
 def _logical_shape(
-    fmt: str, parts: dict[str, TensorInfo], read_ints: Callable[[TensorInfo], list[int]] | None
+    fmt: str, parts: dict[str, StoredTensor], read_ints: Callable[[StoredTensor], list[int]] | None
 ) -> tuple[int, ...] | None:
     if fmt == CT_INT:
         stored = parts.get("weight_shape")
@@ -147,7 +168,7 @@ def _logical_shape(
     return main.shape
 
 
-def _shape_problems(fmt: str, parts: dict[str, TensorInfo], shape: tuple[int, ...] | None) -> list[str]:
+def _shape_problems(fmt: str, parts: dict[str, StoredTensor], shape: tuple[int, ...] | None) -> list[str]:
     problems = []
     main = parts.get("weight_packed") or parts.get("weight")
     scale = parts.get("weight_scale")

@@ -5,9 +5,9 @@ declaration, and the vision tower's."""
 from __future__ import annotations
 
 from mtpforge.checkpoint.header import FLOAT_DTYPES
-from mtpforge.checkpoint.stored import StoredWeight
-from mtpforge.doctor.context import Context
-from mtpforge.doctor.findings import Finding, finding
+from mtpforge.formats.stored import StoredWeight
+from mtpforge.diagnosis.context import Context
+from mtpforge.diagnosis.findings import Finding, finding
 from mtpforge.families import MTP, VISION, TensorSpec
 from mtpforge.families.base import LINEAR, NORM, PARAM
 

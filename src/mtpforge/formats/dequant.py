@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from mtpforge.checkpoint import Checkpoint
-from mtpforge.checkpoint.header import TensorInfo
-from mtpforge.checkpoint.stored import CT_INT, CT_NVFP4, DENSE, MODELOPT_NVFP4, StoredWeight
+from collections.abc import Callable
+
 from mtpforge.errors import CheckpointError
+from mtpforge.formats.stored import CT_INT, CT_NVFP4, DENSE, MODELOPT_NVFP4, StoredTensor, StoredWeight
 
 TORCH_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -28,23 +28,11 @@ TORCH_DTYPES = {
 E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 
 
-def read_tensor(ckpt: Checkpoint, info: TensorInfo) -> torch.Tensor:
-    """One stored tensor as a torch tensor of its own dtype."""
-    with open(ckpt.root / info.shard, "rb") as f:
-        f.seek(info.begin)
-        raw = bytearray(f.read(info.nbytes))
-    if info.dtype not in TORCH_DTYPES:
-        raise CheckpointError(f"{info.shard}: tensor {info.name} has dtype {info.dtype}, which torch cannot hold")
-    if not raw:
-        return torch.empty(info.shape, dtype=TORCH_DTYPES[info.dtype])
-    return torch.frombuffer(raw, dtype=TORCH_DTYPES[info.dtype]).reshape(info.shape)
-
-
-def dequantize(ckpt: Checkpoint, weight: StoredWeight) -> torch.Tensor:
-    """The logical weight `weight` stands for, in floating point."""
+def dequantize(weight: StoredWeight, read: Callable[[StoredTensor], torch.Tensor]) -> torch.Tensor:
+    """The logical weight `weight` stands for, in floating point; `read` gives one stored tensor in its own dtype."""
     if weight.format == DENSE:
-        return read_tensor(ckpt, weight.parts[""])
-    parts = {k: read_tensor(ckpt, v) for k, v in weight.parts.items()}
+        return read(weight.parts[""])
+    parts = {k: read(v) for k, v in weight.parts.items()}
     if weight.format == CT_INT and weight.shape is not None and weight.bits:
         return dequantize_int(parts["weight_packed"], parts["weight_scale"], parts.get("weight_zero_point"),
                               bits=weight.bits, shape=tuple(weight.shape))
@@ -56,7 +44,7 @@ def dequantize(ckpt: Checkpoint, weight: StoredWeight) -> torch.Tensor:
         values = unpack_fp4(parts["weight"]).float()
         scale = parts["weight_scale"].float() * parts["weight_scale_2"].float()
         return (values * _expand(scale, values.shape[1])).to(torch.bfloat16)
-    raise CheckpointError(f"{ckpt.root}: cannot dequantize {weight.name} ({weight.format})", hint=f"run `mtpforge doctor {ckpt.root}`")
+    raise CheckpointError(f"cannot dequantize {weight.name} ({weight.format})", hint="run `mtpforge doctor` on the checkpoint")
 
 
 def unpack_int(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mtpforge.checkpoint.index import INDEX_NAME
+from mtpforge.units import human
 
 
 class ByteSource(Protocol):
@@ -51,7 +52,7 @@ class NewShard:
 
 
 @dataclass(frozen=True)
-class Plan:
+class WritePlan:
     """What an output checkpoint will hold, and why."""
 
     verb: str
@@ -81,15 +82,13 @@ class Plan:
         }
 
     def render(self) -> str:
-        from mtpforge.cli.render import size
-
         lines = [f"{self.verb} plan for {self.source_dir}:"]
         lines += [f"  - {a}" for a in self.actions]
         lines += [f"  warning: {w}" for w in self.warnings]
         for shard in self.written:
-            lines.append(f"  write {shard.name}: {len(shard.tensors)} tensors, {size(shard.nbytes)}")
+            lines.append(f"  write {shard.name}: {len(shard.tensors)} tensors, {human(shard.nbytes)}")
         shards = [n for n in self.linked if n.endswith(".safetensors")]
-        lines.append(f"  link {len(shards)} unchanged shard(s) ({size(self.linked_bytes)}) and {len(self.linked) - len(shards)} other file(s)")
+        lines.append(f"  link {len(shards)} unchanged shard(s) ({human(self.linked_bytes)}) and {len(self.linked) - len(shards)} other file(s)")
         lines.append(f"  rewrite {', '.join(sorted(self.json_files))}")
         return "\n".join(lines)
 
@@ -99,4 +98,4 @@ def index_document(weight_map: dict[str, str], sizes: dict[str, int]) -> dict[st
     return {"metadata": {"total_size": sum(sizes[name] for name in weight_map)}, "weight_map": dict(sorted(weight_map.items()))}
 
 
-__all__ = ["INDEX_NAME", "ByteSource", "NewShard", "Plan", "TensorCopy", "index_document"]
+__all__ = ["INDEX_NAME", "ByteSource", "NewShard", "WritePlan", "TensorCopy", "index_document"]

@@ -13,11 +13,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mtpforge.doctor import doctor
+from mtpforge.diagnosis.doctor import doctor
 from mtpforge.errors import UsageError
-from mtpforge.inspection import inspect_checkpoint
-from mtpforge.plan import PlanRequest, plan
-from mtpforge.serve import ServeOptions, launch_line
+from mtpforge.diagnosis.inspection import inspect_checkpoint
+from mtpforge.engine.memory import PlanRequest, plan
+from mtpforge.engine.launch import ServeOptions, launch_line
 from mtpforge.units import GIB, gib, human, parse_size
 
 

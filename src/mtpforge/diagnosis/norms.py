@@ -15,8 +15,8 @@ import statistics
 from collections.abc import Callable, Mapping
 
 from mtpforge.checkpoint.header import FLOAT_DTYPES
-from mtpforge.doctor.context import Context
-from mtpforge.doctor.findings import Finding, finding
+from mtpforge.diagnosis.context import Context
+from mtpforge.diagnosis.findings import Finding, finding
 from mtpforge.families import MTP, TRUNK, TensorSpec
 from mtpforge.families.base import NORM
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mtpforge.checkpoint.index import INDEX_NAME
-from mtpforge.doctor.context import Context
-from mtpforge.doctor.findings import Finding, finding
+from mtpforge.diagnosis.context import Context
+from mtpforge.diagnosis.findings import Finding, finding
 from mtpforge.families import MTP
 
 

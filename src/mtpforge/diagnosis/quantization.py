@@ -13,9 +13,9 @@ from collections import defaultdict
 
 from mtpforge.checkpoint.header import FLOAT_DTYPES
 from mtpforge.checkpoint.quant_config import QuantConfig
-from mtpforge.checkpoint.stored import StoredWeight
-from mtpforge.doctor.context import Context
-from mtpforge.doctor.findings import Finding, finding
+from mtpforge.formats.stored import StoredWeight
+from mtpforge.diagnosis.context import Context
+from mtpforge.diagnosis.findings import Finding, finding
 from mtpforge.families import MTP, TensorSpec
 from mtpforge.families.base import LINEAR
 

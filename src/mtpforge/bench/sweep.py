@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from mtpforge.loadgen.client import StreamResult, stream_completion
-from mtpforge.surgery.sources import SourceError
-from mtpforge.verify.engine import spec_counters
+from mtpforge.bench.client import StreamResult, stream_completion
+from mtpforge.errors import SourceError
+from mtpforge.engine.metrics import spec_counters
 
 PERCENTILES = (50, 90, 99)
 
