@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
@@ -160,3 +160,15 @@ def _try(ckpt: Checkpoint, file: str, parse: Any) -> None:
         ckpt.quant_configs.append(parse())
     except qc.QuantConfigInvalid as e:
         ckpt.quant_errors.append((file, str(e)))
+
+
+CheckpointLike = Union[str, "os.PathLike[str]", Checkpoint]
+
+
+def as_checkpoint(source: CheckpointLike) -> Checkpoint:
+    """`source` itself when it is an open `Checkpoint`, else the checkpoint directory it names, opened.
+
+    Every verb takes either, so a caller that already opened a checkpoint (card, build, plan) does not read
+    its headers again.
+    """
+    return source if isinstance(source, Checkpoint) else open_checkpoint(source)
