@@ -34,3 +34,17 @@ assert not heavy, heavy
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_every_verb_is_exported_and_importing_them_stays_torch_free() -> None:
+    script = """
+import sys, mtpforge
+for name in mtpforge.__all__[1:]:
+    assert callable(getattr(mtpforge, name)), name
+assert {'inspect_checkpoint', 'doctor', 'fix', 'graft', 'strip', 'quantize', 'verify', 'plan', 'launch_line', 'bench', 'card',
+        'build'} <= set(mtpforge.__all__)
+print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -1,23 +1,54 @@
 """mtpforge: quantized hybrid checkpoints whose MTP head keeps drafting.
 
-The public API is one function per verb; the core verbs import no torch.
+The public API is one function per verb, with the CLI's options as keyword
+arguments; every verb that reads a checkpoint takes a path or an open
+`Checkpoint`. Imports are lazy, so `import mtpforge` stays cheap and the core
+verbs never import torch:
+
+    >>> import mtpforge
+    >>> report = mtpforge.doctor("./Qwen3.6-27B-AWQ")          # headers only
+    >>> report.ok, [f.code for f in report.findings]
+    >>> mtpforge.graft("./finetune", "Qwen/Qwen3.6-27B", "./finetune-mtp")
+    >>> mtpforge.quantize("./finetune-mtp", "./w4a16", scheme="w4a16")   # needs the torch extra
+    >>> mtpforge.verify("./w4a16", reference="./finetune-mtp").acceptance
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "doctor", "inspect_checkpoint"]  # noqa: F822 (provided lazily by __getattr__)
+# Public name -> the module that defines it (one verb, one module, one public function).
+_EXPORTS = {
+    "open_checkpoint": "mtpforge.checkpoint",
+    "Checkpoint": "mtpforge.checkpoint",
+    "inspect_checkpoint": "mtpforge.diagnosis.inspection",
+    "doctor": "mtpforge.diagnosis.doctor",
+    "fix": "mtpforge.surgery.fix",
+    "graft": "mtpforge.surgery.graft",
+    "strip": "mtpforge.surgery.strip",
+    "quantize": "mtpforge.quant",
+    "verify": "mtpforge.verify",
+    "plan": "mtpforge.engine.memory",
+    "PlanRequest": "mtpforge.engine.memory",
+    "launch_line": "mtpforge.engine.launch",
+    "ServeOptions": "mtpforge.engine.launch",
+    "bench": "mtpforge.bench",
+    "BenchOptions": "mtpforge.bench",
+    "card": "mtpforge.publish.card",
+    "build": "mtpforge.publish.build",
+}
+
+__all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str):  # type: ignore[no-untyped-def]
-    # Lazy, so `import mtpforge` stays cheap and torch-free.
-    if name == "doctor":
-        from mtpforge.diagnosis.doctor import doctor
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mtpforge' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)
 
-        return doctor
-    if name == "inspect_checkpoint":
-        from mtpforge.diagnosis.inspection import inspect_checkpoint
 
-        return inspect_checkpoint
-    raise AttributeError(name)
+def __dir__() -> list[str]:
+    return sorted(__all__)
