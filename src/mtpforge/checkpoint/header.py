@@ -74,10 +74,6 @@ class ShardHeader:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def tensor_bytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
-
 
 def read_header(path: Path) -> ShardHeader:
     """Read and validate the header of the safetensors file at `path`.
