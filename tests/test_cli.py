@@ -158,6 +158,21 @@ def test_usage_errors_exit_2(cli: Cli) -> None:
     assert help_.code == 0 and "Exit codes" in help_.out
 
 
+def test_graft_offers_no_mtp_precision_it_cannot_honour(make: Make, cli: Cli, tmp_path: Path) -> None:
+    help_ = cli("graft", "--help")
+    assert help_.code == 0 and "--mtp-precision" not in help_.out and "unquantized MTP head into TARGET as stored" in help_.out
+    r = cli("graft", str(make("t", mtp=False)), "--donor", str(make("d")), "--out", str(tmp_path / "o"), "--mtp-precision", "match")
+    assert r.code == 2 and "Error: No such option '--mtp-precision'" in r.err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("verb", "out_help"), [("doctor", "Output directory for --fix."), ("graft", "Output directory. [required]"),
+                                                ("strip", "Output directory. [required]"), ("quantize", "Output directory. [required]")])
+def test_every_writing_verb_offers_out_overwrite_and_dry_run(cli: Cli, verb: str, out_help: str) -> None:
+    help_ = " ".join(cli(verb, "--help").out.split())  # click wraps help text
+    assert f"--out DIRECTORY {out_help}" in help_
+    assert "--overwrite Replace OUT if it exists." in help_ and "--dry-run Validate and print the plan; write nothing." in help_
+
+
 def test_bugs_exit_70_with_the_traceback(make: Make, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     import mtpforge.diagnosis.doctor as doctor_module
 

@@ -42,7 +42,7 @@ def inspect(path: str, as_json: bool) -> int:
 
 
 def _out_options(fn: Any) -> Any:
-    """--out, --overwrite, --dry-run: the options every writing verb shares."""
+    """--overwrite and --dry-run, which every writing verb shares; each declares its own --out (required, or with --fix)."""
     fn = click.option("--dry-run", is_flag=True, help="Validate and print the plan; write nothing.")(fn)
     fn = click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")(fn)
     return fn
@@ -97,18 +97,14 @@ def _doctor_fix(path: str, out: str | None, *, as_json: bool, overwrite: bool, d
 @click.option("--donor", required=True, help="The checkpoint holding the head: a local directory or a hub repo id (org/name).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output directory.")
 @click.option("--revision", default="main", show_default=True, help="Hub revision of a remote donor.")
-@click.option("--mtp-precision", type=click.Choice(["source", "match"]), default="source", show_default=True,
-              help="source: the head as stored in the donor (BF16); match: quantized like the trunk.")
 @click.option("--shard-name", default="mtp.safetensors", show_default=True, help="File the head is written to.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @_out_options
-def graft(target: str, donor: str, out: str, revision: str, mtp_precision: str, shard_name: str, as_json: bool,
-          overwrite: bool, dry_run: bool) -> int:
-    """Put the donor's MTP head into TARGET: indexed, excluded from quantization, declared."""
+def graft(target: str, donor: str, out: str, revision: str, shard_name: str, as_json: bool, overwrite: bool, dry_run: bool) -> int:
+    """Put the donor's unquantized MTP head into TARGET as stored: indexed, excluded from quantization, declared."""
     from mtpforge.surgery.graft import graft as run_graft
 
-    plan = run_graft(target, donor, out, revision=revision, mtp_precision=mtp_precision, shard_name=shard_name,
-                     overwrite=overwrite, dry_run=dry_run)
+    plan = run_graft(target, donor, out, revision=revision, shard_name=shard_name, overwrite=overwrite, dry_run=dry_run)
     return _report_written(plan, out, as_json=as_json, dry_run=dry_run)
 
 

@@ -25,7 +25,7 @@ from mtpforge.checkpoint.header import FLOAT_DTYPES, TensorInfo
 from mtpforge.formats.stored import resolve
 from mtpforge.checkpoint.values import decode
 from mtpforge.diagnosis.norms import SHIFT_THRESHOLD, norm_shift
-from mtpforge.errors import CheckpointError, MtpforgeError, UsageError
+from mtpforge.errors import CheckpointError, MtpforgeError
 from mtpforge.families import MTP, Family, TensorSpec, detect_family, expected_inventory
 from mtpforge.families.blocks import read_dims
 from mtpforge.checkpoint.remote import RemoteRepo, is_repo_id
@@ -37,7 +37,7 @@ from mtpforge.checkpoint.http import fetch_range
 from mtpforge.surgery.sources import FileRange
 from mtpforge.surgery.stage import apply_plan, check_destination
 
-# Dimensions that must agree for a head to run on a trunk (DOMAIN.md §2).
+# Dimensions that must agree for a head to run on a trunk (docs/domain.md §2).
 COMPATIBLE_DIMS = ("hidden", "vocab", "heads", "kv_heads", "head_dim", "intermediate",
                    "num_experts", "moe_intermediate", "shared_intermediate")
 
@@ -101,7 +101,7 @@ def plan_graft(target: str | os.PathLike[str], donor: Donor, *, shard_name: str 
     if quantized:
         raise GraftError(f"donor {donor.name}'s MTP head is quantized ({head[quantized[0]].format}, {len(quantized)} weights): "
                          "it is not an unquantized head to copy as stored",
-                         hint="graft from the BF16 base; --mtp-precision source copies the head as stored")
+                         hint="graft from the BF16 base, whose head graft copies as stored")
     head_names = sorted(head)
     if not head_names:
         raise GraftError(f"donor {donor.name} has no mtp.* tensor: there is nothing to graft",
@@ -127,7 +127,7 @@ def plan_graft(target: str | os.PathLike[str], donor: Donor, *, shard_name: str 
     return make_plan("graft", ckpt.root, rb, config, hf_quant, actions, _provenance_warnings(ckpt, donor))
 
 
-def graft(target: str, donor: str, out: str, *, revision: str = "main", mtp_precision: str = "source",
+def graft(target: str, donor: str, out: str, *, revision: str = "main",
           shard_name: str = "mtp.safetensors", overwrite: bool = False, dry_run: bool = False) -> WritePlan:
     """Graft `donor`'s MTP head into `target`, writing the result to `out`.
 
@@ -136,7 +136,6 @@ def graft(target: str, donor: str, out: str, *, revision: str = "main", mtp_prec
         donor: a local checkpoint or hub repository id holding the head, normally the target's base.
         out: the output directory (must not exist unless `overwrite`).
         revision: the hub revision of a remote donor.
-        mtp_precision: `source` keeps the donor's precision (BF16); `match` quantizes the head like the trunk.
         shard_name: the file the head is written to.
         overwrite: replace `out` if it exists.
         dry_run: validate and return the plan without writing anything.
@@ -144,9 +143,6 @@ def graft(target: str, donor: str, out: str, *, revision: str = "main", mtp_prec
     Returns:
         The plan that was (or, with `dry_run`, would be) carried out.
     """
-    if mtp_precision != "source":
-        raise UsageError("--mtp-precision match needs the quantization code, which mtpforge does not have yet",
-                         hint="graft with --mtp-precision source (a BF16 head), which the seeds measure as drafting best")
     check_destination(Path(target), Path(out), overwrite=overwrite)
     plan = plan_graft(target, open_donor(donor, revision=revision), shard_name=shard_name)
     if not dry_run:
@@ -176,7 +172,7 @@ def _check_head(donor: Donor, expected: dict[str, TensorSpec], head_names: list[
            if donor.tensors[n].shape != s.shape or donor.tensors[n].dtype not in FLOAT_DTYPES]
     if bad:
         raise GraftError(f"donor {donor.name}'s MTP tensors are not an unquantized head of the target's shape: {', '.join(bad[:3])}",
-                         hint="graft from a BF16 base; --mtp-precision source copies the head as stored")
+                         hint="graft from a BF16 base, whose head graft copies as stored")
 
 
 def _check_norms(ckpt: Checkpoint, donor: Donor, family: Family, config: dict[str, Any]) -> None:
