@@ -193,9 +193,39 @@ def test_json_output_is_exactly_one_document(make: Make, cli: Cli) -> None:
 
 @pytest.mark.slow
 def test_demo_tells_the_whole_story(tmp_path: Path, cli: Cli) -> None:
-    r = cli("demo", "--workdir", str(tmp_path / "demo"))
+    work = tmp_path / "demo"
+    work.mkdir()  # an empty directory is accepted
+    r = cli("demo", "--workdir", str(work))
     assert r.code == 0 and "every verdict as expected" in r.out, r.out[-3000:]
     for step in ("mtpforge graft tiny-qwen3.5-finetune", "mtpforge quantize tiny-qwen3.5", "mtpforge doctor w4a16-forgot-head --fix",
                  "mtpforge strip tiny-qwen3.5 --vision", "mtpforge graft tmax-27b"):
         assert step in r.out
     assert "finetune + grafted head" in r.out and "COLLAPSED" in r.out
+    assert (work / "tmax-27b-mtp" / "config.json").is_file()  # a --workdir is kept
+    again = cli("demo", "--workdir", str(work))  # and never emptied by the next run
+    assert again.code == 2 and f"--workdir {work} holds an earlier demo's output" in again.err
+    assert (work / "tmax-27b-mtp" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("where", ["dot", "path"])
+def test_demo_refuses_a_non_empty_workdir_and_deletes_nothing(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch,
+                                                               where: str) -> None:
+    (tmp_path / "thesis.tex").write_text("three years of work")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "results.csv").write_text("1,2,3")
+    if where == "dot":
+        monkeypatch.chdir(tmp_path)
+    workdir = "." if where == "dot" else str(tmp_path)
+    r = cli("demo", "--workdir", workdir)
+    assert r.code == 2 and r.out == ""
+    assert f"Error: --workdir {workdir} is not empty (it holds 2 entries, e.g. data)" in r.err
+    assert "demo writes only into a new or empty directory and deletes nothing there" in r.err
+    assert f"hint: pass a new or empty directory (--workdir {Path(workdir) / 'mtpforge-demo'})" in r.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "thesis.tex"]  # nothing deleted, nothing added
+    assert (tmp_path / "thesis.tex").read_text() == "three years of work" and (tmp_path / "data" / "results.csv").read_text() == "1,2,3"
+
+
+def test_demo_workdir_that_is_a_file_is_a_usage_error(tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "notes").write_text("mine")
+    r = cli("demo", "--workdir", str(tmp_path / "notes"))
+    assert r.code == 2 and f"Directory '{tmp_path / 'notes'}' is a file" in r.err and (tmp_path / "notes").read_text() == "mine"

@@ -207,7 +207,8 @@ def verify(candidate: str, reference: str | None, k: int, new_tokens: int, promp
 
 @app.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=str), default=None,
-              help="Where to build the demo checkpoints (default: a temporary directory, removed afterwards).")
+              help="A new or empty directory to build the demo checkpoints in, kept afterwards "
+                   "(default: a temporary directory, removed afterwards).")
 def demo(workdir: str | None) -> int:
     """Run the story end to end on small checkpoints built on the spot."""
     from mtpforge.cli.demo import run_demo

@@ -28,11 +28,13 @@ from mtpforge.surgery.graft import graft
 from mtpforge.diagnosis.inspection import inspect_checkpoint
 from mtpforge.engine.memory import PlanRequest, plan
 from mtpforge.engine.launch import ServeOptions, launch_line
+from mtpforge.errors import UsageError
 from mtpforge.surgery.strip import strip
 from mtpforge.testing.replica import make_hollow_replica
 from mtpforge.units import GIB
 
 VERIFY: dict[str, Any] = {"k": 3, "new_tokens": 48, "max_prompts": 8}
+MARKER = ".mtpforge-demo"  # names a --workdir an earlier demo filled, so that the refusal can say so
 
 
 def run_demo(workdir: str | None = None) -> int:
@@ -42,12 +44,9 @@ def run_demo(workdir: str | None = None) -> int:
 
     models = Path(str(resources.files("mtpforge") / "models"))
     base, finetune = models / "tiny-qwen3.5", models / "tiny-qwen3.5-finetune"
-    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mtpforge-demo-"))
+    root = _claim(Path(workdir)) if workdir else Path(tempfile.mkdtemp(prefix="mtpforge-demo-"))
     surprises = 0
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        for child in root.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
         _title("1. the bundled base: tiny-qwen3.5 (trained by scripts/train_tiny.py)")
         click.echo(render_inspect(inspect_checkpoint(base).to_dict()))
         surprises += _doctor(base, expect_ok=True)
@@ -113,8 +112,27 @@ def run_demo(workdir: str | None = None) -> int:
         click.echo("\nevery verdict as expected" if not surprises else f"\n{surprises} unexpected verdict(s)")
         return 0 if not surprises else 1
     finally:
-        if workdir is None:
+        if workdir is None:  # the temporary directory is the demo's own; a --workdir is the user's and is left as it is
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _claim(root: Path) -> Path:
+    """Create `root`, or accept it empty; refuse anything else, before any work (the demo deletes nothing it did not create)."""
+    if root.is_dir():
+        entries = sorted(p.name for p in root.iterdir())
+        if entries:
+            earlier = (root / MARKER).is_file()
+            what = "holds an earlier demo's output" if earlier else f"is not empty ({_count(entries)})"
+            raise UsageError(f"--workdir {root} {what}; demo writes only into a new or empty directory and deletes nothing there",
+                             hint=f"pass a new or empty directory (--workdir {root / 'mtpforge-demo'}), or leave --workdir out "
+                                  "for a temporary one that is removed afterwards")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("written by mtpforge demo\n")
+    return root
+
+
+def _count(names: list[str]) -> str:
+    return f"it holds {names[0]}" if len(names) == 1 else f"it holds {len(names)} entries, e.g. {names[0]}"
 
 
 def _title(text: str) -> None:
