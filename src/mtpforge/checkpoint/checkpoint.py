@@ -42,6 +42,9 @@ class Checkpoint:
     foreign_quant_method: str | None = None
     files: frozenset[str] = frozenset()
 
+    def __fspath__(self) -> str:  # an open checkpoint stands wherever a path to it would (Path(ckpt), open(...))
+        return str(self.root)
+
     @cached_property
     def tensors(self) -> dict[str, TensorInfo]:
         """The tensors an engine loads: every tensor of the shards the index references

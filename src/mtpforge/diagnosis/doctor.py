@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from mtpforge.checkpoint import open_checkpoint
+from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.diagnosis.context import Context
 from mtpforge.diagnosis.files import check_files
 from mtpforge.diagnosis.findings import CATALOGUE, ERROR, INFO, WARNING, Finding
@@ -52,11 +52,11 @@ class DoctorReport:
         }
 
 
-def doctor(path: str | os.PathLike[str]) -> DoctorReport:
+def doctor(path: CheckpointLike) -> DoctorReport:
     """Diagnose the checkpoint at `path` against the finding catalogue.
 
     Args:
-        path: a checkpoint directory.
+        path: a checkpoint directory, or an open `Checkpoint`.
 
     Returns:
         Every finding, errors first; a corrupt shard is a finding, not an exception.
@@ -65,8 +65,8 @@ def doctor(path: str | os.PathLike[str]) -> DoctorReport:
         CheckpointError: there is no checkpoint to diagnose (no config.json, unsafe index paths).
         UnsupportedFamilyError: the architecture is not one mtpforge has rules for.
     """
-    ckpt = open_checkpoint(path)
+    ckpt = as_checkpoint(path)
     ctx = Context(ckpt, detect_family(ckpt.config))
     findings = [f for check in CHECKS for f in check(ctx)]
     findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], f.code))
-    return DoctorReport(str(path), ctx.family.name, tuple(findings))
+    return DoctorReport(os.fspath(path), ctx.family.name, tuple(findings))

@@ -31,7 +31,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mtpforge.checkpoint import open_checkpoint
+from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.checkpoint.header import DTYPE_BITS
 from mtpforge.errors import UsageError
 from mtpforge.families import EMBEDDINGS, MTP, TRUNK, VISION, detect_family
@@ -96,22 +96,22 @@ class MemoryPlan:
         return {"schema": "mtpforge.plan/1", **asdict(self), "ok": self.ok}
 
 
-def plan(path: str | os.PathLike[str], request: PlanRequest) -> MemoryPlan:
-    """Plan vLLM's memory for the checkpoint at `path` on the GPU in `request`.
+def plan(path: CheckpointLike, request: PlanRequest) -> MemoryPlan:
+    """Plan vLLM's memory for the checkpoint at `path` (a directory or an open `Checkpoint`) on the GPU in `request`.
 
     Raises:
         UsageError: a flag is out of range (unknown KV dtype, TP that does not divide the heads).
         CheckpointError: the checkpoint cannot be read.
     """
-    ckpt = open_checkpoint(path)
+    ckpt = as_checkpoint(path)
     config = ckpt.config
     family = detect_family(config)
     dims = read_dims(family, config)
     tp = request.tensor_parallel
     _check_request(request, dims.lin_v_heads, dims.lin_k_heads)
 
-    groups = inspect_checkpoint(path).data["groups"]
-    weights = {g: groups[g]["bytes"] for g in (TRUNK, EMBEDDINGS, MTP, VISION)}
+    groups = inspect_checkpoint(ckpt).groups
+    weights = {g: groups[g].bytes for g in (TRUNK, EMBEDDINGS, MTP, VISION)}
     has_head = weights[MTP] > 0
     k = request.spec_tokens if request.spec_tokens is not None else (3 if has_head else 0)
     text_only = request.language_model_only or family.language_model_only(config) or not family.has_vision(config)

@@ -13,27 +13,30 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mtpforge.checkpoint import Checkpoint, CheckpointLike, as_checkpoint
 from mtpforge.diagnosis.doctor import doctor
-from mtpforge.errors import UsageError
-from mtpforge.diagnosis.inspection import inspect_checkpoint
-from mtpforge.engine.memory import PlanRequest, plan
+from mtpforge.diagnosis.inspection import InspectReport, inspect_checkpoint
 from mtpforge.engine.launch import ServeOptions, launch_line
+from mtpforge.engine.memory import PlanRequest, plan
+from mtpforge.errors import UsageError
 from mtpforge.units import GIB, gib, human, parse_size
 
 
-def card(path: str | os.PathLike[str], *, name: str | None = None, base_model: str | None = None, verify_file: str | None = None,
+def card(path: CheckpointLike, *, name: str | None = None, base_model: str | None = None, verify_file: str | None = None,
          bench_file: str | None = None, gpus: tuple[str, ...] = (), kv_dtype: str = "fp8", max_model_len: int | None = None,
          shown_path: str | None = None, built_with: str | None = None) -> str:
-    """The card's markdown for the checkpoint at `path` (`shown_path`: the path the commands in the card name, e.g. a build's OUT).
+    """The card's markdown for the checkpoint at `path` (a directory or an open `Checkpoint`; `shown_path`: the path the commands
+    in the card name, e.g. a build's OUT). The checkpoint's headers are read once, whatever the sections ask.
 
     Raises:
         UsageError: a measurement file is unreadable or not the document it should be.
         CheckpointError: the checkpoint cannot be read.
     """
-    info = inspect_checkpoint(path).data
-    shown = shown_path or str(path)
+    ckpt = as_checkpoint(path)
+    info = inspect_checkpoint(ckpt)
+    shown = shown_path or os.fspath(path)
     name = name or Path(shown).resolve().name
-    base_model = base_model or _base_model_from_readme(Path(path))
+    base_model = base_model or _base_model_from_readme(ckpt.root)
     verify = _measurement(verify_file, "mtpforge.verify/1")
     bench = _measurement(bench_file, "mtpforge.bench/1")
     sections = [
@@ -41,18 +44,18 @@ def card(path: str | os.PathLike[str], *, name: str | None = None, base_model: s
         f"# {name}\n\n{_summary(info, base_model)}" + (f"\n\n{built_with}" if built_with else ""),
         _quantization(info, shown),
         _mtp(info, verify, verify_file),
-        _memory(path, shown, gpus, kv_dtype, max_model_len),
-        _usage(path, shown, name),
+        _memory(ckpt, shown, gpus, kv_dtype, max_model_len),
+        _usage(os.fspath(path), shown, name),
         _throughput(bench, bench_file),
-        _files(path, info["shards"]["count"]),
-        _health(path),
+        _files(ckpt.root, info.shards.count),
+        _health(ckpt),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
-def _front_matter(info: dict[str, Any], base_model: str | None) -> str:
-    quant = info["quantization"]
-    tags = ["qwen3", "mtp", "speculative-decoding"] + (["quantized", quant["configs"][0]["method"]] if quant and quant["configs"] else [])
+def _front_matter(info: InspectReport, base_model: str | None) -> str:
+    method = info.quantization.method if info.quantization else None
+    tags = ["qwen3", "mtp", "speculative-decoding"] + (["quantized", method] if method else [])
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
     if base_model:
         lines.append(f"base_model: {base_model}")
@@ -60,34 +63,34 @@ def _front_matter(info: dict[str, Any], base_model: str | None) -> str:
     return "\n".join(lines)
 
 
-def _summary(info: dict[str, Any], base_model: str | None) -> str:
-    q = info["quantization"]
-    scheme = ", ".join(s for c in q["configs"] for s in c["schemes"]) if q else "unquantized"
-    mtp = info["mtp"]
-    head = (f"the MTP head kept ({mtp['tensors']} tensors, {'quantized' if mtp['quantized'] else 'unquantized'})"
-            if mtp["present"] else "**no MTP head** (speculative decoding unavailable; `mtpforge graft` restores it)")
-    vision = "text-only (vision tower removed)" if info["vision"]["declared"] and not info["vision"]["tensors"] else (
-        "with its vision tower" if info["vision"]["tensors"] else "text-only")
-    layers = info["layers"]
-    return (f"{scheme[0].upper() + scheme[1:]} build of {'`' + base_model + '`' if base_model else 'a'} {info['family']} model "
-            f"({info['architecture']}, {layers['total']} layers: {layers.get('linear_attention', 0)} Gated DeltaNet + "
+def _summary(info: InspectReport, base_model: str | None) -> str:
+    q = info.quantization
+    scheme = ", ".join(s for c in q.configs for s in c.schemes) if q else "unquantized"
+    mtp = info.mtp
+    head = (f"the MTP head kept ({mtp.tensors} tensors, {'quantized' if mtp.quantized else 'unquantized'})"
+            if mtp.present else "**no MTP head** (speculative decoding unavailable; `mtpforge graft` restores it)")
+    vision = "text-only (vision tower removed)" if info.vision.declared and not info.vision.tensors else (
+        "with its vision tower" if info.vision.tensors else "text-only")
+    layers = info.layers
+    return (f"{scheme[0].upper() + scheme[1:]} build of {'`' + base_model + '`' if base_model else 'a'} {info.family} model "
+            f"({info.architecture}, {layers['total']} layers: {layers.get('linear_attention', 0)} Gated DeltaNet + "
             f"{layers.get('full_attention', 0)} full attention), {vision}, with {head}.")
 
 
-def _quantization(info: dict[str, Any], path: Any) -> str:
-    q = info["quantization"]
+def _quantization(info: InspectReport, path: str) -> str:
+    q = info.quantization
     rows = ["| part | tensors | bytes | linear weights quantized |", "|---|---:|---:|---:|"]
-    linear = (q or {}).get("linear_quantized", {})
-    for group, row in info["groups"].items():
-        if row["tensors"]:
+    linear = q.linear_quantized if q else {}
+    for group, row in info.groups.items():
+        if row.tensors:
             lq = linear.get(group)
             share = f"{lq['quantized']} / {lq['total']}" if lq else "-"
-            rows.append(f"| {group} | {row['tensors']} | {human(row['bytes'])} | {share} |")
+            rows.append(f"| {group} | {row.tensors} | {human(row.bytes)} | {share} |")
     text = "## Quantization\n\n"
     if q:
-        for c in q["configs"]:
-            text += f"- method `{c['method']}` ({c['source']}), schemes: {', '.join(c['schemes'])}\n"
-            text += f"- kept in high precision (`ignore`): {_ignore_summary(c['ignore'])}\n"
+        for c in q.configs:
+            text += f"- method `{c.method}` ({c.source}), schemes: {', '.join(c.schemes)}\n"
+            text += f"- kept in high precision (`ignore`): {_ignore_summary(c.ignore)}\n"
     else:
         text += "Not quantized.\n"
     return text + "\n" + "\n".join(rows) + f"\n\nFrom `mtpforge inspect {path}`."
@@ -100,9 +103,9 @@ def _ignore_summary(ignore: list[str], shown: int = 8) -> str:
     return text + (f" and {len(ordered) - shown} more module names (config.json)" if len(ordered) > shown else "")
 
 
-def _mtp(info: dict[str, Any], verify: dict[str, Any] | None, verify_file: str | None) -> str:
+def _mtp(info: InspectReport, verify: dict[str, Any] | None, verify_file: str | None) -> str:
     text = "## MTP speculative decoding\n\n"
-    if not info["mtp"]["present"]:
+    if not info.mtp.present:
         return text + "This checkpoint has no MTP head."
     if verify is None:
         return text + "Not measured yet: `mtpforge verify PATH --reference BASE --json > verify.json`, then `mtpforge card --verify verify.json`."
@@ -122,12 +125,12 @@ def _mtp(info: dict[str, Any], verify: dict[str, Any] | None, verify_file: str |
                    f"from `{Path(verify_file or '').name}`.")
 
 
-def _memory(path: Any, shown: str, gpus: tuple[str, ...], kv_dtype: str, max_model_len: int | None) -> str:
+def _memory(ckpt: Checkpoint, shown: str, gpus: tuple[str, ...], kv_dtype: str, max_model_len: int | None) -> str:
     if not gpus:
         return ""
     rows = ["| GPU memory | weights loaded | KV pool | KV tokens | concurrent requests at full context |", "|---|---:|---:|---:|---:|"]
     for gpu in gpus:
-        p = plan(path, PlanRequest(gpu_memory=parse_size(gpu, option="--gpu"), kv_dtype=kv_dtype, max_model_len=max_model_len,
+        p = plan(ckpt, PlanRequest(gpu_memory=parse_size(gpu, option="--gpu"), kv_dtype=kv_dtype, max_model_len=max_model_len,
                                    language_model_only=True))
         fits = f"{p.max_concurrency:.2f}" if p.ok else "does not fit"
         rows.append(f"| {gpu} | {gib(p.weights_loaded)} | {gib(max(0, p.kv_pool))} | {p.kv_tokens:,} | {fits} |")
@@ -137,7 +140,7 @@ def _memory(path: Any, shown: str, gpus: tuple[str, ...], kv_dtype: str, max_mod
             f"{gib(3 * GIB)} reserve.")
 
 
-def _usage(path: Any, shown: str, name: str) -> str:
+def _usage(path: str, shown: str, name: str) -> str:
     vllm = launch_line(path, ServeOptions(served_name=name)).shell().replace(str(path), name, 1)
     sglang = launch_line(path, ServeOptions(engine="sglang", served_name=name)).shell().replace(str(path), name, 1)
     return f"## Usage\n\n```bash\n{vllm}\n```\n\nSGLang:\n\n```bash\n{sglang}\n```\n\nFrom `mtpforge serve {shown}` (add `--gpu-memory` for a memory-safe `--max-num-seqs`)."
@@ -160,7 +163,7 @@ def _throughput(bench: dict[str, Any] | None, bench_file: str | None) -> str:
             f"tokens), from `{Path(bench_file or '').name}`.")
 
 
-def _files(path: Any, shards: int) -> str:
+def _files(path: Path, shards: int) -> str:
     rows = ["| file | size |", "|---|---:|"]
     for f in sorted(Path(path).iterdir()):
         if f.is_file() and not f.name.startswith("."):
@@ -168,8 +171,8 @@ def _files(path: Any, shards: int) -> str:
     return f"## Files\n\n{shards} safetensors shard(s).\n\n" + "\n".join(rows)
 
 
-def _health(path: Any) -> str:
-    report = doctor(path)
+def _health(ckpt: Checkpoint) -> str:
+    report = doctor(ckpt)
     return (f"## Checks\n\n`mtpforge doctor`: {report.count('error')} errors, {report.count('warning')} warnings"
             + "".join(f"\n- {f.code}: {f.message}" for f in report.findings))
 
