@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mtpforge.checkpoint.index import INDEX_NAME
-from mtpforge.checkpoint.values import decode, encode
+from mtpforge.formats.values import decode, encode
 from mtpforge.checkpoint.writer import TensorData, write_safetensors
 from mtpforge.diagnosis.doctor import CATALOGUE, doctor
 from mtpforge.families import MTP

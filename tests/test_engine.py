@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtpforge.checkpoint.values import encode
+from mtpforge.formats.values import encode
 from mtpforge.checkpoint.writer import TensorData
 from mtpforge.diagnosis.doctor import doctor
 from mtpforge.surgery.graft import graft

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from mtpforge.checkpoint.header import MAX_HEADER_BYTES, HeaderError, parse_header, read_header
-from mtpforge.checkpoint.values import decode, encode
+from mtpforge.formats.values import decode, encode
 from mtpforge.checkpoint.writer import TensorData, write_safetensors
 
 

@@ -21,7 +21,7 @@ from mtpforge.checkpoint import quant_config as qc
 from mtpforge.checkpoint.header import HeaderError, ShardHeader, TensorInfo, read_header
 from mtpforge.checkpoint.index import Index, check_inside, read_index, read_json
 from mtpforge.formats.stored import StoredWeight, resolve
-from mtpforge.checkpoint.values import decode
+from mtpforge.formats.values import decode
 from mtpforge.errors import CheckpointError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mtpforge.checkpoint.values import encode
+from mtpforge.formats.values import encode
 from mtpforge.checkpoint.writer import TensorData
 from mtpforge.formats.nvfp4 import modelopt_configs
 

@@ -23,7 +23,7 @@ import numpy as np
 from mtpforge.checkpoint import Checkpoint, open_checkpoint
 from mtpforge.checkpoint.header import FLOAT_DTYPES, TensorInfo
 from mtpforge.formats.stored import resolve
-from mtpforge.checkpoint.values import decode
+from mtpforge.formats.values import decode
 from mtpforge.diagnosis.norms import SHIFT_THRESHOLD, norm_shift
 from mtpforge.errors import CheckpointError, MtpforgeError
 from mtpforge.families import MTP, Family, TensorSpec, detect_family, expected_inventory

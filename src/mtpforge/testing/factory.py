@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mtpforge.checkpoint.index import INDEX_NAME
-from mtpforge.checkpoint.values import encode
+from mtpforge.formats.values import encode
 from mtpforge.checkpoint.writer import TensorData, write_safetensors
 from mtpforge.families import FAMILIES, MTP, TRUNK, TensorSpec
 from mtpforge.families.base import LINEAR, NORM
