@@ -134,11 +134,17 @@ def _check_bounds(o: BenchOptions) -> None:
         raise UsageError("--timeout and --max-duration must be positive seconds", hint="--timeout 120 --max-duration 300")
 
 
-def write_outputs(doc: dict[str, Any], out: Path) -> list[Path]:
-    """bench.json and bench.png into `out` (created)."""
-    from mtpforge.bench.chart import plot
+def write_outputs(doc: dict[str, Any], out: Path) -> tuple[list[Path], list[str]]:
+    """bench.json and, where matplotlib is installed, bench.png into `out` (created).
+
+    Returns:
+        The files written, and a warning for each file left out (the chart on a core install).
+    """
+    from mtpforge.bench.chart import chart_missing, plot
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(doc, indent=2))
+    if (missing := chart_missing()) is not None:
+        return [out / "bench.json"], [f"{out / 'bench.png'} not written: {missing}"]
     plot(doc, out / "bench.png")
-    return [out / "bench.json", out / "bench.png"]
+    return [out / "bench.json", out / "bench.png"], []

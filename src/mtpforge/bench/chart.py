@@ -6,6 +6,15 @@ from pathlib import Path
 from typing import Any
 
 
+def chart_missing() -> str | None:
+    """Why the chart cannot be drawn here (matplotlib comes with the torch extra, not the core install), or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "the chart needs matplotlib: pip install 'mtpforge[torch]' (or pip install matplotlib)"
+    return None
+
+
 def plot(doc: dict[str, Any], path: Path) -> Path:
     import matplotlib
 

@@ -29,7 +29,7 @@ class StreamResult:
     ok: bool = False
     error: str | None = None
     ttft: float | None = None
-    latency: float | None = None
+    latency: float | None = None  # until [DONE]
     token_times: list[float] = field(default_factory=list)  # when each content-bearing event arrived
     output_tokens: int = 0  # the server's usage count when it sent one, else the events seen
     prompt_tokens: int | None = None
@@ -76,7 +76,8 @@ async def stream_completion(url: str, body: dict[str, Any], *, timeout: float) -
     finally:
         if transport is not None:
             transport.close()
-    result.latency = time.perf_counter() - start if result.ok else None
+    if not result.ok:
+        result.latency = None
     return result
 
 
@@ -128,6 +129,8 @@ class _SseProtocol(asyncio.Protocol):
             event, self.body = self.body[:end], self.body[end + 2:]
             for line in event.splitlines():
                 if line.startswith(b"data:") and self._on_data(line[5:].strip()):
+                    # When [DONE] arrived, not when the awaiting task gets to run.
+                    self.result.latency = time.perf_counter() - self.start
                     self.done.set_result(None)
                     return
 

@@ -122,7 +122,8 @@ def _run(line, python: str) -> int:  # type: ignore[no-untyped-def]
 @click.option("--max-duration", type=float, default=300.0, show_default=True, help="Seconds per level; no new request starts after.")
 @click.option("--model", default=None, help="Model name (default: the first one /v1/models lists).")
 @click.option("--allow-remote", is_flag=True, help="Allow a server that is not on this machine.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None, help="Write bench.json and bench.png here.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Write bench.json and bench.png (needs matplotlib) here.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def bench(url: str, compare_url: str | None, concurrency: str, num_requests: int, input_len: int, output_len: int, prompts: str | None,
           warmup: int, timeout: float, max_duration: float, model: str | None, allow_remote: bool, out: str | None, as_json: bool) -> int:
@@ -140,8 +141,10 @@ def bench(url: str, compare_url: str | None, concurrency: str, num_requests: int
     options = BenchOptions(concurrencies=levels, num_requests=num_requests, input_len=input_len, output_len=output_len, prompts=prompts,
                            warmup=warmup, timeout=timeout, max_duration=max_duration, model=model, allow_remote=allow_remote)
     doc = run_bench(url, options, compare_url=compare_url)
-    written = write_outputs(doc, Path(out)) if out else []
+    written, skipped = write_outputs(doc, Path(out)) if out else ([], [])
     _emit(doc, as_json, render_bench(doc) + "".join(f"\nwrote {p}" for p in written))
+    for warning in skipped:
+        click.echo(f"warning: {warning}", err=True)
     failed = any(level["failed"] for run in doc["runs"] for level in run["levels"])
     return EXIT_CHECKS_FAILED if failed else EXIT_OK
 
