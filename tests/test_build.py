@@ -71,7 +71,13 @@ def test_bad_recipes_and_outputs_are_usage_errors(cli, tmp_path: Path) -> None: 
         r = cli("build", str(bad), "--base", str(BASE), "--out", str(tmp_path / "o"))
         assert r.code == 2 and message in r.err, (text, r.err)
     (tmp_path / "exists").mkdir()
-    assert cli("build", "seed-004-w4a16-g128", "--base", str(BASE), "--out", str(tmp_path / "exists")).code == 2
+    r = cli("build", "seed-004-w4a16-g128", "--base", str(BASE), "--out", str(tmp_path / "exists"))
+    assert r.code == 2
+    assert r.err.endswith(f"Error: {tmp_path / 'exists'} exists\n"
+                          "hint: choose a new --out; build never overwrites a finished build\n")
     r = cli("build", "seed-000-w4a16-g32-asym-mtp-quantized", "--base", str(FINETUNE), "--out", str(tmp_path / "o"),
             "--donor", str(tmp_path / "nowhere"))
-    assert r.code in (2, 3) and not (tmp_path / "o").exists()
+    # A donor that is not there is bad input (exit 3), named in the message; nothing is published.
+    assert r.code == 3 and not (tmp_path / "o").exists()
+    nowhere = str(tmp_path / "nowhere")
+    assert f"Error: donor {nowhere!r} is neither a local directory nor a hub repository id (org/name)\n" in r.err

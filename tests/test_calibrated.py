@@ -82,7 +82,16 @@ def test_gptq_with_activation_order_and_text_only(cli, tmp_path: Path) -> None: 
     assert not list(tmp_path.glob(".*calibrating"))  # the staging directory is gone
 
 
-@pytest.mark.parametrize("args", [("--method", "awq", "--mtp", "quantize"), ("--method", "gptq", "--scheme", "nvfp4a16"), ("--actorder",)])
-def test_calibrated_requests_that_cannot_work_are_usage_errors(cli, tmp_path: Path, args: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("args", "error", "hint"), [
+    (("--method", "awq", "--mtp", "quantize"),
+     "--mtp quantize runs with --method rtn only: awq cannot calibrate the head, which transformers does not build",
+     "keep the head BF16 (--mtp keep), or use --method rtn"),
+    (("--method", "gptq", "--scheme", "nvfp4a16"), "nvfp4a16 is written data-free here; --method gptq runs INT schemes",
+     "--method rtn"),
+    (("--actorder",), "--actorder orders GPTQ's columns; RTN has no order", "--method gptq --actorder"),
+])
+def test_calibrated_requests_that_cannot_work_are_usage_errors(  # type: ignore[no-untyped-def]
+        cli, tmp_path: Path, args: tuple[str, ...], error: str, hint: str) -> None:
     r = cli("quantize", str(TINY), *args, "--out", str(tmp_path / "q"))
     assert r.code == 2 and not (tmp_path / "q").exists()
+    assert f"Error: {error}\nhint: {hint}\n" in r.err

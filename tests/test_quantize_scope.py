@@ -76,10 +76,19 @@ def test_a_partly_selected_fused_group_stays_whole(cli, tmp_path: Path) -> None:
     assert doctor(tmp_path / "q").ok
 
 
-@pytest.mark.parametrize("args", [("--include", "nothing\\.matches"), ("--exclude", "(unclosed"), ("--scheme", "nvfp4a16", "--group-size", "32")])
-def test_bad_scope_requests_are_usage_errors(cli, tmp_path: Path, args: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("args", "error", "hint"), [
+    (("--include", "nothing\\.matches"), "--include 'nothing\\\\.matches' matches no Linear layer of this checkpoint",
+     "patterns match module paths in full, e.g. 'model\\.language_model\\.layers\\.0\\..*'"),
+    (("--exclude", "(unclosed"),
+     "--exclude '(unclosed' is not a regular expression: missing ), unterminated subpattern at position 0", None),
+    (("--scheme", "nvfp4a16", "--group-size", "32"), "NVFP4 uses groups of 16, not 32", "leave --group-size out for nvfp4a16"),
+])
+def test_bad_scope_requests_are_usage_errors(  # type: ignore[no-untyped-def]
+        cli, tmp_path: Path, args: tuple[str, ...], error: str, hint: str | None) -> None:
     r = cli("quantize", str(TINY), *args, "--out", str(tmp_path / "q"))
     assert r.code == 2 and not (tmp_path / "q").exists()
+    assert f"Error: {error}\n" in r.err
+    assert (f"hint: {hint}\n" in r.err) if hint else "hint:" not in r.err
 
 
 @pytest.mark.slow
@@ -136,7 +145,15 @@ def test_nvfp4_with_fp4_activations_in_both_layouts_agree_through_the_modelopt_c
     assert r.code == 0 and json.loads(r.out)["divergence"]["kl_mean_nats"] < 0.1
 
 
-@pytest.mark.parametrize("args", [("--scheme", "nvfp4a16", "--format", "modelopt"), ("--scheme", "nvfp4", "--mtp", "quantize")])
-def test_nvfp4_requests_that_cannot_work_are_usage_errors(cli, tmp_path: Path, args: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("args", "error", "hint"), [
+    (("--scheme", "nvfp4a16", "--format", "modelopt"), "--format modelopt is not written for nvfp4a16",
+     "modelopt holds NVFP4 with FP4 activations only: --scheme nvfp4 --format modelopt"),
+    (("--scheme", "nvfp4", "--mtp", "quantize"),
+     "--mtp quantize with FP4 activations: the head's input ranges cannot be calibrated (transformers builds no MTP module)",
+     "--mtp keep, or --scheme nvfp4a16"),
+])
+def test_nvfp4_requests_that_cannot_work_are_usage_errors(  # type: ignore[no-untyped-def]
+        cli, tmp_path: Path, args: tuple[str, ...], error: str, hint: str) -> None:
     r = cli("quantize", str(TINY), *args, "--out", str(tmp_path / "q"))
     assert r.code == 2 and not (tmp_path / "q").exists()
+    assert f"Error: {error}\nhint: {hint}\n" in r.err
