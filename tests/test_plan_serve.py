@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mtpforge.testing.replica import make_hollow_replica
-from tests.conftest import rewrite_shard
+from tests.conftest import edit_json, rewrite_shard
 
 GIB = 1 << 30
 
@@ -116,7 +116,6 @@ def test_serve_reads_mtp_and_vision_from_the_checkpoint(cli, make) -> None:  # t
     assert argv[:3] == ["vllm", "serve", str(full)]
     assert json.loads(flag(argv, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 3}
     assert "--language-model-only" not in argv  # the tower is there: serving it is the user's choice
-    assert (flag(argv, "--reasoning-parser"), flag(argv, "--tool-call-parser")) == ("qwen3", "qwen3_coder")
     assert doc["argv"][1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", str(full)]
 
     argv, doc = serve_line(cli, make("no-processor"))  # the tower is stored but cannot take images without its preprocessor
@@ -133,6 +132,51 @@ def test_serve_reads_mtp_and_vision_from_the_checkpoint(cli, make) -> None:  # t
     assert "--speculative-config" not in argv and any("no MTP head" in n for n in doc["notes"])
     r = cli("serve", str(headless), "--num-speculative-tokens", "2")
     assert r.code == 2 and "graft" in r.err
+
+
+QWEN_TOKENS = {"<think>": 1000, "</think>": 1001, "<tool_call>": 1002, "</tool_call>": 1003}
+NO_REASONING = ("no reasoning parser: the tokenizer has no <think> and </think> tokens, which Qwen's qwen3 parser splits on "
+                "(older vLLM releases refuse to start with it)")
+NO_TOOLS = ("no tool parser: the tokenizer has no <tool_call> and </tool_call> tokens, which Qwen's qwen3_coder parser splits on "
+            "(older vLLM releases refuse to start with it)")
+BUNDLED = Path(__file__).resolve().parents[1] / "src" / "mtpforge" / "models" / "tiny-qwen3.5"
+
+
+def test_serve_adds_qwens_parsers_only_when_the_tokenizer_has_their_tokens(cli, make) -> None:  # type: ignore[no-untyped-def]
+    for ckpt in (make("plain"), BUNDLED):  # the factory's and the bundled model's tokenizers have neither pair
+        argv, doc = serve_line(cli, ckpt)
+        assert not {"--reasoning-parser", "--tool-call-parser", "--enable-auto-tool-choice"} & set(argv)
+        assert NO_REASONING in doc["notes"] and NO_TOOLS in doc["notes"]
+        human = cli("serve", str(ckpt))
+        assert human.code == 0 and f"# {NO_REASONING}\n# {NO_TOOLS}" in human.out
+
+    qwen = make("qwen")  # as Qwen ships them: added tokens in tokenizer.json
+    edit_json(qwen / "tokenizer.json", lambda d: d["added_tokens"].extend(
+        {"id": i, "content": t, "special": False, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False}
+        for t, i in QWEN_TOKENS.items()))
+    argv, doc = serve_line(cli, qwen)
+    assert (flag(argv, "--reasoning-parser"), flag(argv, "--tool-call-parser")) == ("qwen3", "qwen3_coder")
+    assert "--enable-auto-tool-choice" in argv and not any("parser" in n for n in doc["notes"])
+    argv, _ = serve_line(cli, qwen, "--engine", "sglang")
+    assert (flag(argv, "--reasoning-parser"), flag(argv, "--tool-call-parser")) == ("qwen3", "qwen3_coder")
+
+    think = make("think")  # only the think pair, declared in tokenizer_config.json
+    edit_json(think / "tokenizer_config.json", lambda d: d.update(added_tokens_decoder={
+        "1000": {"content": "<think>", "special": False}, "1001": {"content": "</think>", "special": False}}))
+    argv, doc = serve_line(cli, think)
+    assert flag(argv, "--reasoning-parser") == "qwen3"
+    assert "--tool-call-parser" not in argv and "--enable-auto-tool-choice" not in argv
+    assert NO_TOOLS in doc["notes"] and NO_REASONING not in doc["notes"]
+    argv, _ = serve_line(cli, think, "--engine", "sglang")
+    assert flag(argv, "--reasoning-parser") == "qwen3" and "--tool-call-parser" not in argv
+
+    tools = make("tools")  # only the tool pair, in the BPE vocabulary itself; one of the think pair is not enough
+    edit_json(tools / "tokenizer.json", lambda d: d["model"]["vocab"].update(
+        {"<tool_call>": 1002, "</tool_call>": 1003, "<think>": 1000}))
+    argv, doc = serve_line(cli, tools)
+    assert flag(argv, "--tool-call-parser") == "qwen3_coder" and "--enable-auto-tool-choice" in argv
+    assert "--reasoning-parser" not in argv
+    assert NO_REASONING in doc["notes"] and NO_TOOLS not in doc["notes"]
 
 
 @pytest.mark.parametrize(("fmt", "quantization"), [("w4a16", "compressed-tensors"), ("modelopt-nvfp4", "modelopt_fp4")])

