@@ -38,5 +38,10 @@ test: $(STAMP) $(ENGINE_STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/doctor_headers.py --json bench/out/doctor_headers.json
 
+# docs/cli.md, the CLI reference, from the --help of every command (tests/test_docs.py checks it is current).
+.PHONY: docs
+docs: $(STAMP)
+	$(VENV)/bin/python scripts/gen_cli_docs.py
+
 clean:
 	rm -rf $(VENV) $(ENGINE) bench/out .pytest_cache

@@ -101,7 +101,7 @@ def test_per_expert_layout() -> None:
 
 
 def test_moe_mtp_tensor_count_matches_the_19_of_qwen36_35b() -> None:
-    # li-yifei counts 19 MTP tensors for Qwen3.6-35B-A3B (fused experts), DOMAIN.md §2.3
+    # li-yifei counts 19 MTP tensors for Qwen3.6-35B-A3B (fused experts), docs/domain.md §2.3
     config = tiny_config("qwen3_5_moe")
     inv = FAMILIES["qwen3_5_moe"].expected(config)
     assert sum(1 for s in inv.values() if s.group == MTP) == 19

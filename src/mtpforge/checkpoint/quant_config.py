@@ -10,7 +10,7 @@ names or `re:` regexes applied with `re.match` (anchored at the start), and
 targets may also be a module class name (`Linear`); modelopt
 `exclude_modules` are `fnmatch` wildcards. A fused module (`qkv_proj`,
 `gate_up_proj`) is checked by its fused name, which is exactly why per-module
-MTP ignore entries fail (DOMAIN.md F3).
+MTP ignore entries fail (docs/domain.md F3).
 """
 
 from __future__ import annotations

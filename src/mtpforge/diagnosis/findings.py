@@ -1,4 +1,4 @@
-"""The finding catalogue (DOMAIN.md §8): stable codes, default severities, fixes.
+"""The finding catalogue (docs/domain.md §8): stable codes, default severities, fixes.
 
 Codes never change meaning once released. mtpforge adds four to the shared
 catalogue, for defects it leaves implicit: `tensor-missing`,

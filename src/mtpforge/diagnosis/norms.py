@@ -2,7 +2,7 @@
 
 Qwen3.5 / Qwen3-Next RMSNorms compute `x * (1 + w)` and store the offset `w`.
 A converter that adds 1 to the head (or shifts it twice, or never) inverts or
-collapses the drafts (DOMAIN.md §2.4, F8, F18). Absolute thresholds misfire:
+collapses the drafts (docs/domain.md §2.4, F8, F18). Absolute thresholds misfire:
 `pre_fc_norm_*` sit below 0.5 in either convention. So each MTP norm is
 compared with the trunk norms of the same type (`input_layernorm`, `q_norm`,
 the final `norm`, ...): a healthy head differs from its trunk by far less than

@@ -1,5 +1,5 @@
 """Building blocks of the Qwen3.5 / Qwen3-Next hybrids: the tensors each module
-has, with shapes from the config (DOMAIN.md §2) and the engines' fusions.
+has, with shapes from the config (docs/domain.md §2) and the engines' fusions.
 
 Shapes follow transformers' modules: gated attention packs query and gate in
 `q_proj` (2 x heads x head_dim outputs); GDN has the split layout in Qwen3.5

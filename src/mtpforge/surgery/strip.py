@@ -3,7 +3,7 @@
 Drops `model.visual.*`, declares `language_model_only: true`, and keeps the
 `Qwen3_5ForConditionalGeneration` architecture, the `vision_config` and the
 `model.language_model.*` names: engines that do not register the text-only
-class still load it, with `--language-model-only` (DOMAIN.md F15). Exact
+class still load it, with `--language-model-only` (docs/domain.md F15). Exact
 vision module names leave the ignore lists (llm-compressor writes hundreds);
 patterns stay. Only shards that held vision tensors are rewritten.
 """
