@@ -2,8 +2,7 @@
 arithmetic (`quantization/lifecycle/forward_helpers.py::_dequantize`, 0.19):
 
 - pack-quantized INT: `(q - zp) * scale` in the scale's dtype (BF16), each
-  scale column covering `in / groups` inputs; values packed LSB-first into
-  int32 with an offset of 2^(bits-1); zero points packed along dim 0.
+  scale column covering `in / groups` inputs (unpacking: `formats.packing`).
 - nvfp4-pack-quantized: E2M1 nibbles (low nibble first, sign in bit 3) in
   BF16, times `bf16(weight_scale) / weight_global_scale` computed in float32,
   rounded to BF16.
@@ -18,6 +17,7 @@ import torch
 from collections.abc import Callable
 
 from mtpforge.errors import CheckpointError
+from mtpforge.formats.packing import unpack_fp4, unpack_int
 from mtpforge.formats.stored import CT_INT, CT_NVFP4, DENSE, MODELOPT_NVFP4, StoredTensor, StoredWeight
 
 TORCH_DTYPES = {
@@ -25,7 +25,6 @@ TORCH_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 
 
 def dequantize(weight: StoredWeight, read: Callable[[StoredTensor], torch.Tensor]) -> torch.Tensor:
@@ -47,37 +46,16 @@ def dequantize(weight: StoredWeight, read: Callable[[StoredTensor], torch.Tensor
     raise CheckpointError(f"cannot dequantize {weight.name} ({weight.format})", hint="run `mtpforge doctor` on the checkpoint")
 
 
-def unpack_int(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
-    """Signed values from rows of int32 words packed LSB-first (`count` values a row)."""
-    words = packed.to(torch.int64) & 0xFFFFFFFF  # the words' bits, unsigned
-    index = torch.arange(count)
-    bit = index * bits
-    low = (words[:, bit // 32] >> (bit % 32)) & ((1 << bits) - 1)
-    spill = (bit % 32) + bits - 32  # bits that continue in the next word (never for 4 and 8)
-    if (spill > 0).any():
-        nxt = torch.clamp(bit // 32 + 1, max=words.shape[1] - 1)
-        high = (words[:, nxt] & ((1 << spill.clamp(min=0)) - 1)) << (bits - spill.clamp(min=0))
-        low = torch.where(spill > 0, (low & ((1 << (bits - spill.clamp(min=0))) - 1)) | high, low)
-    return (low - (1 << (bits - 1))).to(torch.int8)
-
-
 def dequantize_int(packed: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, *, bits: int,
                    shape: tuple[int, ...]) -> torch.Tensor:
     out, inp = shape
-    q = unpack_int(packed, bits, inp)  # [out, in]
+    q = unpack_int(packed, bits, (out, inp))
     groups = scale.shape[1]
     values = q.to(scale.dtype)
     if zero_point is not None:
-        zp = unpack_int(zero_point.t().contiguous(), bits, out).t()  # packed along dim 0: [out, groups]
+        zp = unpack_int(zero_point, bits, (out, groups), dim=0)
         values = values - _expand(zp.to(scale.dtype), inp // groups * groups)
     return values * _expand(scale, inp // groups * groups)
-
-
-def unpack_fp4(packed: torch.Tensor) -> torch.Tensor:
-    """E2M1 values [out, 2 * in_packed] in BF16: low nibble first, sign in bit 3 (so -0.0 stays negative)."""
-    nibbles = torch.stack((packed & 0x0F, (packed >> 4) & 0x0F), dim=-1).reshape(packed.shape[0], -1)
-    magnitude = E2M1[(nibbles & 0x07).long()]
-    return torch.where((nibbles & 0x08).bool(), -magnitude, magnitude).to(torch.bfloat16)
 
 
 def _expand(scale: torch.Tensor, columns: int) -> torch.Tensor:

@@ -1,17 +1,18 @@
-"""INT quantization (round to nearest) with compressed-tensors' own arithmetic, and its int32 packing.
+"""INT quantization (round to nearest) with compressed-tensors' own arithmetic.
 
 Scales and zero points come from compressed-tensors `calculate_qparams` on the
 per-group min / max of the weight in its own dtype (BF16), and the integers from
 its `quantize` op, which divides in that dtype too: this is what llm-compressor's
 data-free path computes, so the packed words agree with it word for word (a
 float32 division differs from it on about 0.7 % of values, at the .5 ties of
-the BF16 quotient). Values are packed LSB-first into int32 words after adding
-2^(b-1); zero points are packed along dim 0.
+the BF16 quotient). `formats.packing` packs the integers and the zero points.
 """
 
 from __future__ import annotations
 
 import torch
+
+from mtpforge.formats.packing import pack_int
 
 
 def quantize_int(w: torch.Tensor, *, bits: int, group_size: int | None, symmetric: bool) -> dict[str, torch.Tensor]:
@@ -28,19 +29,7 @@ def quantize_int(w: torch.Tensor, *, bits: int, group_size: int | None, symmetri
     groups = w.reshape(out, inp // group_size if group_size else 1, -1)
     scale, zp = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
     q = quantize(x=w, scale=scale, zero_point=zp, args=args, dtype=torch.int8)
-    tensors = {"weight_packed": pack_int32(q, bits), "weight_scale": scale.to(w.dtype), "weight_shape": torch.tensor([out, inp], dtype=torch.int64)}
+    tensors = {"weight_packed": pack_int(q, bits), "weight_scale": scale.to(w.dtype), "weight_shape": torch.tensor([out, inp], dtype=torch.int64)}
     if not symmetric:
-        tensors["weight_zero_point"] = pack_int32(zp.to(torch.int8).t().contiguous(), bits).t().contiguous()
+        tensors["weight_zero_point"] = pack_int(zp.to(torch.int8), bits, dim=0)
     return tensors
-
-
-def pack_int32(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """Rows of signed `bits`-bit values packed LSB-first into int32 words (for bits dividing 32)."""
-    if 32 % bits:
-        raise ValueError(f"{bits}-bit values do not tile int32 words")
-    per_word = 32 // bits
-    rows, cols = q.shape
-    padded = torch.nn.functional.pad(q.to(torch.int64) + (1 << (bits - 1)), (0, (-cols) % per_word))
-    words = padded.reshape(rows, -1, per_word) << (torch.arange(per_word) * bits)
-    packed = words.sum(-1)
-    return torch.where(packed >= 1 << 31, packed - (1 << 32), packed).to(torch.int32)
