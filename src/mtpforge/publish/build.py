@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +32,15 @@ from typing import Any
 from mtpforge.checkpoint import open_checkpoint
 from mtpforge.errors import ChecksFailed, UsageError
 from mtpforge.families import MTP, detect_family
+from mtpforge.publish.recipe import Recipe, bundled_recipes, load_recipe
 
-RECIPE_SECTIONS = {"name": str, "source": str, "quantize": dict, "graft": dict, "strip": dict, "verify": dict, "card": dict}
-QUANTIZE_KEYS = {"method", "scheme", "format", "group_size", "scope", "include", "exclude", "mtp", "actorder", "calibration", "samples"}
+__all__ = ["BuildReport", "build", "bundled_recipes", "load_recipe"]
 
 
 @dataclass
 class BuildReport:
+    """What each step did (run or reused) and the verify document; `to_dict()` is the `--json` document."""
+
     recipe: str
     out: str
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -49,39 +50,51 @@ class BuildReport:
         return {"schema": "mtpforge.build/1", **self.__dict__}
 
 
-def bundled_recipes() -> dict[str, Path]:
-    """The seed recipes shipped with mtpforge, by name."""
-    from importlib import resources
+@dataclass
+class Workspace:
+    """`OUT.build/`: one folder per finished step, and `state.json` with the hash of each step's inputs."""
 
-    folder = Path(str(resources.files("mtpforge") / "recipes"))
-    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+    root: Path
+    report: BuildReport
+    progress: Callable[[str], None]
+    state: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def beside(cls, out: Path, report: BuildReport, progress: Callable[[str], None]) -> Workspace:
+        root = out.with_name(out.name + ".build")
+        root.mkdir(parents=True, exist_ok=True)
+        state_file = root / "state.json"
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        return cls(root, report, progress, state)
 
-def load_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The recipe at `path` (a file, or the name of a bundled recipe), checked.
-
-    Raises:
-        UsageError: unreadable TOML, an unknown section or key, or a method mtpforge does not run.
-    """
-    bundled = bundled_recipes()
-    if not Path(path).is_file() and str(path) in bundled:
-        path = bundled[str(path)]
-    try:
-        recipe = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UsageError(f"recipe {path}: {e}", hint=f"a TOML file, or one of: {', '.join(bundled)}") from e
-    for key, value in recipe.items():
-        if key not in RECIPE_SECTIONS or not isinstance(value, RECIPE_SECTIONS[key]):
-            raise UsageError(f"recipe {path}: unknown or malformed entry {key!r}", hint=f"entries: {', '.join(RECIPE_SECTIONS)}")
-    unknown = set(recipe.get("quantize", {})) - QUANTIZE_KEYS
-    if unknown:
-        raise UsageError(f"recipe {path}: unknown [quantize] keys {sorted(unknown)}", hint=f"keys: {', '.join(sorted(QUANTIZE_KEYS))}")
-    return recipe
+    def step(self, name: str, inputs: dict[str, Any], run: Callable[[Path], object]) -> Path:
+        """The folder holding step `name`'s output: reused when its inputs match the last run, else (re)made by `run`."""
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+        target = self.root / name
+        if self.state.get(name) == key and target.exists():
+            self.progress(f"{name}: reused from an earlier run")
+            self.report.steps.append({"step": name, "reused": True})
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        self.progress(f"{name}: running")
+        run(target)
+        self.state[name] = key
+        (self.root / "state.json").write_text(json.dumps(self.state, indent=2))
+        self.report.steps.append({"step": name, "reused": False})
+        return target
 
 
 def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, min_acceptance: float | None = None,
           progress: Callable[[str], None] = lambda _: None) -> BuildReport:
     """Run `recipe_path` on `base` into `out` (see the module docstring).
+
+    Args:
+        recipe_path: a recipe file, or the name of a bundled recipe (`seed-004-w4a16-g128`).
+        base: the BF16 checkpoint to build from.
+        out: where the finished build appears (must not exist).
+        donor: the checkpoint or hub id to graft a head from, when the base has none (overrides the recipe's).
+        min_acceptance: the verify floor (overrides the recipe's).
+        progress: called with one line per step.
 
     Raises:
         UsageError: bad recipe, `out` exists, or a head is needed and no donor given.
@@ -91,49 +104,41 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
     out_dir = Path(out)
     if out_dir.exists():
         raise UsageError(f"{out} exists", hint="choose a new --out; build never overwrites a finished build")
-    work = out_dir.with_name(out_dir.name + ".build")
-    work.mkdir(parents=True, exist_ok=True)
-    state_file = work / "state.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    base_dir = Path(base).resolve()
     report = BuildReport(str(recipe_path), out)
+    work = Workspace.beside(out_dir, report, progress)
 
-    def step(name: str, inputs: dict[str, Any], run: Callable[[Path], None]) -> Path:
-        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-        target = work / name
-        if state.get(name) == key and target.exists():
-            progress(f"{name}: reused from an earlier run")
-            report.steps.append({"step": name, "reused": True})
-            return target
-        shutil.rmtree(target, ignore_errors=True)
-        progress(f"{name}: running")
-        run(target)
-        state[name] = key
-        state_file.write_text(json.dumps(state, indent=2))
-        report.steps.append({"step": name, "reused": False})
-        return target
+    source = _graft_if_headless(work, base_dir, donor or recipe.donor)
+    options = recipe.quantize_options()
+    quantized = work.step("quantize", {"source": str(source), **options}, lambda t: _quantize(source, t, options))
+    _doctor(quantized, report)
+    _verify(quantized, base_dir, recipe, min_acceptance, work)
+    _card(quantized, recipe, base_dir, out, work)
+    os.rename(quantized, out_dir)
+    shutil.rmtree(work.root)
+    return report
 
-    q = recipe.get("quantize", {})
-    source = Path(base).resolve()
-    ckpt = open_checkpoint(source)
+
+def _graft_if_headless(work: Workspace, base: Path, donor: str | None) -> Path:
+    """The base itself when it has a head; else the base with the donor's head grafted (a build step)."""
+    ckpt = open_checkpoint(base)
     family = detect_family(ckpt.config)
-    if not any(family.group_of(n) == MTP for n in ckpt.stored):
-        donor = donor or recipe.get("graft", {}).get("donor")
-        if not donor:
-            raise UsageError(f"{base} has no MTP head and the recipe names no donor", hint="pass --donor BASE_WITH_HEAD")
-        from mtpforge.surgery.graft import graft
+    if any(family.group_of(n) == MTP for n in ckpt.stored):
+        return base
+    if not donor:
+        raise UsageError(f"{base} has no MTP head and the recipe names no donor", hint="pass --donor BASE_WITH_HEAD")
+    from mtpforge.surgery.graft import graft
 
-        source = step("graft", {"base": str(source), "donor": donor},
-                      lambda t: graft(str(Path(base).resolve()), donor, str(t)))
+    return work.step("graft", {"base": str(base), "donor": donor}, lambda t: graft(str(base), donor, str(t)))
 
+
+def _quantize(source: Path, target: Path, options: dict[str, Any]) -> None:
     from mtpforge.quant import quantize
 
-    text_only = bool(recipe.get("strip", {}).get("vision", False))
-    params = {"scheme": q.get("scheme", "w4a16"), "group_size": q.get("group_size"), "scope": q.get("scope", "all"),
-              "include": tuple(q.get("include", ())), "exclude": tuple(q.get("exclude", ())), "mtp": q.get("mtp", "keep"),
-              "text_only": text_only, "method": q.get("method", "rtn"), "actorder": bool(q.get("actorder", False)),
-              "calibration": q.get("calibration"), "samples": q.get("samples", 64), "layout": q.get("format", "compressed-tensors")}
-    quantized = step("quantize", {"source": str(source), **params}, lambda t: quantize(str(source), str(t), **params))
+    quantize(str(source), str(target), **options)
 
+
+def _doctor(quantized: Path, report: BuildReport) -> None:
     from mtpforge.diagnosis.doctor import doctor
 
     health = doctor(quantized)
@@ -143,35 +148,32 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
                            + "; ".join(f"{f.code}: {f.message}" for f in health.findings if f.severity == "error"),
                            hint=f"inspect {quantized} with mtpforge doctor")
 
+
+def _verify(quantized: Path, base: Path, recipe: Recipe, min_acceptance: float | None, work: Workspace) -> None:
     from mtpforge.verify import verify
 
-    v = recipe.get("verify", {})
+    v = recipe.verify
     floor = min_acceptance if min_acceptance is not None else v.get("min_acceptance")
-    progress("verify: measuring acceptance and KLD against the base")
-    result = verify(str(quantized), reference=str(Path(base).resolve()), k=v.get("k", 3), new_tokens=v.get("new_tokens", 48),
+    work.progress("verify: measuring acceptance and KLD against the base")
+    result = verify(str(quantized), reference=str(base), k=v.get("k", 3), new_tokens=v.get("new_tokens", 48),
                     max_prompts=v.get("max_prompts", 8), min_acceptance=floor, max_kld=v.get("max_kld"))
-    report.verify = result.to_dict()
-    (work / "verify.json").write_text(json.dumps(report.verify, indent=2))
+    work.report.verify = result.to_dict()
+    (work.root / "verify.json").write_text(json.dumps(work.report.verify, indent=2))
     if result.verdict == "collapsed" or result.failed_thresholds:
         raise ChecksFailed(f"verify: {result.verdict}; " + "; ".join(result.failed_thresholds or result.reasons),
-                           hint=f"the work so far is kept in {work}; a rerun resumes there")
+                           hint=f"the work so far is kept in {work.root}; a rerun resumes there")
 
+
+def _card(quantized: Path, recipe: Recipe, base: Path, out: str, work: Workspace) -> None:
     from mtpforge.publish.card import card
+    from mtpforge.quant.scope import SCOPES
     from mtpforge.surgery.stage import write_atomically
 
-    c = recipe.get("card", {})
-    from mtpforge.quant.scope import SCOPES
-
-    built_with = (f"Built by `mtpforge build {Path(recipe_path).name}`"
-                  + (f" (recipe of {recipe['source']})" if recipe.get("source") else "")
-                  + f": {params['method'].upper()} {params['scheme']}, scope {params['scope']} ({SCOPES[params['scope']]}), "
-                  + ("MTP head quantized like the trunk" if params["mtp"] == "quantize" else "MTP head kept as stored")
-                  + (", vision tower removed" if text_only else "") + ".")
-    text = card(quantized, built_with=built_with, name=recipe.get("name") or out_dir.name, base_model=c.get("base_model"),
-                verify_file=str(work / "verify.json"), gpus=tuple(c.get("gpus", ())), max_model_len=c.get("max_model_len"), shown_path=out)
+    c = recipe.card
+    scope = recipe.quantize_options()["scope"]
+    text = card(quantized, built_with=recipe.provenance(SCOPES[scope]), name=recipe.name or Path(out).name,
+                base_model=c.get("base_model"), verify_file=str(work.root / "verify.json"), gpus=tuple(c.get("gpus", ())),
+                max_model_len=c.get("max_model_len"), shown_path=out)
     write_atomically(quantized / "README.md", text.encode())
-    (quantized / "mtpforge-build.json").write_text(json.dumps({"recipe": recipe, "base": str(Path(base).resolve())}, indent=2))
-    report.steps.append({"step": "card"})
-    os.rename(quantized, out_dir)
-    shutil.rmtree(work)
-    return report
+    (quantized / "mtpforge-build.json").write_text(json.dumps({"recipe": recipe.doc, "base": str(base)}, indent=2))
+    work.report.steps.append({"step": "card"})

@@ -9,12 +9,11 @@ Everything else is listed with the command that fixes it.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtpforge.checkpoint import open_checkpoint
+from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.diagnosis.doctor import DoctorReport, Finding, doctor
 from mtpforge.families import MTP, detect_family
 from mtpforge.surgery.output import make_plan
@@ -37,12 +36,12 @@ class FixResult:
     after: DoctorReport | None
 
 
-def plan_fix(path: str | os.PathLike[str], report: DoctorReport) -> WritePlan | None:
+def plan_fix(path: CheckpointLike, report: DoctorReport) -> WritePlan | None:
     """The plan fixing `report`'s fixable findings in `path`, or None when there are none."""
     fixable = [f for f in report.findings if f.code in FIXABLE]
     if not fixable:
         return None
-    ckpt = open_checkpoint(path)
+    ckpt = as_checkpoint(path)
     family = detect_family(ckpt.config)
     codes = {f.code for f in fixable}
     config, hf_quant = ckpt.config, hf_quant_config(ckpt)
@@ -74,18 +73,19 @@ def plan_fix(path: str | os.PathLike[str], report: DoctorReport) -> WritePlan | 
     return make_plan("doctor-fix", ckpt.root, rb, config, hf_quant, actions, [])
 
 
-def fix(path: str, out: str, *, overwrite: bool = False, dry_run: bool = False) -> FixResult:
+def fix(path: CheckpointLike, out: str, *, overwrite: bool = False, dry_run: bool = False) -> FixResult:
     """Diagnose `path`, write a copy with every donor-free fix applied to `out`, and diagnose the copy.
 
     Args:
-        path: the checkpoint to repair (never modified).
+        path: the checkpoint to repair (never modified): a directory, or an open `Checkpoint`.
         out: the output directory (must not exist unless `overwrite`).
         overwrite: replace `out` if it exists.
         dry_run: return the plan without writing anything.
     """
     check_destination(Path(path), Path(out), overwrite=overwrite)
-    report = doctor(path)
-    plan = plan_fix(path, report)
+    ckpt = as_checkpoint(path)
+    report = doctor(ckpt)
+    plan = plan_fix(ckpt, report)
     unfixable = tuple(f for f in report.findings if f.code not in FIXABLE)
     if plan is None or dry_run:
         return FixResult(plan, unfixable, None)

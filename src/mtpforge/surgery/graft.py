@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mtpforge.checkpoint import Checkpoint, open_checkpoint
+from mtpforge.checkpoint import Checkpoint, CheckpointLike, as_checkpoint, open_checkpoint
 from mtpforge.checkpoint.header import FLOAT_DTYPES, TensorInfo
 from mtpforge.formats.stored import resolve
 from mtpforge.formats.values import decode
@@ -82,13 +82,13 @@ def open_donor(donor: str, *, revision: str = "main") -> Donor:
     return Donor(donor, revision, config, tensors, lambda t: repo.tensor_source(t.shard, t.begin, t.end), read)
 
 
-def plan_graft(target: str | os.PathLike[str], donor: Donor, *, shard_name: str = "mtp.safetensors") -> WritePlan:
+def plan_graft(target: CheckpointLike, donor: Donor, *, shard_name: str = "mtp.safetensors") -> WritePlan:
     """Validate the graft of `donor`'s head into `target` and describe the output (pure; nothing is written).
 
     Raises:
         GraftError: the families or dimensions differ, or the donor has no complete BF16 head.
     """
-    ckpt = open_checkpoint(target)
+    ckpt = as_checkpoint(target)
     family = detect_family(ckpt.config)
     donor_family = detect_family(donor.config)
     if donor_family.name != family.name:
@@ -127,12 +127,12 @@ def plan_graft(target: str | os.PathLike[str], donor: Donor, *, shard_name: str 
     return make_plan("graft", ckpt.root, rb, config, hf_quant, actions, _provenance_warnings(ckpt, donor))
 
 
-def graft(target: str, donor: str, out: str, *, revision: str = "main",
+def graft(target: CheckpointLike, donor: str, out: str, *, revision: str = "main",
           shard_name: str = "mtp.safetensors", overwrite: bool = False, dry_run: bool = False) -> WritePlan:
     """Graft `donor`'s MTP head into `target`, writing the result to `out`.
 
     Args:
-        target: the checkpoint that lacks (or has a broken) head.
+        target: the checkpoint that lacks (or has a broken) head: a directory, or an open `Checkpoint`.
         donor: a local checkpoint or hub repository id holding the head, normally the target's base.
         out: the output directory (must not exist unless `overwrite`).
         revision: the hub revision of a remote donor.
@@ -144,7 +144,7 @@ def graft(target: str, donor: str, out: str, *, revision: str = "main",
         The plan that was (or, with `dry_run`, would be) carried out.
     """
     check_destination(Path(target), Path(out), overwrite=overwrite)
-    plan = plan_graft(target, open_donor(donor, revision=revision), shard_name=shard_name)
+    plan = plan_graft(as_checkpoint(target), open_donor(donor, revision=revision), shard_name=shard_name)
     if not dry_run:
         apply_plan(plan, Path(out), overwrite=overwrite)
     return plan

@@ -10,10 +10,9 @@ patterns stay. Only shards that held vision tensors are rewritten.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from mtpforge.checkpoint import open_checkpoint
+from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.errors import MtpforgeError, UsageError
 from mtpforge.families import VISION, detect_family
 from mtpforge.surgery.output import make_plan
@@ -26,13 +25,13 @@ class StripError(MtpforgeError):
     """There is nothing to strip."""
 
 
-def plan_strip(target: str | os.PathLike[str]) -> WritePlan:
+def plan_strip(target: CheckpointLike) -> WritePlan:
     """Describe the text-only build of `target` (pure; nothing is written).
 
     Raises:
         StripError: the architecture has no vision tower, or it is already stripped.
     """
-    ckpt = open_checkpoint(target)
+    ckpt = as_checkpoint(target)
     family = detect_family(ckpt.config)
     if not family.has_vision(ckpt.config):
         raise StripError(f"{ckpt.root}: {family.name} ({(ckpt.config.get('architectures') or ['?'])[0]}) has no vision tower to strip")
@@ -52,11 +51,11 @@ def plan_strip(target: str | os.PathLike[str]) -> WritePlan:
     return make_plan("strip", ckpt.root, rb, config, hf_quant, actions, warnings)
 
 
-def strip(target: str, out: str, *, vision: bool = True, overwrite: bool = False, dry_run: bool = False) -> WritePlan:
+def strip(target: CheckpointLike, out: str, *, vision: bool = True, overwrite: bool = False, dry_run: bool = False) -> WritePlan:
     """Write a text-only build of `target` to `out`.
 
     Args:
-        target: a vision-language checkpoint.
+        target: a vision-language checkpoint: a directory, or an open `Checkpoint`.
         out: the output directory (must not exist unless `overwrite`).
         vision: strip the vision tower (the only part strip removes today; required).
         overwrite: replace `out` if it exists.

@@ -1,0 +1,95 @@
+"""Recipe files (TOML) for `mtpforge build`: loading, checking, and the keyword arguments each step gets.
+
+A recipe names what the seeds' cards did by hand: a donor for a missing head,
+the quantization (the `quantize` verb's options, spelled as on the command
+line), whether to strip the vision tower, verify thresholds and card settings.
+The five seeds' recipes ship in `mtpforge/recipes/`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mtpforge.errors import UsageError
+
+RECIPE_SECTIONS = {"name": str, "source": str, "quantize": dict, "graft": dict, "strip": dict, "verify": dict, "card": dict}
+QUANTIZE_KEYS = {"method", "scheme", "format", "group_size", "scope", "include", "exclude", "mtp", "actorder", "calibration", "samples"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One checked recipe file."""
+
+    path: Path
+    doc: dict[str, Any]
+
+    @property
+    def name(self) -> str | None:
+        return self.doc.get("name")
+
+    @property
+    def donor(self) -> str | None:
+        return self.doc.get("graft", {}).get("donor")
+
+    @property
+    def text_only(self) -> bool:
+        return bool(self.doc.get("strip", {}).get("vision", False))
+
+    @property
+    def verify(self) -> dict[str, Any]:
+        return dict(self.doc.get("verify", {}))
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return dict(self.doc.get("card", {}))
+
+    def quantize_options(self) -> dict[str, Any]:
+        """The `quantize` verb's keyword arguments, with its defaults where the recipe is silent."""
+        q = self.doc.get("quantize", {})
+        return {"scheme": q.get("scheme", "w4a16"), "group_size": q.get("group_size"), "scope": q.get("scope", "all"),
+                "include": tuple(q.get("include", ())), "exclude": tuple(q.get("exclude", ())), "mtp": q.get("mtp", "keep"),
+                "text_only": self.text_only, "method": q.get("method", "rtn"), "actorder": bool(q.get("actorder", False)),
+                "calibration": q.get("calibration"), "samples": q.get("samples", 64),
+                "layout": q.get("format", "compressed-tensors")}
+
+    def provenance(self, scope_description: str) -> str:
+        """The card's line saying how the build was made."""
+        o = self.quantize_options()
+        return (f"Built by `mtpforge build {self.path.name}`"
+                + (f" (recipe of {self.doc['source']})" if self.doc.get("source") else "")
+                + f": {o['method'].upper()} {o['scheme']}, scope {o['scope']} ({scope_description}), "
+                + ("MTP head quantized like the trunk" if o["mtp"] == "quantize" else "MTP head kept as stored")
+                + (", vision tower removed" if self.text_only else "") + ".")
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """The seed recipes shipped with mtpforge, by name."""
+    folder = Path(str(resources.files("mtpforge") / "recipes"))
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+
+
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """The recipe at `path` (a file, or the name of a bundled recipe), checked.
+
+    Raises:
+        UsageError: unreadable TOML, an unknown section or key.
+    """
+    bundled = bundled_recipes()
+    if not Path(path).is_file() and str(path) in bundled:
+        path = bundled[str(path)]
+    try:
+        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"recipe {path}: {e}", hint=f"a TOML file, or one of: {', '.join(bundled)}") from e
+    for key, value in doc.items():
+        if key not in RECIPE_SECTIONS or not isinstance(value, RECIPE_SECTIONS[key]):
+            raise UsageError(f"recipe {path}: unknown or malformed entry {key!r}", hint=f"entries: {', '.join(RECIPE_SECTIONS)}")
+    unknown = set(doc.get("quantize", {})) - QUANTIZE_KEYS
+    if unknown:
+        raise UsageError(f"recipe {path}: unknown [quantize] keys {sorted(unknown)}", hint=f"keys: {', '.join(sorted(QUANTIZE_KEYS))}")
+    return Recipe(Path(path), doc)
