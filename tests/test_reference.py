@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from mtpforge.checkpoint import open_checkpoint  # noqa: E402
 from mtpforge.checkpoint.tensors import read_tensor, read_weight  # noqa: E402
-from mtpforge.formats.dequant import unpack_fp4  # noqa: E402
+from mtpforge.formats.packing import unpack_fp4  # noqa: E402
 from mtpforge.reference.model import load_reference  # noqa: E402
 from mtpforge.verify.acceptance import greedy_continuation, measure_acceptance  # noqa: E402
 from mtpforge.verify.divergence import measure_divergence  # noqa: E402

@@ -13,6 +13,7 @@ import click
 
 from mtpforge import __version__
 from mtpforge.errors import EXIT_CHECKS_FAILED, EXIT_OK, UsageError
+from mtpforge.formats.schemes import CHECKPOINT_FORMATS, COMPRESSED_TENSORS, QUANTIZE_SCHEMES
 
 JSON_HELP = "Print one JSON document on stdout instead of the human summary."
 EXIT_CODES = "Exit codes: 0 ok, 1 checks failed, 2 usage error, 3 bad input, 70 internal bug."
@@ -140,9 +141,9 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
              + EXIT_CODES)
 @click.argument("base", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output directory.")
-@click.option("--scheme", type=click.Choice(["w4a16", "w4a16-asym", "w8a16", "w8a16-asym", "nvfp4a16", "nvfp4"]), default="w4a16",
+@click.option("--scheme", type=click.Choice(QUANTIZE_SCHEMES), default="w4a16",
               show_default=True, help="nvfp4a16: FP4 weights; nvfp4: FP4 weights and activations (input scales calibrated on text).")
-@click.option("--format", "layout", type=click.Choice(["compressed-tensors", "modelopt"]), default="compressed-tensors", show_default=True,
+@click.option("--format", "checkpoint_format", type=click.Choice(CHECKPOINT_FORMATS), default=COMPRESSED_TENSORS, show_default=True,
               help="modelopt: NVFP4 in modelopt's layout with hf_quant_config.json (--scheme nvfp4).")
 @click.option("--group-size", type=int, default=None, help="Inputs per scale; 0: one scale per output channel (default: 128 for INT, 16 for NVFP4).")
 @click.option("--scope", type=click.Choice(["all", "attention-mlp", "mlp-skip-first"]), default="all", show_default=True,
@@ -160,15 +161,15 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
 @click.option("--samples", type=int, default=64, show_default=True, help="Calibration texts used at most.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @_out_options
-def quantize(base: str, out: str, scheme: str, layout: str, group_size: int | None, scope: str, include: tuple[str, ...], exclude: tuple[str, ...],
-             mtp: str, text_only: bool, method: str, actorder: bool, calibration: str | None, samples: int, as_json: bool,
-             overwrite: bool, dry_run: bool) -> int:
+def quantize(base: str, out: str, scheme: str, checkpoint_format: str, group_size: int | None, scope: str, include: tuple[str, ...],
+             exclude: tuple[str, ...], mtp: str, text_only: bool, method: str, actorder: bool, calibration: str | None, samples: int,
+             as_json: bool, overwrite: bool, dry_run: bool) -> int:
     """Quantize BASE into compressed-tensors (RTN streamed, or AWQ / GPTQ calibrated), hybrid-aware, carrying the MTP head."""
     from mtpforge.quant import quantize as run_quantize
 
     plan = run_quantize(base, out, scheme=scheme, group_size=group_size, scope=scope, include=include, exclude=exclude, mtp=mtp,
                         text_only=text_only, method=method, actorder=actorder, calibration=calibration, samples=samples,
-                        layout=layout, overwrite=overwrite, dry_run=dry_run)
+                        layout=checkpoint_format, overwrite=overwrite, dry_run=dry_run)
     return _report_written(plan, out, as_json=as_json, dry_run=dry_run)
 
 

@@ -13,18 +13,11 @@ from collections import defaultdict
 
 from mtpforge.checkpoint.header import FLOAT_DTYPES
 from mtpforge.checkpoint.quant_config import QuantConfig
-from mtpforge.formats.stored import StoredWeight
 from mtpforge.diagnosis.context import Context
 from mtpforge.diagnosis.findings import Finding, finding
 from mtpforge.families import MTP, TensorSpec
 from mtpforge.families.base import LINEAR
-
-_COMPATIBLE = {  # stored format -> config formats that describe it
-    "pack-quantized": ("pack-quantized",),
-    "nvfp4-pack-quantized": ("nvfp4-pack-quantized",),
-    "modelopt-nvfp4": ("modelopt-nvfp4",),
-    "fp8": ("float-quantized", "naive-quantized", "modelopt-fp8"),
-}
+from mtpforge.formats.stored import BROKEN, DECLARED_AS, StoredWeight
 
 
 def check_quantization(ctx: Context) -> list[Finding]:
@@ -87,10 +80,10 @@ def _coverage(ctx: Context, qc: QuantConfig) -> list[Finding]:
     mismatched: list[tuple[str, str]] = []  # (tensor, why)
     for name, spec in ctx.expected.items():
         w = ctx.stored.get(name)
-        if spec.kind != LINEAR or w is None or w.format == "unrecognised":
+        if spec.kind != LINEAR or w is None or w.format == BROKEN:
             continue
         scheme = qc.scheme_for(spec.module)
-        if w.quantized and (scheme is None or scheme.format not in _COMPATIBLE.get(w.format, ())):
+        if w.quantized and (scheme is None or scheme.format not in DECLARED_AS.get(w.format, ())):
             said = "leaves it unquantized" if scheme is None else f"declares {scheme.format}"
             mismatched.append((name, f"{name} is stored {w.format} but {qc.source} {said}"))
         elif not w.quantized and scheme is not None:

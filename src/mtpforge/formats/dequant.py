@@ -12,9 +12,9 @@ arithmetic (`quantization/lifecycle/forward_helpers.py::_dequantize`, 0.19):
 
 from __future__ import annotations
 
-import torch
-
 from collections.abc import Callable
+
+import torch
 
 from mtpforge.errors import CheckpointError
 from mtpforge.formats.packing import unpack_fp4, unpack_int

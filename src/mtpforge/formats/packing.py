@@ -28,7 +28,6 @@ def pack_int(values: torch.Tensor, bits: int, *, dim: int = 1) -> torch.Tensor:
 def unpack_int(packed: torch.Tensor, bits: int, shape: tuple[int, int], *, dim: int = 1) -> torch.Tensor:
     """The int8 values [*shape] that `pack_int(values, bits, dim=dim)` packed."""
     import torch
-
     from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
 
     return unpack_from_int32(packed, bits, torch.Size(shape), packed_dim=dim)  # type: ignore[arg-type]
@@ -44,7 +43,6 @@ def pack_fp4(values: torch.Tensor) -> torch.Tensor:
 def unpack_fp4(packed: torch.Tensor) -> torch.Tensor:
     """The E2M1 values [rows, 2 * cols] of uint8 [rows, cols], in BF16."""
     import torch
-
     from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
 
     rows, cols = packed.shape

@@ -52,6 +52,13 @@ MODELOPT_NVFP4 = "modelopt-nvfp4"
 FP8 = "fp8"
 BROKEN = "unrecognised"
 
+# Stored format -> the config formats that declare it (compressed-tensors `format`, or modelopt's algorithm as parsed).
+DECLARED_AS = {
+    CT_INT: ("pack-quantized",),
+    CT_NVFP4: ("nvfp4-pack-quantized",),
+    MODELOPT_NVFP4: ("modelopt-nvfp4",),
+    FP8: ("float-quantized", "naive-quantized", "modelopt-fp8"),
+}
 _REQUIRED = {
     CT_INT: ("weight_packed", "weight_scale", "weight_shape"),
     CT_NVFP4: ("weight_packed", "weight_scale", "weight_global_scale"),

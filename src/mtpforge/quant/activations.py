@@ -29,7 +29,7 @@ def input_amax(base: Path, modules: set[str], texts: list[str], *, max_samples: 
             hooks.append(module.register_forward_pre_hook(record))
     missing = modules - {n for n, _ in model.named_modules()}
     if missing:
-        raise RuntimeError(f"transformers builds no module {sorted(missing)[0]}")  # a family-rule bug, not user input
+        raise RuntimeError(f"transformers builds no module {min(missing)}")  # a family-rule bug, not user input
     with torch.no_grad():
         for text in texts[:max_samples]:
             ids = tokenizer(text, truncation=True, max_length=seq_len, return_tensors="pt")["input_ids"]

@@ -33,7 +33,6 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
         ignore: module names and `re:` patterns to leave unquantized (the head's pattern included).
         texts: calibration texts; the first `max_samples` are used, each cut to `seq_len` tokens.
     """
-    import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
 
@@ -53,8 +52,8 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
     else:
         recipe = [AWQModifier(), QuantizationModifier(config_groups=groups, ignore=ignore)]
     model = load_for_calibration(base)
-    oneshot(model=model, dataset=dataset, recipe=recipe, processor=tokenizer, num_calibration_samples=len(encoded),
-            max_seq_length=seq_len, output_dir=str(staging), save_compressed=True)
+    oneshot(model=model, dataset=dataset, recipe=recipe, processor=tokenizer,  # type: ignore[arg-type]  # a tokenizer is a processor
+            num_calibration_samples=len(encoded), max_seq_length=seq_len, output_dir=str(staging), save_compressed=True)
 
 
 def finish(staging: Path, mtp_pattern: str) -> None:
@@ -118,12 +117,11 @@ def load_for_calibration(base: Path) -> Any:
 def _skip_pinning_without_accelerator() -> None:
     """llm-compressor pins cached activations for faster host-to-device copies; without a GPU there is nothing to copy to."""
     import torch
-
     from llmcompressor.pipelines.cache import IntermediatesCache
 
     if not torch.cuda.is_available() and not getattr(IntermediatesCache, "_mtpforge_cpu", False):
-        IntermediatesCache._pin_intermediate = classmethod(lambda cls, intermediate: None)
-        IntermediatesCache._mtpforge_cpu = True
+        IntermediatesCache._pin_intermediate = classmethod(lambda cls, intermediate: None)  # type: ignore[method-assign,assignment]
+        IntermediatesCache._mtpforge_cpu = True  # type: ignore[attr-defined]
 
 
 def in_temporary(parent: Path) -> Path:

@@ -17,8 +17,8 @@ from mtpforge.checkpoint.checkpoint import HF_QUANT_CONFIG
 from mtpforge.checkpoint.header import TensorInfo
 from mtpforge.checkpoint.index import INDEX_NAME
 from mtpforge.errors import CheckpointError
-from mtpforge.surgery.writeplan import NewShard, TensorCopy
 from mtpforge.surgery.sources import FileRange
+from mtpforge.surgery.writeplan import NewShard, TensorCopy
 
 REWRITTEN_FILES = frozenset({"config.json", INDEX_NAME, HF_QUANT_CONFIG})
 Replace = Callable[[TensorInfo], Sequence[TensorCopy]]

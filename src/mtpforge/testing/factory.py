@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from mtpforge.checkpoint.index import INDEX_NAME
-from mtpforge.formats.values import encode
 from mtpforge.checkpoint.writer import TensorData, write_safetensors
 from mtpforge.families import FAMILIES, MTP, TRUNK, TensorSpec
 from mtpforge.families.base import LINEAR, NORM
 from mtpforge.formats.synthetic import Format
+from mtpforge.formats.values import encode
 
 _TEXT = {
     "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 2,
@@ -118,7 +118,7 @@ def make_checkpoint(
         if spec.group == MTP and not mtp:
             continue
         if fmt is not None and scope(spec):
-            tensors += fmt.tensors(name, spec.shape, rng)
+            tensors += [TensorData(*t) for t in fmt.tensors(name, spec.shape, rng)]
         else:
             values = _values(spec, rng)
             if constant and spec.kind == NORM and spec.layer is None and spec.name.endswith(".norm.weight") \
