@@ -169,7 +169,7 @@ def quantize(base: str, out: str, scheme: str, checkpoint_format: str, group_siz
 
     plan = run_quantize(base, out, scheme=scheme, group_size=group_size, scope=scope, include=include, exclude=exclude, mtp=mtp,
                         text_only=text_only, method=method, actorder=actorder, calibration=calibration, samples=samples,
-                        layout=checkpoint_format, overwrite=overwrite, dry_run=dry_run)
+                        checkpoint_format=checkpoint_format, overwrite=overwrite, dry_run=dry_run)
     return _report_written(plan, out, as_json=as_json, dry_run=dry_run)
 
 

@@ -55,7 +55,7 @@ class Recipe:
                 "include": tuple(q.get("include", ())), "exclude": tuple(q.get("exclude", ())), "mtp": q.get("mtp", "keep"),
                 "text_only": self.text_only, "method": q.get("method", "rtn"), "actorder": bool(q.get("actorder", False)),
                 "calibration": q.get("calibration"), "samples": q.get("samples", 64),
-                "layout": q.get("format", "compressed-tensors")}
+                "checkpoint_format": q.get("format", "compressed-tensors")}
 
     def provenance(self, scope_description: str) -> str:
         """The card's line saying how the build was made."""

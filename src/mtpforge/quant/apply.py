@@ -24,7 +24,7 @@ from mtpforge.surgery.writeplan import WritePlan
 def quantize(base: CheckpointLike, out: str | os.PathLike[str], *, scheme: str = "w4a16", group_size: int | None = None,
              scope: str = "all", include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep",
              text_only: bool = False, method: str = "rtn", actorder: bool = False, calibration: str | None = None,
-             samples: int = 64, layout: str = COMPRESSED_TENSORS, overwrite: bool = False,
+             samples: int = 64, checkpoint_format: str = COMPRESSED_TENSORS, overwrite: bool = False,
              dry_run: bool = False) -> WritePlan:
     """Quantize `base` into `out`, carrying the MTP head.
 
@@ -41,13 +41,13 @@ def quantize(base: CheckpointLike, out: str | os.PathLike[str], *, scheme: str =
         actorder: GPTQ with activation order (`desc_act`).
         calibration: a text file for awq / gptq and FP4 activations (JSON list or one text per line); default: the bundled prompts.
         samples: calibration texts used at most.
-        layout: `compressed-tensors`, or `modelopt` (NVFP4 with FP4 activations, with `hf_quant_config.json`).
+        checkpoint_format: `compressed-tensors`, or `modelopt` (NVFP4 with FP4 activations, with `hf_quant_config.json`).
         overwrite: replace `out` if it exists.
         dry_run: validate and return the plan without writing anything.
     """
     check_destination(Path(base), Path(out), overwrite=overwrite)
     plan = quant_plan(base, scheme=scheme, group_size=group_size, scope=scope, include=include, exclude=exclude, mtp=mtp,
-                      text_only=text_only, method=method, actorder=actorder, checkpoint_format=layout)
+                      text_only=text_only, method=method, actorder=actorder, checkpoint_format=checkpoint_format)
     if dry_run:
         return plan.write
     if plan.calibrated_modules:  # the one calibrated part of NVFP4: activation ranges, filled in before the write

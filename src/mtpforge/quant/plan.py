@@ -62,10 +62,10 @@ class QuantPlan:
 
 def plan_quantize(base: CheckpointLike, *, scheme: str = "w4a16", group_size: int | None = None, scope: str = "all",
                   include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep", text_only: bool = False,
-                  method: str = "rtn", actorder: bool = False, layout: str = COMPRESSED_TENSORS) -> WritePlan:
+                  method: str = "rtn", actorder: bool = False, checkpoint_format: str = COMPRESSED_TENSORS) -> WritePlan:
     """Describe the quantization of `base` (pure: headers only, nothing written). Arguments as for `quantize`."""
     return quant_plan(base, scheme=scheme, group_size=group_size, scope=scope, include=include, exclude=exclude, mtp=mtp,
-                      text_only=text_only, method=method, actorder=actorder, checkpoint_format=layout).write
+                      text_only=text_only, method=method, actorder=actorder, checkpoint_format=checkpoint_format).write
 
 
 def quant_plan(base: CheckpointLike, *, scheme: str = "w4a16", group_size: int | None = None, scope: str = "all",
