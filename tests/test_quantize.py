@@ -55,3 +55,13 @@ def test_quantize_refuses_bad_requests(tmp_path: Path, make: Make, cli: Cli) -> 
     r = cli("quantize", str(q), "--out", str(tmp_path / "b"))
     assert r.code == 2 and "already quantized" in r.err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_quantize_takes_an_open_checkpoint_and_writes_the_same_bytes(tmp_path: Path, make: Make) -> None:
+    from mtpforge import quantize
+
+    base = make("base", shards=2)
+    by_path = quantize(str(base), tmp_path / "a", scheme="w4a16-asym", group_size=32)
+    by_checkpoint = quantize(open_checkpoint(base), tmp_path / "b", scheme="w4a16-asym", group_size=32)
+    assert by_checkpoint.to_dict() == by_path.to_dict()
+    assert snapshot(tmp_path / "b") == snapshot(tmp_path / "a")
