@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtpforge.checkpoint import open_checkpoint
+from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.checkpoint.quant_config import MODELOPT_METHOD
 from mtpforge.errors import UsageError
 from mtpforge.families import MTP, VISION, detect_family
@@ -83,8 +83,8 @@ class LaunchLine:
         return [python, "-m", SERVER_MODULE[self.engine], model_flag, self.model, *self.args]
 
 
-def launch_line(path: str | os.PathLike[str], options: ServeOptions) -> LaunchLine:
-    """Build the launch line for the checkpoint at `path`.
+def launch_line(path: CheckpointLike, options: ServeOptions) -> LaunchLine:
+    """Build the launch line for the checkpoint at `path` (a directory, or an open `Checkpoint`).
 
     Raises:
         UsageError: unknown engine, or flags that contradict the checkpoint.
@@ -92,7 +92,8 @@ def launch_line(path: str | os.PathLike[str], options: ServeOptions) -> LaunchLi
     """
     if options.engine not in ENGINES:
         raise UsageError(f"--engine {options.engine!r} is not supported", hint=f"one of {', '.join(ENGINES)}")
-    ckpt = open_checkpoint(path)
+    ckpt = as_checkpoint(path)
+    path = os.fspath(path)  # the path as the user wrote it: the line names it
     config = ckpt.config
     family = detect_family(config)
     stored_groups = {family.group_of(name) for name in ckpt.stored}

@@ -17,7 +17,7 @@ import re
 
 import torch
 
-from mtpforge.checkpoint import open_checkpoint
+from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.errors import CheckpointError
 from mtpforge.families import MTP, TRUNK, EMBEDDINGS, detect_family
 from mtpforge.reference.classes import RUNTIMES, text_config
@@ -60,13 +60,13 @@ def build_model(config: dict[str, Any], *, mtp_layers: int) -> tuple[Any, MtpHea
     return trunk, head
 
 
-def load_reference(path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> ReferenceModel:
-    """Build the reference model from the checkpoint at `path`.
+def load_reference(path: CheckpointLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> ReferenceModel:
+    """Build the reference model from the checkpoint at `path` (a directory, or an open `Checkpoint`).
 
     Raises:
         CheckpointError: the family is not one the reference runtime implements, or tensors are missing.
     """
-    ckpt = open_checkpoint(path)
+    ckpt = as_checkpoint(path)
     family = detect_family(ckpt.config)
     prefix = family.trunk_prefix(ckpt.config) + "."
     stored = ckpt.stored

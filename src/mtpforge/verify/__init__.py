@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtpforge.checkpoint import CheckpointLike
 from mtpforge.errors import UsageError
 
 COLLAPSE_THRESHOLD = 0.05  # MTPLX TUNE_ACCEPTANCE_COLLAPSE_THRESHOLD
@@ -43,14 +44,14 @@ class VerifyReport:
         return {"schema": "mtpforge.verify/1", **self.__dict__}
 
 
-def verify(candidate: str, *, reference: str | None = None, k: int = 3, new_tokens: int = 48, prompts: str | None = None,
+def verify(candidate: CheckpointLike, *, reference: CheckpointLike | None = None, k: int = 3, new_tokens: int = 48, prompts: str | None = None,
            max_prompts: int = 16, prompt_tokens: int = 64, min_acceptance: float | None = None, max_kld: float | None = None,
            chart: str | None = None, engine_url: str | None = None, engine_python: str | None = None,
            device: str = "cpu") -> VerifyReport:
     """Measure `candidate` (and compare it with `reference`).
 
     Args:
-        candidate: the checkpoint to verify.
+        candidate: the checkpoint to verify: a directory, or an open `Checkpoint`.
         reference: the checkpoint to compare with (normally the BF16 base).
         k: draft positions to measure (the engine's num_speculative_tokens).
         new_tokens: greedy tokens generated per prompt.
@@ -75,7 +76,7 @@ def verify(candidate: str, *, reference: str | None = None, k: int = 3, new_toke
     prompt_ids = tokenize(Path(candidate), texts, prompt_tokens)
     cand = load_reference(candidate, device=device)
     sequences = [(len(p), greedy_continuation(cand, p, new_tokens)) for p in prompt_ids]
-    report = VerifyReport(candidate, reference, k, len(prompt_ids), new_tokens, None)
+    report = VerifyReport(os.fspath(candidate), None if reference is None else os.fspath(reference), k, len(prompt_ids), new_tokens, None)
     if cand.head is not None:
         report.acceptance = measure_acceptance(cand, sequences, k).to_dict()
     if reference is not None:
@@ -85,14 +86,14 @@ def verify(candidate: str, *, reference: str | None = None, k: int = 3, new_toke
             report.reference_acceptance = measure_acceptance(ref, ref_sequences, k).to_dict()
         report.divergence = measure_divergence(cand, ref, [s for _, s in sequences]).to_dict()
     if engine_url is not None or engine_python is not None:
-        report.engine_acceptance = _engine_acceptance(candidate, engine_url, engine_python, prompt_ids, new_tokens, k)
+        report.engine_acceptance = _engine_acceptance(Path(candidate), engine_url, engine_python, prompt_ids, new_tokens, k)
     _judge(report, min_acceptance, max_kld)
     if chart:
         _chart(report, Path(chart))
     return report
 
 
-def _engine_acceptance(candidate: str, url: str | None, python: str | None, prompt_ids: list[list[int]], new_tokens: int,
+def _engine_acceptance(candidate: Path, url: str | None, python: str | None, prompt_ids: list[list[int]], new_tokens: int,
                        k: int) -> dict[str, Any]:
     import tempfile
 
