@@ -182,10 +182,12 @@ def test_dry_run_existing_out_overlap_and_precision(tmp_path: Path, make: Make, 
     assert r.code == 0 and r.json()["dry_run"] and not out.exists()
     assert r.json()["written"] == [{"name": "mtp.safetensors", "tensors": 15, "bytes": r.json()["written_bytes"]}]
     out.mkdir()
-    assert cli("graft", str(target), "--donor", str(base), "--out", str(out)).code == 2
+    refused = cli("graft", str(target), "--donor", str(base), "--out", str(out))
+    assert refused.code == 2 and f"--out {out} already exists" in refused.err and "--overwrite" in refused.err
     assert cli("graft", str(target), "--donor", str(base), "--out", str(out), "--overwrite").code == 0
     assert doctor(out).findings == ()
     inside = cli("graft", str(target), "--donor", str(base), "--out", str(target / "sub"))
     assert inside.code == 2 and "overlaps the input" in inside.err
-    assert cli("graft", str(target), "--donor", str(base), "--out", str(tmp_path / "m"), "--mtp-precision", "match").code == 2
-    assert cli("graft", str(target), "--donor", "no/such-local-or-remote", "--out", str(tmp_path / "x")).code == 3
+    nowhere = cli("graft", str(target), "--donor", "./no-such-dir", "--out", str(tmp_path / "x"))
+    assert nowhere.code == 3 and "neither a local directory nor a hub repository id" in nowhere.err and "hint: pass the base" in nowhere.err
+    assert not (tmp_path / "x").exists()

@@ -65,7 +65,8 @@ def open_donor(donor: str, *, revision: str = "main") -> Donor:
         return Donor(str(donor), None, ckpt.config, ckpt.tensors,
                      lambda t: FileRange(ckpt.root / t.shard, t.begin, t.end), ckpt.read)
     if not is_repo_id(donor):
-        raise CheckpointError(f"donor {donor!r} is neither a local directory nor a hub repository id (org/name)")
+        raise CheckpointError(f"donor {donor!r} is neither a local directory nor a hub repository id (org/name)",
+                              hint="pass the base checkpoint directory, or its hub id such as Qwen/Qwen3.6-27B")
     repo = RemoteRepo(donor, revision)
     config = repo.json_file("config.json")
     family = detect_family(config)
