@@ -18,7 +18,6 @@ Finally one weight is compared between the two outputs, packed word for word.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from mtpforge.checkpoint.values import encode
 from mtpforge.checkpoint.writer import TensorData, write_safetensors
 from mtpforge.families import FAMILIES, VISION
+from mtpforge.formats.values import encode
 from mtpforge.reference.model import build_model
 from mtpforge.testing.factory import tiny_config
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mtpforge.engine.process import launched_vllm
 from mtpforge.engine.metrics import spec_counters
+from mtpforge.engine.process import launched_vllm
 from mtpforge.verify.served import complete
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ def serve(state: HubState) -> tuple[ThreadingHTTPServer, str]:
         def log_message(self, *args: object) -> None:  # keep test output clean
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:  # http.server's naming
             m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", self.path)
             if state.token and self.headers.get("Authorization") != f"Bearer {state.token}":
                 return self._status(401)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mtpforge.publish.build import bundled_recipes
 from mtpforge.checkpoint import open_checkpoint
 from mtpforge.diagnosis.doctor import doctor
+from mtpforge.publish.build import bundled_recipes
 
 MODELS = Path(__file__).resolve().parents[1] / "src" / "mtpforge" / "models"
 BASE, FINETUNE = MODELS / "tiny-qwen3.5", MODELS / "tiny-qwen3.5-finetune"

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from mtpforge.checkpoint.index import INDEX_NAME
-from mtpforge.formats.values import decode, encode
 from mtpforge.checkpoint.writer import TensorData, write_safetensors
 from mtpforge.diagnosis.doctor import CATALOGUE, doctor
 from mtpforge.families import MTP
 from mtpforge.families.base import LINEAR
-from mtpforge.testing.factory import default_scope
 from mtpforge.formats.synthetic import FORMATS
+from mtpforge.formats.values import decode, encode
+from mtpforge.testing.factory import default_scope
 
 from .conftest import codes, edit_json, read_all, rewrite_shard, shard_of
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtpforge.formats.values import encode
 from mtpforge.checkpoint.writer import TensorData
 from mtpforge.diagnosis.doctor import doctor
+from mtpforge.formats.values import encode
 from mtpforge.surgery.graft import graft
 from mtpforge.surgery.strip import strip
 

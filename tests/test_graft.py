@@ -141,9 +141,9 @@ def _hidden(c: dict) -> None:
     ("quantized-head", "not an unquantized head"),
 ])
 def test_donors_that_cannot_serve_are_refused_before_writing(tmp_path: Path, make: Make, cli: Cli, donor_kind: str, message: str) -> None:
-    from mtpforge.testing.factory import default_scope
     from mtpforge.families import MTP
     from mtpforge.families.base import LINEAR
+    from mtpforge.testing.factory import default_scope
 
     target = make("target", mtp=False)
     if donor_kind == "other-hidden":
@@ -166,7 +166,7 @@ def test_donors_that_cannot_serve_are_refused_before_writing(tmp_path: Path, mak
 
 
 def test_provenance_warning(tmp_path: Path, make: Make) -> None:
-    from mtpforge.surgery.graft import plan_graft, open_donor
+    from mtpforge.surgery.graft import open_donor, plan_graft
 
     target = make("target", mtp=False)
     (target / "README.md").write_text("---\nbase_model: Qwen/Qwen3.6-27B\n---\n# a finetune\n")

@@ -15,8 +15,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from mtpforge.checkpoint.header import MAX_HEADER_BYTES, HeaderError, parse_header, read_header
-from mtpforge.formats.values import decode, encode
 from mtpforge.checkpoint.writer import TensorData, write_safetensors
+from mtpforge.formats.values import decode, encode
 
 
 def test_reads_what_the_safetensors_library_writes(tmp_path: Path) -> None:

@@ -15,9 +15,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mtpforge.formats.values import decode, encode  # noqa: E402
 from mtpforge.checkpoint.writer import TensorData  # noqa: E402
 from mtpforge.diagnosis.doctor import doctor  # noqa: E402
+from mtpforge.formats.values import decode, encode  # noqa: E402
 from mtpforge.verify import verify  # noqa: E402
 
 from .conftest import rewrite_shard  # noqa: E402
