@@ -65,7 +65,7 @@ def measure(verb: str, cmd: list[str], out: Path, written: list[str], work: Path
     for _ in range(repeat):
         shutil.rmtree(out, ignore_errors=True)
         os.sync()
-        seconds, peak = run(cmd + ["--out", str(out)])
+        seconds, peak = run([*cmd, "--out", str(out)])
         runs.append(seconds)
         rss = max(rss, peak)
         cp_seconds, nbytes = cp_anchor([out / name for name in written], work / f"cp-{verb}")
@@ -87,12 +87,13 @@ def main() -> None:
         base = make_hollow_replica(work / "Qwen3.6-27B")
         headless = make_hollow_replica(work / "tmax-27b", drop=("mtp",))
         mtpforge = [sys.executable, "-m", "mtpforge"]
-        results = {"graft": measure("graft", mtpforge + ["graft", str(headless), "--donor", str(base)], work / "grafted",
+        results = {"graft": measure("graft", [*mtpforge, "graft", str(headless), "--donor", str(base)], work / "grafted",
                                     ["mtp.safetensors"], work, args.repeat)}
-        dry = subprocess.run(mtpforge + ["strip", str(base), "--vision", "--out", str(work / "x"), "--dry-run", "--json"],
+        dry = subprocess.run([*mtpforge, "strip", str(base), "--vision", "--out", str(work / "x"), "--dry-run", "--json"],
                              capture_output=True, text=True, check=True)
         rewritten = [w["name"] for w in json.loads(dry.stdout)["written"]]
-        results["strip"] = measure("strip", mtpforge + ["strip", str(base), "--vision"], work / "stripped", rewritten, work, args.repeat)
+        results["strip"] = measure("strip", [*mtpforge, "strip", str(base), "--vision"], work / "stripped", rewritten, work,
+                                   args.repeat)
         results["strip"]["shards_rewritten"] = len(rewritten)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    server = subprocess.Popen([sys.executable, "-m", "mtpforge.testing.streamserver", "--itl", str(args.itl)], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([sys.executable, "-m", "mtpforge.testing.streamserver", "--itl", str(args.itl)],
+                              stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())  # type: ignore[union-attr]
         rng = random.Random(0)

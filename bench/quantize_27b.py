@@ -1,6 +1,7 @@
 """RTN W4A16 of a Qwen3.6-27B-shaped checkpoint: mtpforge's streamed quantize against llm-compressor's data-free path.
 
-    python bench/quantize_27b.py [--layers 4] [--llmcompressor-python /path/to/venv/bin/python] [--json bench/out/quantize_27b.json]
+    python bench/quantize_27b.py [--layers 4] [--workdir DIR] [--llmcompressor-python /path/to/venv/bin/python]
+                                 [--json bench/out/quantize_27b.json]
 
 The input is the real Qwen3.6-27B inventory (names, shapes, dtypes, config) cut
 to the first `--layers` decoder layers (3 Gated DeltaNet + 1 full attention per
@@ -40,7 +41,8 @@ BUILD = textwrap.dedent("""
     text["num_hidden_layers"] = layers
     text["layer_types"] = text["layer_types"][:layers]
     out.mkdir(parents=True)
-    keep = lambda n: ".layers." not in n or n.startswith(("mtp.", "model.visual.")) or int(n.split(".layers.")[1].split(".")[0]) < layers
+    keep = lambda n: (".layers." not in n or n.startswith(("mtp.", "model.visual."))
+                      or int(n.split(".layers.")[1].split(".")[0]) < layers)
     kept = [t for t in tensors if keep(t["name"])]
     g = torch.Generator().manual_seed(0)
     shards, current, size, index = [], {}, 0, {}
@@ -110,7 +112,8 @@ def main() -> None:
                               if n.rsplit(".", 1)[0] + ".weight_packed" in open_checkpoint(ours_out).tensors)
         result = {"layers": args.layers, "input_gb": round(base_bytes / 1e9, 2), "quantized_weights": n_weights,
                   "quantized_bf16_gb": round(quantized_bytes / 1e9, 2),
-                  "mtpforge": {"wall_s": round(wall, 1), "gb_per_s": round(quantized_bytes / 1e9 / wall, 3), "peak_rss_gib": round(peak, 2)}}
+                  "mtpforge": {"wall_s": round(wall, 1), "gb_per_s": round(quantized_bytes / 1e9 / wall, 3),
+                               "peak_rss_gib": round(peak, 2)}}
         if args.llmcompressor_python:
             theirs_out = Path(tmp) / "llmcompressor"
             wall, peak = run([args.llmcompressor_python, "-c", LLMCOMPRESSOR, str(base), str(theirs_out)])

@@ -39,8 +39,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in sorted(bundled_recipes()):
-            base, extra = (MODELS / "tiny-qwen3.5-finetune", ["--donor", str(MODELS / "tiny-qwen3.5")]) if name.startswith("seed-000") \
-                else (MODELS / "tiny-qwen3.5", [])
+            if name.startswith("seed-000"):
+                base, extra = MODELS / "tiny-qwen3.5-finetune", ["--donor", str(MODELS / "tiny-qwen3.5")]
+            else:
+                base, extra = MODELS / "tiny-qwen3.5", []
             start = time.perf_counter()
             report = mtpforge("build", name, "--base", str(base), "--out", f"{tmp}/{name}", *extra)
             v = report["verify"]

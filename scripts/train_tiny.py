@@ -77,7 +77,7 @@ def encode_all(tok: Tokenizer, texts: list[str]) -> torch.Tensor:
     eos = tok.token_to_id("<|endoftext|>")
     ids: list[int] = []
     for enc in tok.encode_batch(texts):
-        ids.extend(enc.ids + [eos])
+        ids.extend([*enc.ids, eos])
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -168,7 +168,8 @@ def main() -> None:
     save(args.out / "tiny-qwen3.5-finetune", tuned, trunk, None, tok, finetune_card(args, len(tune_data)), vision=False)
 
     prompts = [t[:400] for t in held if len(t) >= 400][:24]
-    (args.out / "prompts.json").write_text(json.dumps({"source": "held-out Python standard library files", "prompts": prompts}, indent=1))
+    (args.out / "prompts.json").write_text(json.dumps({"source": "held-out Python standard library files", "prompts": prompts},
+                                                      indent=1))
     print("done", flush=True)
 
 
