@@ -17,11 +17,11 @@ from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.diagnosis.doctor import DoctorReport, Finding, doctor
 from mtpforge.families import MTP, detect_family
 from mtpforge.surgery.output import make_plan
-from mtpforge.surgery.writeplan import NewShard, WritePlan, TensorCopy
 from mtpforge.surgery.quant_lists import edit_lists, exclude_prefix
 from mtpforge.surgery.rebuild import hf_quant_config, rebuild
 from mtpforge.surgery.sources import FileRange
 from mtpforge.surgery.stage import apply_plan, check_destination
+from mtpforge.surgery.writeplan import NewShard, TensorCopy, WritePlan
 
 FIXABLE = frozenset({"mtp-unindexed", "mtp-quant-uncovered", "mtp-ignore-fused-unsafe", "index-total-size",
                      "mtp-undeclared", "vision-missing-undeclared"})
@@ -56,12 +56,14 @@ def plan_fix(path: CheckpointLike, report: DoctorReport) -> WritePlan | None:
             drop |= set(f.tensors)
             add.append(NewShard(name, tuple(TensorCopy(t.name, t.dtype, t.shape, FileRange(ckpt.root / shard, t.begin, t.end))
                                             for t in sorted((header.tensors[n] for n in f.tensors), key=lambda t: t.begin))))
-            actions.append(f"index the {len(f.tensors)} MTP tensors of {shard}" + (f" (moved to {name})" if name != shard else ""))
+            moved = f" (moved to {name})" if name != shard else ""
+            actions.append(f"index the {len(f.tensors)} MTP tensors of {shard}" + moved)
     if codes & {"mtp-quant-uncovered", "mtp-ignore-fused-unsafe"}:
         config, hf_quant, _ = edit_lists(config, hf_quant, exclude_prefix(family.mtp_prefix))
         actions.append("exclude the MTP head from quantization with re:^mtp.* / mtp*")
     if "mtp-undeclared" in codes:
-        layers = len({m.group(1) for n in ckpt.tensors if family.group_of(n) == MTP and (m := re.match(r"mtp\.layers\.(\d+)\.", n))})
+        layers = len({m.group(1) for n in ckpt.tensors
+                      if family.group_of(n) == MTP and (m := re.match(r"mtp\.layers\.(\d+)\.", n))})
         config = family.with_setting(config, family.mtp_config_key, layers)
         actions.append(f"declare {family.mtp_config_key} = {layers}")
     if "vision-missing-undeclared" in codes:

@@ -22,20 +22,20 @@ import numpy as np
 
 from mtpforge.checkpoint import Checkpoint, CheckpointLike, as_checkpoint, open_checkpoint
 from mtpforge.checkpoint.header import FLOAT_DTYPES, TensorInfo
-from mtpforge.formats.stored import resolve
-from mtpforge.formats.values import decode
+from mtpforge.checkpoint.http import fetch_range
+from mtpforge.checkpoint.remote import RemoteRepo, is_repo_id
 from mtpforge.diagnosis.norms import SHIFT_THRESHOLD, norm_shift
 from mtpforge.errors import CheckpointError, MtpforgeError
 from mtpforge.families import MTP, Family, TensorSpec, detect_family, expected_inventory
 from mtpforge.families.blocks import read_dims
-from mtpforge.checkpoint.remote import RemoteRepo, is_repo_id
+from mtpforge.formats.stored import resolve
+from mtpforge.formats.values import decode
 from mtpforge.surgery.output import make_plan
-from mtpforge.surgery.writeplan import ByteSource, NewShard, WritePlan, TensorCopy
 from mtpforge.surgery.quant_lists import edit_lists, exclude_prefix
 from mtpforge.surgery.rebuild import hf_quant_config, rebuild
-from mtpforge.checkpoint.http import fetch_range
 from mtpforge.surgery.sources import FileRange
 from mtpforge.surgery.stage import apply_plan, check_destination
+from mtpforge.surgery.writeplan import ByteSource, NewShard, TensorCopy, WritePlan
 
 # Dimensions that must agree for a head to run on a trunk (docs/domain.md §2).
 COMPATIBLE_DIMS = ("hidden", "vocab", "heads", "kv_heads", "head_dim", "intermediate",
@@ -114,9 +114,9 @@ def plan_graft(target: CheckpointLike, donor: Donor, *, shard_name: str = "mtp.s
 
     drop = {n for n in ckpt.tensors if family.group_of(n) == MTP} | {n for n in ckpt.unindexed if family.group_of(n) == MTP}
     metadata = (("format", "pt"), ("mtp_source", donor.name), ("mtp_revision", donor.revision or "local"))
-    head = NewShard(shard_name, tuple(TensorCopy(n, donor.tensors[n].dtype, donor.tensors[n].shape, donor.source(donor.tensors[n]))
-                                      for n in expected), metadata)
-    rb = rebuild(ckpt, drop=drop, add=(head,))
+    copies = tuple(TensorCopy(n, donor.tensors[n].dtype, donor.tensors[n].shape, donor.source(donor.tensors[n]))
+                   for n in expected)
+    rb = rebuild(ckpt, drop=drop, add=(NewShard(shard_name, copies, metadata),))
     config, hf_quant, excluded = edit_lists(config, hf_quant_config(ckpt), exclude_prefix(family.mtp_prefix))
     actions = [f"{'replace the existing' if drop else 'add the'} MTP head: {len(expected)} tensors from {donor.name}"
                f"{' @ ' + donor.revision if donor.revision else ''} into {shard_name}",
@@ -153,7 +153,8 @@ def graft(target: CheckpointLike, donor: str, out: str, *, revision: str = "main
 
 def _check_dims(family: Family, config: dict[str, Any], donor: Donor) -> None:
     mine, theirs = read_dims(family, config), read_dims(family, donor.config)
-    wrong = [f"{d}: target {getattr(mine, d)} vs donor {getattr(theirs, d)}" for d in COMPATIBLE_DIMS if getattr(mine, d) != getattr(theirs, d)]
+    wrong = [f"{d}: target {getattr(mine, d)} vs donor {getattr(theirs, d)}"
+             for d in COMPATIBLE_DIMS if getattr(mine, d) != getattr(theirs, d)]
     if family.dtype(config) != family.dtype(donor.config):
         wrong.append(f"dtype: target {family.dtype(config)} vs donor {family.dtype(donor.config)}")
     if wrong:
@@ -172,7 +173,8 @@ def _check_head(donor: Donor, expected: dict[str, TensorSpec], head_names: list[
     bad = [f"{n} {list(donor.tensors[n].shape)} {donor.tensors[n].dtype}" for n, s in expected.items()
            if donor.tensors[n].shape != s.shape or donor.tensors[n].dtype not in FLOAT_DTYPES]
     if bad:
-        raise GraftError(f"donor {donor.name}'s MTP tensors are not an unquantized head of the target's shape: {', '.join(bad[:3])}",
+        raise GraftError(f"donor {donor.name}'s MTP tensors are not an unquantized head of the target's shape: "
+                         f"{', '.join(bad[:3])}",
                          hint="graft from a BF16 base, whose head graft copies as stored")
 
 
@@ -193,7 +195,8 @@ def _check_norms(ckpt: Checkpoint, donor: Donor, family: Family, config: dict[st
 def _provenance_warnings(ckpt: Checkpoint, donor: Donor) -> list[str]:
     base = recorded_base(ckpt)
     if base is None:
-        return ["the target records no base_model: make sure the donor is its exact base (a head from another finetune drafts worse)"]
+        return ["the target records no base_model: make sure the donor is its exact base "
+                "(a head from another finetune drafts worse)"]
     donor_id = donor.name.rstrip("/")
     if donor_id != base and Path(donor_id).name != base.split("/")[-1]:
         return [f"the donor {donor.name} is not the target's recorded base {base}: the head works but drafts less well (F19)"]

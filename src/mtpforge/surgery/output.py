@@ -7,8 +7,8 @@ from typing import Any
 
 from mtpforge.checkpoint.checkpoint import HF_QUANT_CONFIG
 from mtpforge.checkpoint.index import INDEX_NAME
-from mtpforge.surgery.writeplan import WritePlan, index_document
 from mtpforge.surgery.rebuild import Rebuild
+from mtpforge.surgery.writeplan import WritePlan, index_document
 
 
 def make_plan(verb: str, source: Path, rb: Rebuild, config: dict[str, Any], hf_quant: dict[str, Any] | None,

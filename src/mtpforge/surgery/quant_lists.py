@@ -18,7 +18,8 @@ from mtpforge.checkpoint.quant_config import CT_METHOD, MODELOPT_METHOD
 Edit = Callable[[list[str], str], list[str]]
 
 
-def edit_lists(config: dict[str, Any], hf_quant: dict[str, Any] | None, edit: Edit) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
+def edit_lists(config: dict[str, Any], hf_quant: dict[str, Any] | None,
+               edit: Edit) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
     """Apply `edit(entries, method)` to every ignore / exclude list; return new copies and whether anything changed."""
     config, hf_quant = copy.deepcopy(config), copy.deepcopy(hf_quant)
     changed = False
@@ -43,7 +44,7 @@ def exclude_prefix(prefix: str) -> Edit:
     def edit(entries: list[str], method: str) -> list[str]:
         pattern = f"re:^{prefix}.*" if method == CT_METHOD else f"{prefix}*"
         kept = [e for e in entries if not _names_under(e, prefix) and e != pattern]
-        return kept + [pattern]
+        return [*kept, pattern]
 
     return edit
 

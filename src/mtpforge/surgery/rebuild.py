@@ -40,7 +40,8 @@ def require_readable(ckpt: Checkpoint) -> None:
     """Refuse surgery on a checkpoint whose shards cannot all be read."""
     problems = [str(e) for e in ckpt.header_errors.values()]
     if ckpt.index is not None:
-        problems += [f"{s}: referenced by {INDEX_NAME} but missing" for s in ckpt.index.shard_names if not (ckpt.root / s).exists()]
+        problems += [f"{s}: referenced by {INDEX_NAME} but missing"
+                     for s in ckpt.index.shard_names if not (ckpt.root / s).exists()]
     if problems:
         raise CheckpointError(f"{ckpt.root}: cannot operate on a damaged checkpoint: {problems[0]}"
                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
@@ -95,7 +96,7 @@ def _copy(ckpt: Checkpoint, shard: str, t: TensorInfo) -> TensorCopy:
     return TensorCopy(t.name, t.dtype, t.shape, FileRange(ckpt.root / shard, t.begin, t.end))
 
 
-def hf_quant_config(ckpt: Checkpoint) -> dict | None:  # type: ignore[type-arg]
+def hf_quant_config(ckpt: Checkpoint) -> dict | None:
     """The raw hf_quant_config.json document, when the checkpoint has one that parses."""
     if HF_QUANT_CONFIG not in ckpt.files:
         return None

@@ -18,6 +18,7 @@ from pathlib import Path
 from mtpforge.checkpoint.http import CHUNK_BYTES
 from mtpforge.errors import SourceError
 
+
 @dataclass(frozen=True)
 class FileRange:
     """Bytes [begin, end) of a local file."""
@@ -69,7 +70,8 @@ class FileRange:
                 while left:
                     data = f.read(min(size, left))
                     if not data:
-                        raise SourceError(f"{self.path}: ended {left} bytes early while being read", hint="the source changed; run again")
+                        raise SourceError(f"{self.path}: ended {left} bytes early while being read",
+                                          hint="the source changed; run again")
                     left -= len(data)
                     yield data
         except FileNotFoundError as e:

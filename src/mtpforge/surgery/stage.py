@@ -23,9 +23,9 @@ from types import FrameType
 from mtpforge.checkpoint import open_checkpoint
 from mtpforge.checkpoint.writer import TensorData, encode_header
 from mtpforge.errors import CheckpointError, MtpforgeError, UsageError
-from mtpforge.surgery.writeplan import NewShard, WritePlan
 from mtpforge.surgery.progress import Progress
 from mtpforge.surgery.sources import FileRange
+from mtpforge.surgery.writeplan import NewShard, WritePlan
 
 
 def staging_dir(out: Path) -> Path:
@@ -72,7 +72,8 @@ def check_destination(source: Path, out: Path, *, overwrite: bool) -> None:
     """Refuse an output that exists (without `overwrite`) or that would overlap the input."""
     src, dst = os.path.realpath(source), os.path.realpath(out)
     if dst == src or dst.startswith(src + os.sep) or src.startswith(dst + os.sep):
-        raise UsageError(f"--out {out} overlaps the input {source}", hint="write the output to a new directory; inputs are never modified")
+        raise UsageError(f"--out {out} overlaps the input {source}",
+                         hint="write the output to a new directory; inputs are never modified")
     if out.exists() and not overwrite:
         raise UsageError(f"--out {out} already exists", hint="choose a new directory, or pass --overwrite to replace it")
 
@@ -113,7 +114,8 @@ def _write_shard(path: Path, shard: NewShard, progress: Progress) -> None:
                     written += len(chunk)
             progress.advance(written, tensor.name)
             if written != tensor.nbytes:
-                raise CheckpointError(f"{tensor.source.describe()}: {written} bytes read for {tensor.name}, {tensor.nbytes} expected")
+                raise CheckpointError(f"{tensor.source.describe()}: {written} bytes read for {tensor.name}, "
+                                      f"{tensor.nbytes} expected")
         f.flush()
         os.fsync(f.fileno())
 

@@ -16,10 +16,11 @@ from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.errors import MtpforgeError, UsageError
 from mtpforge.families import VISION, detect_family
 from mtpforge.surgery.output import make_plan
-from mtpforge.surgery.writeplan import WritePlan
 from mtpforge.surgery.quant_lists import drop_names, edit_lists
 from mtpforge.surgery.rebuild import hf_quant_config, rebuild
 from mtpforge.surgery.stage import apply_plan, check_destination
+from mtpforge.surgery.writeplan import WritePlan
+
 
 class StripError(MtpforgeError):
     """There is nothing to strip."""
@@ -34,7 +35,8 @@ def plan_strip(target: CheckpointLike) -> WritePlan:
     ckpt = as_checkpoint(target)
     family = detect_family(ckpt.config)
     if not family.has_vision(ckpt.config):
-        raise StripError(f"{ckpt.root}: {family.name} ({(ckpt.config.get('architectures') or ['?'])[0]}) has no vision tower to strip")
+        arch = (ckpt.config.get("architectures") or ["?"])[0]
+        raise StripError(f"{ckpt.root}: {family.name} ({arch}) has no vision tower to strip")
     vision = {n for n in list(ckpt.tensors) + list(ckpt.unindexed) if family.group_of(n) == VISION}
     declared = family.language_model_only(ckpt.config)
     if not vision and declared:

@@ -7,6 +7,7 @@ files of the output. `--dry-run` prints it; `apply_plan` carries it out.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,12 +17,17 @@ from mtpforge.units import human
 
 
 class ByteSource(Protocol):
-    begin: int
-    end: int
+    """Bytes [begin, end) that stream in chunks (surgery.sources.FileRange, Computed; checkpoint.http.HttpRange)."""
+
+    @property
+    def begin(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
 
     def describe(self) -> str: ...
 
-    def chunks(self, size: int = ...) -> Any: ...
+    def chunks(self, size: int = ...) -> Iterator[bytes]: ...
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,8 @@ class WritePlan:
         for shard in self.written:
             lines.append(f"  write {shard.name}: {len(shard.tensors)} tensors, {human(shard.nbytes)}")
         shards = [n for n in self.linked if n.endswith(".safetensors")]
-        lines.append(f"  link {len(shards)} unchanged shard(s) ({human(self.linked_bytes)}) and {len(self.linked) - len(shards)} other file(s)")
+        others = len(self.linked) - len(shards)
+        lines.append(f"  link {len(shards)} unchanged shard(s) ({human(self.linked_bytes)}) and {others} other file(s)")
         lines.append(f"  rewrite {', '.join(sorted(self.json_files))}")
         return "\n".join(lines)
 
@@ -98,4 +105,4 @@ def index_document(weight_map: dict[str, str], sizes: dict[str, int]) -> dict[st
     return {"metadata": {"total_size": sum(sizes[name] for name in weight_map)}, "weight_map": dict(sorted(weight_map.items()))}
 
 
-__all__ = ["INDEX_NAME", "ByteSource", "NewShard", "WritePlan", "TensorCopy", "index_document"]
+__all__ = ["INDEX_NAME", "ByteSource", "NewShard", "TensorCopy", "WritePlan", "index_document"]
