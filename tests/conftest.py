@@ -67,7 +67,8 @@ def read_all(shard: Path) -> list[TensorData]:
     """Every tensor of a shard, with its bytes."""
     header = read_header(shard)
     raw = shard.read_bytes()
-    return [TensorData(t.name, t.dtype, t.shape, raw[t.begin : t.end]) for t in sorted(header.tensors.values(), key=lambda t: t.begin)]
+    return [TensorData(t.name, t.dtype, t.shape, raw[t.begin : t.end])
+            for t in sorted(header.tensors.values(), key=lambda t: t.begin)]
 
 
 def rewrite_shard(shard: Path, change: Callable[[list[TensorData]], list[TensorData]]) -> None:

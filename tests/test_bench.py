@@ -86,7 +86,7 @@ def test_concurrency_is_held_and_not_exceeded(cli) -> None:  # type: ignore[no-u
 
 
 def test_mtp_events_count_tokens_from_usage_and_acceptance_from_metrics(cli) -> None:  # type: ignore[no-untyped-def]
-    with canned_server(Behaviour(tokens_per_event=3, acceptance=(0.9, 0.6, 0.3))) as (url, server):
+    with canned_server(Behaviour(tokens_per_event=3, acceptance=(0.9, 0.6, 0.3))) as (url, _server):
         code, d = run_bench(cli, url, "--concurrency", "1,2", "--num-requests", "4", "--output-len", "12")
     assert code == 0
     for level in d["runs"][0]["levels"]:
@@ -154,7 +154,8 @@ def test_prompts_are_random_ids_of_the_asked_length_or_the_users_file(cli, tmp_p
         assert [len(p) for p in server.prompts] == [50, 50, 50] and all(isinstance(t, int) for t in server.prompts[0])
         (tmp_path / "p.txt").write_text("first prompt\nsecond prompt\n")
         server.prompts.clear()
-        run_bench(cli, url, "--concurrency", "1", "--num-requests", "3", "--output-len", "2", "--prompts", str(tmp_path / "p.txt"))
+        run_bench(cli, url, "--concurrency", "1", "--num-requests", "3", "--output-len", "2",
+                  "--prompts", str(tmp_path / "p.txt"))
         assert server.prompts == ["first prompt", "second prompt", "first prompt"]
 
 

@@ -45,8 +45,9 @@ def test_each_seed_recipe_builds_a_checkpoint_that_passes(cli, tmp_path: Path, r
     assert pos0 >= recipe_doc["verify"]["min_acceptance"]
     assert report["verify"]["divergence"]["kl_mean_nats"] <= recipe_doc["verify"]["max_kld"]
     assert f"| 1 | {100 * pos0:.1f} % |" in (out / "README.md").read_text()
-    if not (out / "hf_quant_config.json").exists():  # transformers has no modelopt reader (test_quantize_scope converts it instead)
-        model, info = load_in_transformers(out)
+    # transformers has no modelopt reader (test_quantize_scope converts it instead)
+    if not (out / "hf_quant_config.json").exists():
+        _model, info = load_in_transformers(out)
         assert not info["unexpected_keys"] and all(k.startswith("model.visual.") for k in info["missing_keys"])
     (tmp_path / "figures.json").write_text(json.dumps({"recipe": recipe, "verify": report["verify"]}))
 
@@ -65,7 +66,8 @@ def test_a_failed_build_keeps_its_work_and_resumes(cli, tmp_path: Path) -> None:
 
 def test_bad_recipes_and_outputs_are_usage_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "bad.toml"
-    for text, message in (('[quantize]\nmethod = "smoothquant"\n', "unknown method"), ('[quantize]\nbits = 4\n', "unknown [quantize] keys"),
+    for text, message in (('[quantize]\nmethod = "smoothquant"\n', "unknown method"),
+                          ('[quantize]\nbits = 4\n', "unknown [quantize] keys"),
                           ("[nonsense]\n", "unknown or malformed"), ("name = \n", "bad.toml")):
         bad.write_text(text)
         r = cli("build", str(bad), "--base", str(BASE), "--out", str(tmp_path / "o"))

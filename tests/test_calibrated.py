@@ -38,7 +38,8 @@ def tensors(path: Path) -> dict:  # type: ignore[type-arg]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("scheme", "ours"), [("W4A16", ("w4a16", "128")), ("W4A16_ASYM", ("w4a16-asym", "128")), ("W8A16", ("w8a16", None))])
+@pytest.mark.parametrize(("scheme", "ours"), [("W4A16", ("w4a16", "128")), ("W4A16_ASYM", ("w4a16-asym", "128")),
+                                              ("W8A16", ("w8a16", None))])
 def test_rtn_writes_what_llmcompressor_writes(cli, tmp_path: Path, scheme: str, ours: tuple[str, str | None]) -> None:  # type: ignore[no-untyped-def]
     llmcompressor_rtn(tmp_path / "theirs", scheme)
     group = ["--group-size", ours[1]] if ours[1] else []
@@ -71,7 +72,8 @@ def test_awq_keeps_the_head_bf16_declared_and_indexed(cli, tmp_path: Path) -> No
 @pytest.mark.slow
 def test_gptq_with_activation_order_and_text_only(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "gptq"
-    (tmp_path / "calib.txt").write_text("\n".join(f"def function_{i}(x):\n    return x * {i}" for i in range(8)).replace("\n    ", " "))
+    (tmp_path / "calib.txt").write_text("\n".join(f"def function_{i}(x):\n    return x * {i}" for i in range(8))
+                                        .replace("\n    ", " "))
     r = cli("quantize", str(TINY), "--method", "gptq", "--actorder", "--group-size", "32", "--text-only", "--calibration",
             str(tmp_path / "calib.txt"), "--samples", "8", "--out", str(out))
     assert r.code == 0, r.err

@@ -23,12 +23,13 @@ def test_card_carries_the_measured_acceptance_and_throughput(cli, tmp_path: Path
     verify, bench = json.loads((tmp_path / "verify.json").read_text()), json.loads((tmp_path / "bench.json").read_text())
 
     r = cli("card", str(TINY), "--verify", str(tmp_path / "verify.json"), "--bench", str(tmp_path / "bench.json"),
-            "--gpu", "24GiB", "--max-model-len", "4096", "--base-model", "Qwen/Qwen3.5-tiny", "--out", str(tmp_path / "README.md"))
+            "--gpu", "24GiB", "--max-model-len", "4096", "--base-model", "Qwen/Qwen3.5-tiny",
+            "--out", str(tmp_path / "README.md"))
     assert r.code == 0
     text = (tmp_path / "README.md").read_text()
     assert text.startswith("---\n") and "base_model: Qwen/Qwen3.5-tiny" in text
-    for heading in ("## Quantization", "## MTP speculative decoding", "## Memory (planned)", "## Usage", "## Throughput (measured)",
-                    "## Files", "## Checks"):
+    for heading in ("## Quantization", "## MTP speculative decoding", "## Memory (planned)", "## Usage",
+                    "## Throughput (measured)", "## Files", "## Checks"):
         assert heading in text
     rates = verify["acceptance"]["acceptance_per_position"]
     assert [f"| {j + 1} | {100 * r:.1f} % |" for j, r in enumerate(rates)] == re.findall(r"\| \d \| [\d.]+ % \|", text)

@@ -161,12 +161,15 @@ def test_usage_errors_exit_2(cli: Cli) -> None:
 def test_graft_offers_no_mtp_precision_it_cannot_honour(make: Make, cli: Cli, tmp_path: Path) -> None:
     help_ = cli("graft", "--help")
     assert help_.code == 0 and "--mtp-precision" not in help_.out and "unquantized MTP head into TARGET as stored" in help_.out
-    r = cli("graft", str(make("t", mtp=False)), "--donor", str(make("d")), "--out", str(tmp_path / "o"), "--mtp-precision", "match")
+    r = cli("graft", str(make("t", mtp=False)), "--donor", str(make("d")), "--out", str(tmp_path / "o"),
+            "--mtp-precision", "match")
     assert r.code == 2 and "Error: No such option '--mtp-precision'" in r.err and not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize(("verb", "out_help"), [("doctor", "Output directory for --fix."), ("graft", "Output directory. [required]"),
-                                                ("strip", "Output directory. [required]"), ("quantize", "Output directory. [required]")])
+@pytest.mark.parametrize(("verb", "out_help"), [("doctor", "Output directory for --fix."),
+                                                ("graft", "Output directory. [required]"),
+                                                ("strip", "Output directory. [required]"),
+                                                ("quantize", "Output directory. [required]")])
 def test_every_writing_verb_offers_out_overwrite_and_dry_run(cli: Cli, verb: str, out_help: str) -> None:
     help_ = " ".join(cli(verb, "--help").out.split())  # click wraps help text
     assert f"--out DIRECTORY {out_help}" in help_
@@ -197,8 +200,8 @@ def test_demo_tells_the_whole_story(tmp_path: Path, cli: Cli) -> None:
     work.mkdir()  # an empty directory is accepted
     r = cli("demo", "--workdir", str(work))
     assert r.code == 0 and "every verdict as expected" in r.out, r.out[-3000:]
-    for step in ("mtpforge graft tiny-qwen3.5-finetune", "mtpforge quantize tiny-qwen3.5", "mtpforge doctor w4a16-forgot-head --fix",
-                 "mtpforge strip tiny-qwen3.5 --vision", "mtpforge graft tmax-27b"):
+    for step in ("mtpforge graft tiny-qwen3.5-finetune", "mtpforge quantize tiny-qwen3.5",
+                 "mtpforge doctor w4a16-forgot-head --fix", "mtpforge strip tiny-qwen3.5 --vision", "mtpforge graft tmax-27b"):
         assert step in r.out
     assert "finetune + grafted head" in r.out and "COLLAPSED" in r.out
     assert (work / "tmax-27b-mtp" / "config.json").is_file()  # a --workdir is kept
@@ -222,7 +225,8 @@ def test_demo_refuses_a_non_empty_workdir_and_deletes_nothing(tmp_path: Path, cl
     assert "demo writes only into a new or empty directory and deletes nothing there" in r.err
     assert f"hint: pass a new or empty directory (--workdir {Path(workdir) / 'mtpforge-demo'})" in r.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "thesis.tex"]  # nothing deleted, nothing added
-    assert (tmp_path / "thesis.tex").read_text() == "three years of work" and (tmp_path / "data" / "results.csv").read_text() == "1,2,3"
+    assert (tmp_path / "thesis.tex").read_text() == "three years of work"
+    assert (tmp_path / "data" / "results.csv").read_text() == "1,2,3"
 
 
 def test_demo_workdir_that_is_a_file_is_a_usage_error(tmp_path: Path, cli: Cli) -> None:

@@ -116,7 +116,8 @@ def test_mtp_quant_uncovered_in_compressed_tensors_and_in_modelopt(make: Make) -
 def test_mtp_ignore_fused_unsafe_for_per_module_entries(make: Make) -> None:
     ckpt = make(quant="nvfp4")
     per_module = ["mtp.fc"] + [f"mtp.layers.0.{m}" for m in (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
 
     def per_module_ignore(c: dict) -> None:
         ignore = c["quantization_config"]["ignore"]
@@ -126,7 +127,8 @@ def test_mtp_ignore_fused_unsafe_for_per_module_entries(make: Make) -> None:
     set_config(ckpt, per_module_ignore)
     r = report(ckpt)
     assert codes(r) == {"mtp-ignore-fused-unsafe"}  # vLLM loads it; SGLang's fused modules do not
-    assert set(r["findings"][0]["tensors"]) == {f"{m}.weight" for m in per_module if not m.endswith(("o_proj", "down_proj", "fc"))}
+    assert set(r["findings"][0]["tensors"]) == {f"{m}.weight" for m in per_module
+                                                if not m.endswith(("o_proj", "down_proj", "fc"))}
 
 
 def test_mtp_quantized_is_a_warning(make: Make) -> None:
@@ -147,7 +149,8 @@ def test_missing_or_misshapen_companions(make: Make) -> None:
     nv = make("nvfp4", quant="nvfp4")
     name = f"{FULL}.mlp.gate_proj.weight_scale"
     rewrite_shard(shard_of(nv, name), lambda ts: [
-        TensorData(t.name, t.dtype, (t.shape[0], t.shape[1] // 2), t.data[: len(t.data) // 2]) if t.name == name else t for t in ts])
+        TensorData(t.name, t.dtype, (t.shape[0], t.shape[1] // 2), t.data[: len(t.data) // 2]) if t.name == name else t
+        for t in ts])
     assert "mtp-quant-companions" in codes(report(nv))
 
 
@@ -310,14 +313,16 @@ def test_tensor_shape_dtype_missing_and_unexpected(make: Make) -> None:
     assert codes(report(ckpt2)) == {"tensor-missing"}
 
     ckpt3 = make("extra")
-    rewrite_shard(ckpt3 / "model.safetensors", lambda ts: ts + [TensorData("model.language_model.layers.9.mlp.up_proj.weight", "BF16", (2, 2), bytes(8))])
+    rewrite_shard(ckpt3 / "model.safetensors",
+                  lambda ts: [*ts, TensorData("model.language_model.layers.9.mlp.up_proj.weight", "BF16", (2, 2), bytes(8))])
     assert codes(report(ckpt3)) == {"tensor-unexpected"}
 
 
 def test_norms_in_float32_are_accepted(make: Make) -> None:
     ckpt = make()
     rewrite_shard(ckpt / "model.safetensors", lambda ts: [
-        TensorData(t.name, "F32", t.shape, encode("F32", decode(t.dtype, t.shape, t.data))) if t.name.startswith("mtp.") and "norm" in t.name else t
+        TensorData(t.name, "F32", t.shape, encode("F32", decode(t.dtype, t.shape, t.data)))
+        if t.name.startswith("mtp.") and "norm" in t.name else t
         for t in ts])
     assert report(ckpt)["findings"] == []
 

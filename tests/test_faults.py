@@ -64,7 +64,7 @@ def test_donor_that_changes_mid_read(tmp_path: Path, make: Make, how: str) -> No
         head_shard.unlink()
     else:
         head_shard.write_bytes(head_shard.read_bytes()[:1000])
-    with pytest.raises(MtpforgeError, match="disappeared|shrank|early"):
+    with pytest.raises(MtpforgeError, match=r"disappeared|shrank|early"):
         apply_plan(plan, tmp_path / "out")
     assert snapshot(target) == before
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()

@@ -78,7 +78,7 @@ def test_each_scheme_stores_what_the_recogniser_reads(name: str) -> None:
     weight = resolve({f"m.{k}": Info(k) for k in stored}, lambda info: [256, 512])["m.weight"]
     assert (weight.format, weight.bits, weight.shape) == (scheme.stored_format, scheme.bits, (256, 512))
     assert not weight.missing and not weight.problems
-    config, hf_quant = scheme.quantization_config(["lm_head"], group=group)
+    _config, hf_quant = scheme.quantization_config(["lm_head"], group=group)
     assert (hf_quant is not None) == (scheme.checkpoint_format == "modelopt")
 
 

@@ -140,7 +140,8 @@ def _hidden(c: dict) -> None:
     ("shifted-norms", "shifted by +1.00"),
     ("quantized-head", "not an unquantized head"),
 ])
-def test_donors_that_cannot_serve_are_refused_before_writing(tmp_path: Path, make: Make, cli: Cli, donor_kind: str, message: str) -> None:
+def test_donors_that_cannot_serve_are_refused_before_writing(tmp_path: Path, make: Make, cli: Cli, donor_kind: str,
+                                                             message: str) -> None:
     from mtpforge.families import MTP
     from mtpforge.families.base import LINEAR
     from mtpforge.testing.factory import default_scope
@@ -170,7 +171,8 @@ def test_provenance_warning(tmp_path: Path, make: Make) -> None:
 
     target = make("target", mtp=False)
     (target / "README.md").write_text("---\nbase_model: Qwen/Qwen3.6-27B\n---\n# a finetune\n")
-    assert any("not the target's recorded base Qwen/Qwen3.6-27B" in w for w in plan_graft(target, open_donor(str(make("other")))).warnings)
+    assert any("not the target's recorded base Qwen/Qwen3.6-27B" in w
+               for w in plan_graft(target, open_donor(str(make("other")))).warnings)
     same = make("Qwen3.6-27B")
     assert plan_graft(target, open_donor(str(same))).warnings == ()
 
@@ -189,5 +191,6 @@ def test_dry_run_existing_out_overlap_and_precision(tmp_path: Path, make: Make, 
     inside = cli("graft", str(target), "--donor", str(base), "--out", str(target / "sub"))
     assert inside.code == 2 and "overlaps the input" in inside.err
     nowhere = cli("graft", str(target), "--donor", "./no-such-dir", "--out", str(tmp_path / "x"))
-    assert nowhere.code == 3 and "neither a local directory nor a hub repository id" in nowhere.err and "hint: pass the base" in nowhere.err
+    assert nowhere.code == 3 and "neither a local directory nor a hub repository id" in nowhere.err
+    assert "hint: pass the base" in nowhere.err
     assert not (tmp_path / "x").exists()

@@ -62,7 +62,8 @@ BAD_FILES = {
     "not starting with brace": _file(None, raw_header=b' {"a": 1}'),
     "not json": _file(None, raw_header=b"{not json}"),
     "json array": _file(None, raw_header=b"[1, 2]  "),
-    "duplicate keys": _file(None, raw_header=b'{"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', ) + b"\x00",
+    "duplicate keys": _file(None, raw_header=b'{"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
+                                             b'"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}') + b"\x00",
     "metadata not strings": _file({"__metadata__": {"a": 1}}),
     "unknown dtype": _file({"t": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 1]}}, b"\x00"),
     "missing field": _file({"t": {"dtype": "U8", "shape": [1]}}, b"\x00"),

@@ -50,7 +50,8 @@ def test_graft_from_the_hub_fetches_only_the_head(tmp_path: Path, make: Make, cl
     assert headers + head_bytes <= data <= headers + head_bytes + norms
 
 
-def test_token_is_sent_for_gated_repos(tmp_path: Path, make: Make, cli: Cli, hub: HubState, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_is_sent_for_gated_repos(tmp_path: Path, make: Make, cli: Cli, hub: HubState,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     hub.repos["org/gated"] = make("base")
     hub.token = "s3cret"
     target = make("target", mtp=False)

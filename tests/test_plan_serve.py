@@ -190,7 +190,8 @@ def test_serve_takes_max_num_seqs_from_the_plan(cli, qwen36_27b: Path) -> None:
     argv, doc = serve_line(cli, qwen36_27b, *args)
     _, planned = plan_json(cli, qwen36_27b, *args[:6], "--language-model-only")
     assert int(flag(argv, "--max-num-seqs")) == planned["safe_max_num_seqs"] == doc["plan"]["safe_max_num_seqs"] > 0
-    assert (flag(argv, "--kv-cache-dtype"), flag(argv, "--max-model-len"), flag(argv, "--gpu-memory-utilization")) == ("fp8", "131072", "0.9")
+    assert (flag(argv, "--kv-cache-dtype"), flag(argv, "--max-model-len"), flag(argv, "--gpu-memory-utilization")) \
+        == ("fp8", "131072", "0.9")
     r = cli("serve", str(qwen36_27b), "--gpu-memory", "24GiB")
     assert r.code == 2 and "does not fit" in r.err
 
@@ -202,6 +203,6 @@ def test_serve_speaks_each_engine_and_version(cli, make) -> None:  # type: ignor
     assert cli("serve", str(make("q35")), "--engine-version", "0.11.0").code == 2
     argv, _ = serve_line(cli, nxt, "--engine", "sglang", "--num-speculative-tokens", "2", "--kv-dtype", "fp8")
     assert argv[:4] == ["python", "-m", "sglang.launch_server", "--model-path"]
-    assert (flag(argv, "--speculative-algorithm"), flag(argv, "--speculative-num-steps"), flag(argv, "--speculative-num-draft-tokens")) \
-        == ("NEXTN", "2", "3")
+    assert (flag(argv, "--speculative-algorithm"), flag(argv, "--speculative-num-steps"),
+            flag(argv, "--speculative-num-draft-tokens")) == ("NEXTN", "2", "3")
     assert flag(argv, "--kv-cache-dtype") == "fp8_e4m3"

@@ -61,7 +61,8 @@ def test_malformed_ct_configs_name_the_field(change: dict, reason: str) -> None:
     ("nvfp4", "nvfp4-pack-quantized", 4, {"weight_packed", "weight_scale", "weight_global_scale", "input_global_scale"}),
     ("modelopt-nvfp4", "modelopt-nvfp4", 4, {"weight", "weight_scale", "weight_scale_2", "input_scale"}),
 ])
-def test_stored_weights_are_recognised_with_their_companions(tmp_path: Path, quant: str, fmt: str, bits: int, companions: set[str]) -> None:
+def test_stored_weights_are_recognised_with_their_companions(tmp_path: Path, quant: str, fmt: str, bits: int,
+                                                             companions: set[str]) -> None:
     from mtpforge.testing.factory import make_checkpoint
 
     ckpt = open_checkpoint(make_checkpoint(tmp_path / quant, quant=quant))

@@ -21,7 +21,8 @@ Cli = Callable[..., CliResult]
 
 
 @pytest.mark.parametrize("scheme,group", [("w4a16", 32), ("w4a16-asym", 16), ("w8a16", 0), ("w8a16-asym", 64)])
-def test_rtn_output_is_healthy_and_reads_back_within_half_a_step(tmp_path: Path, make: Make, cli: Cli, scheme: str, group: int | None) -> None:
+def test_rtn_output_is_healthy_and_reads_back_within_half_a_step(tmp_path: Path, make: Make, cli: Cli, scheme: str,
+                                                                 group: int | None) -> None:
     from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
@@ -29,21 +30,24 @@ def test_rtn_output_is_healthy_and_reads_back_within_half_a_step(tmp_path: Path,
 
     base = make("base", shards=2)
     before = snapshot(base)
-    args = ["quantize", str(base), "--out", str(tmp_path / "q"), "--scheme", scheme] + (["--group-size", str(group)] if group is not None else [])
+    args = ["quantize", str(base), "--out", str(tmp_path / "q"), "--scheme", scheme]
+    args += ["--group-size", str(group)] if group is not None else []
     r = cli(*args)
     assert r.code == 0, r.err
     assert snapshot(base) == before and doctor(tmp_path / "q").findings == ()
     out, src = open_checkpoint(tmp_path / "q"), open_checkpoint(base)
     assert mtp_bytes(tmp_path / "q") == mtp_bytes(base)  # the head is kept as stored
-    weights = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]["weights"]
+    quantization_config = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    weights = quantization_config["config_groups"]["group_0"]["weights"]
     cs = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(**weights))
     quantized = [w for w in out.stored.values() if w.quantized]
-    assert {w.name.split(".")[-2] for w in quantized} == {"in_proj_qkv", "in_proj_z", "out_proj", "q_proj", "k_proj", "v_proj", "o_proj",
-                                                         "gate_proj", "up_proj", "down_proj"}
+    assert {w.name.split(".")[-2] for w in quantized} == {"in_proj_qkv", "in_proj_z", "out_proj", "q_proj", "k_proj", "v_proj",
+                                                         "o_proj", "gate_proj", "up_proj", "down_proj"}
     for w in quantized:
         original = read_tensor(src, src.tensors[w.name]).float()
         deq = PackedQuantizationCompressor.decompress({k: read_tensor(out, v) for k, v in w.parts.items()}, cs)["weight"].float()
-        scale = read_tensor(out, w.parts["weight_scale"]).float().repeat_interleave(original.shape[1] // w.parts["weight_scale"].shape[1], 1)
+        group_size = original.shape[1] // w.parts["weight_scale"].shape[1]
+        scale = read_tensor(out, w.parts["weight_scale"]).float().repeat_interleave(group_size, 1)
         assert bool(((deq - original).abs() <= scale * 0.5 + 1e-3).all()), w.name
 
 

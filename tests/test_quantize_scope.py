@@ -37,9 +37,10 @@ def test_nvfp4_bytes_are_compressed_tensors_own(cli, tmp_path: Path) -> None:  #
     for m in modules:
         state = {k: stored[f"{m}.{k}"] for k in ("weight_packed", "weight_scale", "weight_global_scale")}
         theirs = NVFP4PackedCompressor.decompress(state, scheme)["weight"]
-        # What compressed-tensors' QDQ makes of the BF16 weight with the stored scales: the stored bytes must decode to exactly that.
-        qdq = fake_quantize(base[f"{m}.weight"], state["weight_scale"].to(torch.bfloat16), torch.zeros_like(state["weight_scale"]),
-                            args, global_scale=state["weight_global_scale"])
+        # What compressed-tensors' QDQ makes of the BF16 weight with the stored scales: the stored bytes must decode
+        # to exactly that.
+        qdq = fake_quantize(base[f"{m}.weight"], state["weight_scale"].to(torch.bfloat16),
+                            torch.zeros_like(state["weight_scale"]), args, global_scale=state["weight_global_scale"])
         assert torch.equal(theirs.to(torch.bfloat16), qdq.to(torch.bfloat16)), m
         assert torch.equal(torch.signbit(theirs), torch.signbit(qdq)), m  # E2M1 -0.0 keeps its sign
     # Engines fuse q/k/v, gate/up and in_proj_qkv/z: each fused layer has one global scale.
@@ -49,15 +50,18 @@ def test_nvfp4_bytes_are_compressed_tensors_own(cli, tmp_path: Path) -> None:  #
         scales = {float(stored[f"{layer}.{p}.weight_global_scale"]) for p in parts}
         assert len(scales) == 1, (layer, scales)
     amax = float(base["model.language_model.layers.3.self_attn.o_proj.weight"].float().abs().max())
-    assert float(stored["model.language_model.layers.3.self_attn.o_proj.weight_global_scale"]) == pytest.approx(448 * 6 / amax, rel=1e-6)
+    global_scale = float(stored["model.language_model.layers.3.self_attn.o_proj.weight_global_scale"])
+    assert global_scale == pytest.approx(448 * 6 / amax, rel=1e-6)
 
 
 @pytest.mark.parametrize(("scope", "quantized", "kept"), [
     ("attention-mlp", ("self_attn.q_proj", "mlp.down_proj"), ("linear_attn.in_proj_qkv", "linear_attn.out_proj")),
     ("mlp-skip-first", ("layers.1.mlp.gate_proj", "layers.3.mlp.down_proj"), ("layers.0.mlp.", "self_attn.", "linear_attn.")),
-    ("all", ("linear_attn.in_proj_qkv", "linear_attn.out_proj", "self_attn.o_proj", "layers.0.mlp.up_proj"), ("in_proj_a", "in_proj_b")),
+    ("all", ("linear_attn.in_proj_qkv", "linear_attn.out_proj", "self_attn.o_proj", "layers.0.mlp.up_proj"),
+     ("in_proj_a", "in_proj_b")),
 ])
-def test_scopes_quantize_what_the_seeds_quantize(cli, tmp_path: Path, scope: str, quantized: tuple[str, ...], kept: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+def test_scopes_quantize_what_the_seeds_quantize(cli, tmp_path: Path, scope: str,  # type: ignore[no-untyped-def]
+                                                 quantized: tuple[str, ...], kept: tuple[str, ...]) -> None:
     out = tmp_path / scope
     assert cli("quantize", str(TINY), "--scope", scope, "--group-size", "32", "--out", str(out)).code == 0
     mods = quantized_modules(out)

@@ -38,7 +38,8 @@ def rope(x: torch.Tensor, positions: torch.Tensor, rot: int, theta: float) -> to
     return torch.cat([r * cos + half * sin, rest], -1)
 
 
-def independent_mtp(W: dict[str, torch.Tensor], cfg: dict, embed: torch.Tensor, hidden: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
+def independent_mtp(W: dict[str, torch.Tensor], cfg: dict, embed: torch.Tensor, hidden: torch.Tensor,
+                    next_ids: torch.Tensor) -> torch.Tensor:
     """vLLM's qwen3_5_mtp forward written out op by op, from raw weights."""
     heads, kv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     T = len(next_ids)
@@ -60,7 +61,8 @@ def independent_mtp(W: dict[str, torch.Tensor], cfg: dict, embed: torch.Tensor, 
     attn = torch.einsum("hts,shd->thd", scores.softmax(-1), v).reshape(T, heads * hd)
     x = res + (attn * torch.sigmoid(gate.reshape(T, heads * hd))) @ W[p + "self_attn.o_proj.weight"].T
     res, y = x, rms(x, W[p + "post_attention_layernorm.weight"])
-    y = (torch.nn.functional.silu(y @ W[p + "mlp.gate_proj.weight"].T) * (y @ W[p + "mlp.up_proj.weight"].T)) @ W[p + "mlp.down_proj.weight"].T
+    y = (torch.nn.functional.silu(y @ W[p + "mlp.gate_proj.weight"].T) * (y @ W[p + "mlp.up_proj.weight"].T)) \
+        @ W[p + "mlp.down_proj.weight"].T
     return rms(res + y, W["norm.weight"])
 
 
@@ -125,7 +127,8 @@ def test_modelopt_nvfp4_dequantizes_like_its_compressed_tensors_conversion(make:
     for weight in (w for w in ckpt.stored.values() if w.quantized):
         p = {k: read_tensor(ckpt, v) for k, v in weight.parts.items()}
         # compressed-tensors' modelopt converter: weight -> weight_packed, weight_global_scale = 1 / weight_scale_2
-        converted = {"weight_packed": p["weight"], "weight_scale": p["weight_scale"], "weight_global_scale": (1 / p["weight_scale_2"]).reshape(1)}
+        converted = {"weight_packed": p["weight"], "weight_scale": p["weight_scale"],
+                     "weight_global_scale": (1 / p["weight_scale_2"]).reshape(1)}
         theirs = NVFP4PackedCompressor.decompress(converted, scheme)["weight"]
         torch.testing.assert_close(read_weight(ckpt, weight), theirs, rtol=2**-7, atol=0)
 
@@ -138,10 +141,11 @@ def test_e2m1_unpacking_keeps_the_sign_of_zero() -> None:
     assert torch.signbit(values).tolist() == [[False, True, False, True, True, False]]  # torch.equal would not see -0.0
 
 
-@pytest.mark.parametrize("family,fused", [("qwen3_5_moe", True), ("qwen3_5_moe", False), ("qwen3_next", True), ("qwen3_next", False)])
+@pytest.mark.parametrize("family,fused", [("qwen3_5_moe", True), ("qwen3_5_moe", False),
+                                          ("qwen3_next", True), ("qwen3_next", False)])
 def test_moe_and_next_families_run_in_the_reference_runtime(make: Make, family: str, fused: bool) -> None:
     ref = load_reference(make("m", family=family, fused_experts=fused))
-    hidden, logits = ref.trunk_forward(torch.tensor([[1, 2, 3, 4, 5]]))
+    _hidden, logits = ref.trunk_forward(torch.tensor([[1, 2, 3, 4, 5]]))
     assert torch.isfinite(logits).all() and ref.head is not None
     const = load_reference(make("c", family=family, fused_experts=fused, constant=True))
     seqs = [(3, greedy_continuation(const, [5, 6, 7], 16))]
@@ -153,7 +157,8 @@ def test_per_expert_weights_fuse_as_transformers_stores_them(make: Make) -> None
     from mtpforge.reference.model import fuse_experts
 
     g, u, d = torch.randn(3, 4), torch.randn(3, 4), torch.randn(4, 3)
-    state = {f"x.mlp.experts.{e}.{p}.weight": t * (e + 1) for e in range(2) for p, t in (("gate_proj", g), ("up_proj", u), ("down_proj", d))}
+    state = {f"x.mlp.experts.{e}.{p}.weight": t * (e + 1)
+             for e in range(2) for p, t in (("gate_proj", g), ("up_proj", u), ("down_proj", d))}
     fused = fuse_experts(state)
     assert fused["x.mlp.experts.gate_up_proj"].shape == (2, 6, 4) and fused["x.mlp.experts.down_proj"].shape == (2, 4, 3)
     assert torch.equal(fused["x.mlp.experts.gate_up_proj"][1], torch.cat([g, u]) * 2)

@@ -56,8 +56,8 @@ def _copy_with(tmp_path: Path, change: Callable[[list[TensorData]], list[TensorD
 
 
 def _map(names: Callable[[str], bool], fn: Callable[[Any], Any]) -> Callable[[list[TensorData]], list[TensorData]]:
-    return lambda ts: [TensorData(t.name, t.dtype, t.shape, encode(t.dtype, fn(decode(t.dtype, t.shape, t.data)))) if names(t.name) else t
-                       for t in ts]
+    return lambda ts: [TensorData(t.name, t.dtype, t.shape, encode(t.dtype, fn(decode(t.dtype, t.shape, t.data))))
+                       if names(t.name) else t for t in ts]
 
 
 def test_a_head_whose_norm_offset_is_lost_collapses(tmp_path: Path, base_report: dict[str, Any]) -> None:
@@ -118,7 +118,8 @@ def test_graft_restores_drafting_on_the_headless_finetune(tmp_path: Path, base_r
 def test_vllm_counts_the_acceptance_the_reference_runtime_computes(cli: Any) -> None:
     from .engine import ENGINE_PYTHON
 
-    r = cli("verify", str(BASE), "--k", "3", "--new-tokens", "48", "--max-prompts", "8", "--engine-python", str(ENGINE_PYTHON), "--json")
+    r = cli("verify", str(BASE), "--k", "3", "--new-tokens", "48", "--max-prompts", "8",
+            "--engine-python", str(ENGINE_PYTHON), "--json")
     assert r.code == 0, r.err
     report = r.json()
     ours = report["acceptance"]["acceptance_per_position"]

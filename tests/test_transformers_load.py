@@ -20,7 +20,8 @@ def load(path: Path):  # type: ignore[no-untyped-def]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         transformers.logging.set_verbosity_error()
-        model, info = transformers.AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True, dtype=torch.bfloat16)
+        model, info = transformers.AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True,
+                                                                               dtype=torch.bfloat16)
     return model.eval(), info
 
 
