@@ -20,9 +20,9 @@ import numpy as np
 from mtpforge.checkpoint import quant_config as qc
 from mtpforge.checkpoint.header import HeaderError, ShardHeader, TensorInfo, read_header
 from mtpforge.checkpoint.index import Index, check_inside, read_index, read_json
-from mtpforge.formats.stored import StoredWeight, resolve
-from mtpforge.formats.values import decode
 from mtpforge.errors import CheckpointError
+from mtpforge.formats.stored import StoredTensor, StoredWeight, resolve
+from mtpforge.formats.values import decode
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 HF_QUANT_CONFIG = "hf_quant_config.json"
@@ -65,10 +65,11 @@ class Checkpoint:
         """Loaded tensors grouped into logical weights (quantized ones with their companions)."""
         return resolve(self.tensors, self.read_ints)
 
-    def read(self, info: TensorInfo, *, max_bytes: int = 1 << 26) -> np.ndarray:
+    def read(self, info: StoredTensor, *, max_bytes: int = 1 << 26) -> np.ndarray:
         """Read one tensor's data (bfloat16 widened to float32); refuses tensors over `max_bytes`."""
         if info.nbytes > max_bytes:
-            raise CheckpointError(f"{info.shard}: tensor {info.name!r} is {info.nbytes} bytes, over the {max_bytes}-byte read limit")
+            raise CheckpointError(f"{info.shard}: tensor {info.name!r} is {info.nbytes} bytes, "
+                                  f"over the {max_bytes}-byte read limit")
         with open(self.root / info.shard, "rb") as f:
             f.seek(info.begin)
             raw = f.read(info.nbytes)
@@ -76,7 +77,7 @@ class Checkpoint:
             raise CheckpointError(f"{info.shard}: tensor {info.name!r} is cut short", hint="re-download this shard")
         return decode(info.dtype, info.shape, raw)
 
-    def read_ints(self, info: TensorInfo) -> list[int]:
+    def read_ints(self, info: StoredTensor) -> list[int]:
         """Read a small integer tensor as a list of Python ints."""
         return [int(x) for x in self.read(info, max_bytes=1024).reshape(-1)]
 

@@ -69,7 +69,8 @@ def http_get(url: str, headers: dict[str, str], *, missing_ok: bool = False) -> 
         raise SourceError(f"{url}: HTTP {e.code} {e.reason}", hint=_http_hint(e.code)) from e
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, "reason", None) or e
-        raise SourceError(f"{url}: connection failed or dropped: {reason!r}", hint="check the network (or HF_ENDPOINT) and run again") from e
+        raise SourceError(f"{url}: connection failed or dropped: {reason!r}",
+                          hint="check the network (or HF_ENDPOINT) and run again") from e
 
 
 def _http_hint(code: int) -> str:

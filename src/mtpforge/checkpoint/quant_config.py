@@ -89,7 +89,7 @@ def parse_ct(doc: Any, source: str) -> QuantConfig:
     """Parse a compressed-tensors `quantization_config` object."""
     _require(isinstance(doc, dict), source, "quantization_config must be an object")
     groups = doc.get("config_groups")
-    _require(isinstance(groups, dict) and groups, source, "config_groups must be a non-empty object")
+    _require(isinstance(groups, dict) and bool(groups), source, "config_groups must be a non-empty object")
     top_format = doc.get("format")
     schemes = []
     for name, group in groups.items():
@@ -121,18 +121,15 @@ def parse_modelopt(doc: Any, source: str) -> QuantConfig:
 
 
 def _scheme(group: dict[str, Any], fmt: str, source: str, where: str) -> QuantScheme:
-    targets = group.get("targets")
-    _require(isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets),
-             source, f"{where}.targets must be a non-empty list of strings")
-    weights = group.get("weights")
-    _require(isinstance(weights, dict), source, f"{where}.weights must be an object")
-    bits, wtype = weights.get("num_bits"), weights.get("type", "int")
-    _require(bits in (2, 3, 4, 5, 6, 7, 8, 16), source, f"{where}.weights.num_bits {bits!r} is not supported")
+    targets = _strings(group.get("targets"), source, f"{where}.targets must be a non-empty list of strings")
+    weights = _object(group.get("weights"), source, f"{where}.weights must be an object")
+    bits, wtype = _bits(weights.get("num_bits"), source, where), weights.get("type", "int")
     _require(wtype in ("int", "float"), source, f"{where}.weights.type {wtype!r} is neither int nor float")
     group_size = weights.get("group_size")
-    _require(group_size is None or _is_pos_int(group_size), source, f"{where}.weights.group_size {group_size!r} must be a positive integer")
+    _require(group_size is None or _is_pos_int(group_size), source,
+             f"{where}.weights.group_size {group_size!r} must be a positive integer")
     strategy = weights.get("strategy")
-    _require(strategy != "group" or group_size, source, f"{where}: strategy 'group' needs a group_size")
+    _require(strategy != "group" or bool(group_size), source, f"{where}: strategy 'group' needs a group_size")
     acts = group.get("input_activations")
     _require(acts is None or isinstance(acts, dict), source, f"{where}.input_activations must be an object or null")
     act_label = None
@@ -168,3 +165,21 @@ def _is_pos_int(x: Any) -> bool:
 def _require(ok: bool, source: str, reason: str) -> None:
     if not ok:
         raise QuantConfigInvalid(f"{source}: {reason}")
+
+
+def _object(value: Any, source: str, reason: str) -> dict[str, Any]:
+    """`value`, which must be a JSON object."""
+    _require(isinstance(value, dict), source, reason)
+    return value
+
+
+def _bits(value: Any, source: str, where: str) -> int:
+    """`value`, which must be a supported weight bit width."""
+    _require(value in (2, 3, 4, 5, 6, 7, 8, 16), source, f"{where}.weights.num_bits {value!r} is not supported")
+    return value
+
+
+def _strings(value: Any, source: str, reason: str) -> list[str]:
+    """`value`, which must be a non-empty list of strings."""
+    _require(isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value), source, reason)
+    return value

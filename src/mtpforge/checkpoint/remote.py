@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtpforge.checkpoint.header import MAX_HEADER_BYTES, HeaderError, ShardHeader, parse_header
-from mtpforge.checkpoint.index import INDEX_NAME
-from mtpforge.errors import CheckpointError
 from mtpforge.checkpoint.http import HttpRange, fetch_range, http_get
-from mtpforge.errors import SourceError
+from mtpforge.checkpoint.index import INDEX_NAME
+from mtpforge.errors import CheckpointError, SourceError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
