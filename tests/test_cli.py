@@ -76,30 +76,38 @@ def test_inspect_text_only_and_stripped(make: Make, cli: Cli) -> None:
 def test_strict_turns_warnings_into_failure(make: Make, cli: Cli) -> None:
     ckpt = make()
     (ckpt / "tokenizer.json").unlink()
-    assert cli("doctor", str(ckpt)).code == 0
-    assert cli("doctor", str(ckpt), "--strict").code == 1
+    warning = ("  warning tokenizer-missing: no tokenizer.json, tokenizer.model or vocab.json in the checkpoint\n"
+               "          fix: copy the tokenizer files from the base model\n")
+    lenient = cli("doctor", str(ckpt))
+    assert lenient.code == 0 and warning in lenient.out
+    strict = cli("doctor", str(ckpt), "--strict")
+    assert strict.code == 1 and warning in strict.out  # the warning that failed it, with its fix
 
 
 @pytest.mark.parametrize("verb", ["inspect", "doctor"])
 def test_input_errors_exit_3_with_a_message_not_a_traceback(tmp_path: Path, make: Make, cli: Cli, verb: str) -> None:
-    cases = {}
-    cases["missing dir"] = tmp_path / "nope"
+    cases: dict[str, tuple[Path, list[str]]] = {}  # what the user reads: the file at fault, what is wrong, what to do
+    cases["missing dir"] = tmp_path / "nope", [f"Error: {tmp_path / 'nope'}: not a directory\n"
+                                                "hint: pass the folder that holds config.json\n"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    cases["no config"] = empty
+    cases["no config"] = empty, [f"Error: {empty}: no config.json\nhint: pass the folder that holds config.json and the shards\n"]
     bad_json = make("badjson")
     (bad_json / "config.json").write_text("{")
-    cases["bad config"] = bad_json
+    cases["bad config"] = bad_json, [f"Error: {bad_json / 'config.json'}: not valid JSON: ",
+                                     "hint: restore this file from the original checkpoint\n"]
     llama = make("llama")
     edit_json(llama / "config.json", lambda c: c.update(model_type="llama"))
-    cases["unknown family"] = llama
+    cases["unknown family"] = llama, ["Error: config.json: model_type 'llama' is not a family mtpforge knows (known: qwen3_5, ",
+                                      "hint: mtpforge handles Qwen3.5 / Qwen3.6 / Qwen3-Next hybrids with MTP heads\n"]
     bad_index = make("badindex", shards=2)
     (bad_index / INDEX_NAME).write_text('{"weight_map": [1, 2]}')
-    cases["bad index"] = bad_index
-    for case, path in cases.items():
+    cases["bad index"] = bad_index, [f"Error: {bad_index / INDEX_NAME}: 'weight_map' must map tensor names to shard file names\n"]
+    for case, (path, messages) in cases.items():
         r = cli(verb, str(path))
         assert r.code == 3, case
         assert r.err.startswith("Error: ") and "Traceback" not in r.err, case
+        assert all(m in r.err for m in messages), (case, r.err)
         assert r.out == "", case
 
 
@@ -112,10 +120,19 @@ def test_index_paths_that_leave_the_directory_are_refused(tmp_path: Path, make: 
     if trick == "symlink-out":
         os.symlink(outside / "model.safetensors", ckpt / "linked.safetensors")
     edit_json(ckpt / INDEX_NAME, lambda d: d["weight_map"].update({"lm_head.weight": target}))
+    if trick == "symlink-out":
+        message = (f"Error: {INDEX_NAME} maps 'lm_head.weight' to 'linked.safetensors', a symlink that leaves {ckpt} "
+                   f"(to {outside / 'model.safetensors'})\n"
+                   "hint: copy the file into the checkpoint directory instead of linking it\n")
+    else:
+        message = (f"Error: {INDEX_NAME} maps 'lm_head.weight' to {target!r}: "
+                   f"shard paths must be relative and stay inside {ckpt}\n"
+                   "hint: the index is corrupt or hostile; re-download it\n")
     for verb in ("inspect", "doctor"):
         r = cli(verb, str(ckpt))
         assert r.code == 3 and "Traceback" not in r.err
         assert "inside" in r.err or "leaves" in r.err
+        assert message in r.err, r.err
 
 
 def test_a_symlinked_shard_outside_is_refused_even_unindexed(make: Make, cli: Cli) -> None:
@@ -124,6 +141,8 @@ def test_a_symlinked_shard_outside_is_refused_even_unindexed(make: Make, cli: Cl
     os.symlink(outside / "model.safetensors", ckpt / "extra.safetensors")
     r = cli("doctor", str(ckpt))
     assert r.code == 3 and "leaves" in r.err
+    assert (f"Error: shard 'extra.safetensors', a symlink that leaves {ckpt} (to {outside / 'model.safetensors'})\n"
+            "hint: copy the file into the checkpoint directory instead of linking it\n") in r.err
 
 
 def test_hugging_face_cache_snapshots_are_allowed(tmp_path: Path, make: Make, cli: Cli) -> None:
@@ -146,14 +165,21 @@ def test_corrupt_shard_inspect_points_to_doctor(make: Make, cli: Cli) -> None:
     (ckpt / "model-00001-of-00002.safetensors").write_bytes(b"\x00" * 3)
     r = cli("inspect", str(ckpt))
     assert r.code == 3 and "mtpforge doctor" in r.err
+    assert (f"Error: 1 shard(s) cannot be read; first: {ckpt / 'model-00001-of-00002.safetensors'}: invalid safetensors header: "
+            "file is 3 bytes, shorter than the 8-byte header length\n") in r.err
+    assert f"hint: run `mtpforge doctor {ckpt}` for the full diagnosis\n" in r.err
     d = cli("doctor", str(ckpt), "--json")
     assert d.code == 1 and "header-invalid" in {f["code"] for f in d.json()["findings"]}
 
 
 def test_usage_errors_exit_2(cli: Cli) -> None:
-    assert cli("inspect").code == 2
-    assert cli("doctor", ".", "--no-such-flag").code == 2
-    assert cli("frobnicate").code == 2
+    for args, usage, error in ((("inspect",), "mtpforge inspect [OPTIONS] PATH", "Missing argument 'PATH'."),
+                               (("doctor", ".", "--no-such-flag"), "mtpforge doctor [OPTIONS] PATH",
+                                "No such option '--no-such-flag'."),
+                               (("frobnicate",), "mtpforge [OPTIONS] COMMAND [ARGS]...", "No such command 'frobnicate'.")):
+        r = cli(*args)
+        assert r.code == 2 and r.out == ""
+        assert r.err.startswith(f"Usage: {usage}\n") and r.err.endswith(f"\nError: {error}\n"), (args, r.err)
     help_ = cli("--help")
     assert help_.code == 0 and "Exit codes" in help_.out
 
