@@ -162,6 +162,11 @@ def test_prompts_are_random_ids_of_the_asked_length_or_the_users_file(cli, tmp_p
 def test_remote_urls_need_consent_and_a_dead_server_is_a_clear_error(cli) -> None:  # type: ignore[no-untyped-def]
     r = cli("bench", "--url", "http://10.1.2.3:8000")
     assert r.code == 2 and "--allow-remote" in r.err
+    assert r.err.endswith("Error: 10.1.2.3 is not this machine: bench loads only loopback servers by default\n"
+                          "hint: add --allow-remote if you own that server and mean to load it\n")
     r = cli("bench", "--url", "http://127.0.0.1:9", "--concurrency", "1")
     assert r.code == 3 and "/v1/models" in r.err
-    assert cli("bench", "--url", "http://127.0.0.1:9", "--concurrency", "0").code == 2
+    assert "Error: http://127.0.0.1:9: no model listed at /v1/models (http://127.0.0.1:9/v1/models: connection failed" in r.err
+    assert r.err.endswith("\nhint: is an OpenAI-compatible server running there?\n")
+    r = cli("bench", "--url", "http://127.0.0.1:9", "--concurrency", "0")
+    assert r.code == 2 and r.err.endswith("Error: --concurrency takes 1 to 4096 streams\nhint: --concurrency 1,4,16\n")

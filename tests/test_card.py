@@ -53,3 +53,5 @@ def test_card_refuses_a_measurement_of_the_wrong_kind(cli, make, tmp_path: Path)
     (tmp_path / "x.json").write_text(json.dumps({"schema": "mtpforge.bench/1", "runs": []}))
     r = cli("card", str(make()), "--verify", str(tmp_path / "x.json"))
     assert r.code == 2 and "mtpforge.verify/1" in r.err
+    assert (f"Error: {tmp_path / 'x.json'} is not a mtpforge.verify/1 document\n"
+            "hint: it is written by `mtpforge verify --json`\n") in r.err

@@ -190,6 +190,8 @@ def test_dry_run_existing_out_overlap_and_precision(tmp_path: Path, make: Make, 
     assert doctor(out).findings == ()
     inside = cli("graft", str(target), "--donor", str(base), "--out", str(target / "sub"))
     assert inside.code == 2 and "overlaps the input" in inside.err
+    assert (f"Error: --out {target / 'sub'} overlaps the input {target}\n"
+            "hint: write the output to a new directory; inputs are never modified\n") in inside.err
     nowhere = cli("graft", str(target), "--donor", "./no-such-dir", "--out", str(tmp_path / "x"))
     assert nowhere.code == 3 and "neither a local directory nor a hub repository id" in nowhere.err
     assert "hint: pass the base" in nowhere.err

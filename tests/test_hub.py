@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mtpforge.checkpoint import open_checkpoint
+from mtpforge.checkpoint.index import INDEX_NAME
 from mtpforge.diagnosis.doctor import doctor
 
 from .conftest import CliResult
@@ -57,6 +58,8 @@ def test_token_is_sent_for_gated_repos(tmp_path: Path, make: Make, cli: Cli, hub
     target = make("target", mtp=False)
     denied = cli("graft", str(target), "--donor", "org/gated", "--out", str(tmp_path / "a"))
     assert denied.code == 3 and "401" in denied.err and "HF_TOKEN" in denied.err
+    assert "/org/gated/resolve/main/config.json: HTTP 401 Unauthorized\n" in denied.err
+    assert "hint: the repository is gated or private: set HF_TOKEN\n" in denied.err
     monkeypatch.setenv("HF_TOKEN", "s3cret")
     assert cli("graft", str(target), "--donor", "org/gated", "--out", str(tmp_path / "b")).code == 0
 
@@ -64,14 +67,18 @@ def test_token_is_sent_for_gated_repos(tmp_path: Path, make: Make, cli: Cli, hub
 def test_missing_repo_is_a_clear_error(tmp_path: Path, make: Make, cli: Cli, hub: HubState) -> None:
     r = cli("graft", str(make("target", mtp=False)), "--donor", "org/missing", "--out", str(tmp_path / "out"))
     assert r.code == 3 and "404" in r.err and not (tmp_path / "out").exists()
+    assert "/org/missing/resolve/main/config.json: HTTP 404 Not Found\n" in r.err
+    assert "hint: check the repository id, the revision and the file name\n" in r.err
 
 
 def test_a_dropped_connection_leaves_input_intact_and_no_output(tmp_path: Path, make: Make, cli: Cli, hub: HubState) -> None:
-    hub.repos["Qwen/Tiny-Base"] = make("base", shards=2)
+    base = hub.repos["Qwen/Tiny-Base"] = make("base", shards=2)
     target = make("target", mtp=False, shards=2)
     before = snapshot(target)
-    hub.drop_after = 4096  # headers fit; the head's tensor bytes do not
+    hub.drop_after = (base / INDEX_NAME).stat().st_size  # config, index and shard headers fit; the head's tensor bytes do not
     r = cli("graft", str(target), "--donor", "Qwen/Tiny-Base", "--out", str(tmp_path / "out"))
     assert r.code == 3 and "Traceback" not in r.err and ("dropped" in r.err or "connection" in r.err)
+    assert "/Qwen/Tiny-Base/resolve/main/model-00002-of-00002.safetensors: connection failed or dropped: " in r.err
+    assert r.err.endswith("\nhint: check the network (or HF_ENDPOINT) and run again\n")
     assert snapshot(target) == before
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()

@@ -132,6 +132,9 @@ def test_serve_reads_mtp_and_vision_from_the_checkpoint(cli, make) -> None:  # t
     assert "--speculative-config" not in argv and any("no MTP head" in n for n in doc["notes"])
     r = cli("serve", str(headless), "--num-speculative-tokens", "2")
     assert r.code == 2 and "graft" in r.err
+    assert f"Error: {headless} has no MTP head (or declares 0 MTP layers), so --num-speculative-tokens 2 cannot draft\n" in r.err
+    assert (f"hint: mtpforge doctor {headless} says which; "
+            f"graft one with mtpforge graft {headless} --donor BASE --out OUT\n") in r.err
 
 
 QWEN_TOKENS = {"<think>": 1000, "</think>": 1001, "<tool_call>": 1002, "</tool_call>": 1003}
@@ -194,13 +197,17 @@ def test_serve_takes_max_num_seqs_from_the_plan(cli, qwen36_27b: Path) -> None:
         == ("fp8", "131072", "0.9")
     r = cli("serve", str(qwen36_27b), "--gpu-memory", "24GiB")
     assert r.code == 2 and "does not fit" in r.err
+    assert ("Error: this launch does not fit: weights (51.75 GiB) and the reserve (3.00 GiB) exceed 0.90 x 24.00 GiB\n"
+            f"hint: see mtpforge plan {qwen36_27b} --gpu-memory 24GiB\n") in r.err
 
 
 def test_serve_speaks_each_engine_and_version(cli, make) -> None:  # type: ignore[no-untyped-def]
     nxt = make("next", family="qwen3_next")
     argv, _ = serve_line(cli, nxt, "--engine-version", "0.11.0", "--num-speculative-tokens", "2")
     assert json.loads(flag(argv, "--speculative-config"))["method"] == "qwen3_next_mtp"
-    assert cli("serve", str(make("q35")), "--engine-version", "0.11.0").code == 2
+    r = cli("serve", str(make("q35")), "--engine-version", "0.11.0")
+    assert r.code == 2 and r.err.endswith("Error: vLLM 0.11.0 predates qwen3_5 support\n"
+                                          "hint: use vLLM 0.17 or later for Qwen3.5/3.6\n")
     argv, _ = serve_line(cli, nxt, "--engine", "sglang", "--num-speculative-tokens", "2", "--kv-dtype", "fp8")
     assert argv[:4] == ["python", "-m", "sglang.launch_server", "--model-path"]
     assert (flag(argv, "--speculative-algorithm"), flag(argv, "--speculative-num-steps"),

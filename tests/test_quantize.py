@@ -55,9 +55,12 @@ def test_quantize_refuses_bad_requests(tmp_path: Path, make: Make, cli: Cli) -> 
     base = make("base")
     r = cli("quantize", str(base), "--out", str(tmp_path / "a"), "--group-size", "48")
     assert r.code == 2 and "does not divide" in r.err
+    assert ("Error: group size 48 does not divide the inputs of model.language_model.layers.0.linear_attn.in_proj_qkv.weight "
+            "[128, 64]\nhint: choose a group size that divides every quantized layer's input dimension\n") in r.err
     q = make("q", quant="w4a16")
     r = cli("quantize", str(q), "--out", str(tmp_path / "b"))
     assert r.code == 2 and "already quantized" in r.err
+    assert f"Error: {q} is already quantized\nhint: quantize the BF16 base\n" in r.err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

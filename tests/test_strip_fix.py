@@ -56,10 +56,14 @@ def test_strip_vision(tmp_path: Path, make: Make, cli: Cli, quant: str | None) -
 
 
 def test_strip_refuses_when_there_is_nothing_to_strip(tmp_path: Path, make: Make, cli: Cli) -> None:
-    for name, kwargs in (("text-class", {"text_only_arch": True}), ("stripped", {"vision": False})):
+    for name, kwargs, why in (
+            ("text-class", {"text_only_arch": True}, "qwen3_5 (Qwen3_5ForCausalLM) has no vision tower to strip"),
+            ("stripped", {"vision": False}, "already text-only (language_model_only: true, no vision tensors)")):
         r = cli("strip", str(make(name, **kwargs)), "--vision", "--out", str(tmp_path / f"out-{name}"))
         assert r.code == 3 and "Error:" in r.err and not (tmp_path / f"out-{name}").exists()
-    assert cli("strip", str(make("vl")), "--out", str(tmp_path / "o")).code == 2  # what to strip?
+        assert f"Error: {tmp_path / name}: {why}\n" in r.err, r.err
+    r = cli("strip", str(make("vl")), "--out", str(tmp_path / "o"))  # what to strip?
+    assert r.code == 2 and r.err.endswith("Error: say what to strip: --vision\nhint: mtpforge strip TARGET --vision --out OUT\n")
 
 
 def test_fix_indexes_an_unindexed_head(tmp_path: Path, make: Make, cli: Cli) -> None:
@@ -105,5 +109,10 @@ def test_fix_says_what_it_cannot_fix_and_writes_nothing(tmp_path: Path, make: Ma
     assert r.code == 1 and not out.exists()
     left = r.json()["unfixable"]
     assert [f["code"] for f in left] == ["mtp-missing"] and left[0]["command"].startswith("mtpforge graft")
-    assert cli("doctor", str(ckpt), "--fix").code == 2  # --fix needs --out
-    assert cli("doctor", str(ckpt), "--out", str(out)).code == 2  # --out needs --fix
+    r = cli("doctor", str(ckpt), "--fix")  # --fix needs --out
+    assert r.code == 2 and r.err.endswith("Error: --fix writes a repaired copy: give it --out DIR\n"
+                                          f"hint: mtpforge doctor {ckpt} --fix --out {ckpt}-fixed\n")
+    r = cli("doctor", str(ckpt), "--out", str(out))  # --out needs --fix
+    assert r.code == 2 and r.err.endswith("Error: --out, --overwrite and --dry-run go with --fix\n"
+                                          f"hint: mtpforge doctor {ckpt} --fix --out OUT\n")
+    assert not out.exists()
