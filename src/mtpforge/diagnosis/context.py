@@ -7,8 +7,8 @@ from functools import cached_property
 
 from mtpforge.checkpoint import Checkpoint
 from mtpforge.checkpoint.quant_config import QuantConfig
-from mtpforge.formats.stored import StoredWeight
 from mtpforge.families import MTP, VISION, Family, Inventory, expected_inventory
+from mtpforge.formats.stored import StoredWeight
 
 
 @dataclass
@@ -19,7 +19,7 @@ class Context:
     family: Family
 
     @property
-    def config(self) -> dict:  # type: ignore[type-arg]
+    def config(self) -> dict:
         return self.ckpt.config
 
     @cached_property

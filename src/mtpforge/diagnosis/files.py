@@ -37,12 +37,14 @@ def _index_findings(ctx: Context) -> list[Finding]:
             continue
         absent = [n for n in names if n not in ckpt.headers[shard].tensors]
         if absent:
-            out.append(finding("index-missing-tensor", f"{INDEX_NAME} maps {len(absent)} tensors to {shard}, which does not hold them",
+            out.append(finding("index-missing-tensor",
+                               f"{INDEX_NAME} maps {len(absent)} tensors to {shard}, which does not hold them",
                                tensors=absent, files=[shard]))
     complete = not any(f.code in ("index-missing-shard", "index-missing-tensor") for f in out) and not ckpt.header_errors
     actual = sum(ckpt.headers[shard].tensors[name].nbytes for name, shard in index.weight_map.items()) if complete else None
     if actual is not None and index.total_size is not None and index.total_size != actual:
-        out.append(finding("index-total-size", f"metadata.total_size is {index.total_size:,} but the indexed tensors hold {actual:,} bytes",
+        out.append(finding("index-total-size",
+                           f"metadata.total_size is {index.total_size:,} but the indexed tensors hold {actual:,} bytes",
                            files=[INDEX_NAME]))
     referenced = set(index.weight_map.values())
     for shard, header in sorted(ckpt.headers.items()):
@@ -50,8 +52,10 @@ def _index_findings(ctx: Context) -> list[Finding]:
             continue
         stray_mtp = [n for n in header.tensors if ctx.family.group_of(n) == MTP and n not in ckpt.tensors]
         if stray_mtp:
-            out.append(finding("mtp-unindexed", f"{len(stray_mtp)} MTP tensors sit in {shard}, which {INDEX_NAME} does not reference: "
+            out.append(finding("mtp-unindexed",
+                               f"{len(stray_mtp)} MTP tensors sit in {shard}, which {INDEX_NAME} does not reference: "
                                "engines never load them", tensors=stray_mtp, files=[shard]))
         else:
-            out.append(finding("shard-orphan", f"{shard} ({len(header.tensors)} tensors) is not referenced by {INDEX_NAME}", files=[shard]))
+            out.append(finding("shard-orphan", f"{shard} ({len(header.tensors)} tensors) is not referenced by {INDEX_NAME}",
+                               files=[shard]))
     return out

@@ -24,24 +24,29 @@ class Rule:
     command: str | None = None  # the mtpforge command that applies the fix, once it exists
 
 
+# The commands that apply the most common fixes.
+_DOCTOR_FIX = "mtpforge doctor {path} --fix --out OUT"
+_GRAFT = "mtpforge graft {path} --donor BASE --out OUT"
+
 CATALOGUE: dict[str, Rule] = {
-    "mtp-missing": Rule(ERROR, "graft the head from the exact base model", "mtpforge graft {path} --donor BASE --out OUT"),
-    "mtp-unindexed": Rule(ERROR, "add the mtp.* tensors to weight_map and recompute total_size", "mtpforge doctor {path} --fix --out OUT"),
-    "mtp-incomplete": Rule(ERROR, "re-graft the whole head from the base model", "mtpforge graft {path} --donor BASE --out OUT"),
-    "mtp-undeclared": Rule(WARNING, "declare the MTP layers in config.json", "mtpforge doctor {path} --fix --out OUT"),
-    "mtp-quant-uncovered": Rule(ERROR, "add 're:^mtp.*' to compressed-tensors ignore / 'mtp*' to modelopt exclude_modules", "mtpforge doctor {path} --fix --out OUT"),
-    "mtp-ignore-fused-unsafe": Rule(ERROR, "replace the per-module MTP entries with 're:^mtp.*'", "mtpforge doctor {path} --fix --out OUT"),
-    "mtp-quantized": Rule(WARNING, "prefer a BF16 head unless its acceptance was measured", "mtpforge graft {path} --donor BASE --out OUT"),
+    "mtp-missing": Rule(ERROR, "graft the head from the exact base model", _GRAFT),
+    "mtp-unindexed": Rule(ERROR, "add the mtp.* tensors to weight_map and recompute total_size", _DOCTOR_FIX),
+    "mtp-incomplete": Rule(ERROR, "re-graft the whole head from the base model", _GRAFT),
+    "mtp-undeclared": Rule(WARNING, "declare the MTP layers in config.json", _DOCTOR_FIX),
+    "mtp-quant-uncovered": Rule(ERROR, "add 're:^mtp.*' to compressed-tensors ignore / 'mtp*' to modelopt exclude_modules",
+                                _DOCTOR_FIX),
+    "mtp-ignore-fused-unsafe": Rule(ERROR, "replace the per-module MTP entries with 're:^mtp.*'", _DOCTOR_FIX),
+    "mtp-quantized": Rule(WARNING, "prefer a BF16 head unless its acceptance was measured", _GRAFT),
     "mtp-quant-companions": Rule(ERROR, "re-quantize the module, or graft the BF16 head", None),
-    "mtp-norm-convention": Rule(ERROR, "undo the shift (store w, not 1 + w), or re-graft the head from the base", "mtpforge graft {path} --donor BASE --out OUT"),
+    "mtp-norm-convention": Rule(ERROR, "undo the shift (store w, not 1 + w), or re-graft the head from the base", _GRAFT),
     "fused-group-mixed": Rule(ERROR, "quantize or ignore fused groups whole (q/k/v, gate/up, in_proj_qkv+z, in_proj_b+a)", None),
     "gdn-small-proj-quantized": Rule(WARNING, "keep linear_attn.in_proj_a / in_proj_b in BF16", None),
     "high-precision-quantized": Rule(ERROR, "keep conv1d, A_log, dt_bias, norms and routers unquantized", None),
-    "vision-missing-undeclared": Rule(ERROR, "declare the build text-only (language_model_only: true)", "mtpforge doctor {path} --fix --out OUT"),
+    "vision-missing-undeclared": Rule(ERROR, "declare the build text-only (language_model_only: true)", _DOCTOR_FIX),
     "vision-present-text-only": Rule(INFO, "drop the unused vision tower", "mtpforge strip {path} --vision --out OUT"),
     "index-missing-shard": Rule(ERROR, "restore the missing file, or re-index", None),
     "index-missing-tensor": Rule(ERROR, "re-index the checkpoint", None),
-    "index-total-size": Rule(WARNING, "recompute metadata.total_size as the sum of tensor bytes", "mtpforge doctor {path} --fix --out OUT"),
+    "index-total-size": Rule(WARNING, "recompute metadata.total_size as the sum of tensor bytes", _DOCTOR_FIX),
     "shard-orphan": Rule(WARNING, "remove the file or add its tensors to the index", None),
     "header-invalid": Rule(ERROR, "re-download the shard", None),
     "tensor-shape-mismatch": Rule(ERROR, "the tensor does not belong to this config: restore it from the base", None),

@@ -149,7 +149,8 @@ def inspect_checkpoint(path: CheckpointLike) -> InspectReport:
     dtypes: Counter[str] = Counter()
     for t in ckpt.tensors.values():
         dtypes[t.dtype] += t.nbytes
-    trunk_layers = {(s.layer, s.layer_kind) for s in expected.values() if s.group == TRUNK and s.layer is not None}
+    trunk_layers = {(s.layer, s.layer_kind) for s in expected.values()
+                    if s.group == TRUNK and s.layer is not None and s.layer_kind is not None}
     layer_kinds = Counter(kind for _, kind in trunk_layers)
 
     mtp_stored = [n for n in stored if family.group_of(n) == MTP]
@@ -197,7 +198,8 @@ def _quantization(ckpt: Checkpoint, linear_q: dict[str, list[int]]) -> Quantizat
     if not ckpt.quant_configs and not ckpt.foreign_quant_method and not ckpt.quant_errors:
         return None
     return QuantizationSummary(
-        configs=[QuantConfigSummary(qc.method, qc.source, [s.label for s in qc.schemes], list(qc.ignore)) for qc in ckpt.quant_configs],
+        configs=[QuantConfigSummary(qc.method, qc.source, [s.label for s in qc.schemes], list(qc.ignore))
+                 for qc in ckpt.quant_configs],
         unsupported_method=ckpt.foreign_quant_method,
         invalid=[message for _, message in ckpt.quant_errors],
         linear_quantized={g: {"quantized": q, "total": t} for g, (q, t) in linear_q.items() if t},

@@ -5,11 +5,11 @@ declaration, and the vision tower's."""
 from __future__ import annotations
 
 from mtpforge.checkpoint.header import FLOAT_DTYPES
-from mtpforge.formats.stored import StoredWeight
 from mtpforge.diagnosis.context import Context
 from mtpforge.diagnosis.findings import Finding, finding
 from mtpforge.families import MTP, VISION, TensorSpec
 from mtpforge.families.base import LINEAR, NORM, PARAM
+from mtpforge.formats.stored import StoredWeight
 
 
 def check_inventory(ctx: Context) -> list[Finding]:
@@ -28,10 +28,13 @@ def check_inventory(ctx: Context) -> list[Finding]:
     vision_stored = [n for n in ctx.ckpt.tensors if ctx.family.is_vision(n)]
     lm_only = ctx.family.language_model_only(ctx.config)
     if ctx.family.has_vision(ctx.config) and not lm_only and not vision_stored:
-        out.append(finding("vision-missing-undeclared", "the config is a vision-language wrapper without language_model_only: true, "
-                           "but no model.visual.* tensor is stored: engines will try to load the vision tower", files=["config.json"]))
+        out.append(finding("vision-missing-undeclared",
+                           "the config is a vision-language wrapper without language_model_only: true, "
+                           "but no model.visual.* tensor is stored: engines will try to load the vision tower",
+                           files=["config.json"]))
     if lm_only and vision_stored:
-        out.append(finding("vision-present-text-only", f"language_model_only is true but {len(vision_stored)} vision tensors are still shipped",
+        out.append(finding("vision-present-text-only",
+                           f"language_model_only is true but {len(vision_stored)} vision tensors are still shipped",
                            tensors=vision_stored))
 
     missing = {"trunk": [], MTP: [], "other": []}  # type: dict[str, list[str]]
@@ -53,7 +56,8 @@ def check_inventory(ctx: Context) -> list[Finding]:
         if problem:
             (bad_mtp if spec.group == MTP else bad_shape).append(f"{name}: {problem}")
     if missing["trunk"]:
-        out.append(finding("tensor-missing", f"{len(missing['trunk'])} tensors the config implies are not stored: {_head(missing['trunk'])}",
+        out.append(finding("tensor-missing",
+                           f"{len(missing['trunk'])} tensors the config implies are not stored: {_head(missing['trunk'])}",
                            tensors=missing["trunk"]))
     if bad_shape:
         out.append(finding("tensor-shape-mismatch", f"{len(bad_shape)} tensors disagree with config.json: {_head(bad_shape)}",
@@ -68,7 +72,8 @@ def check_inventory(ctx: Context) -> list[Finding]:
         reported.add(VISION)  # vision-present-text-only says it
     unexpected = [n for n in stored if n not in expected and ctx.family.group_of(n) not in reported]
     if unexpected:
-        out.append(finding("tensor-unexpected", f"{len(unexpected)} stored tensors are not part of the model config.json describes: "
+        out.append(finding("tensor-unexpected",
+                           f"{len(unexpected)} stored tensors are not part of the model config.json describes: "
                            f"{_head(unexpected)}", tensors=unexpected))
     return out
 

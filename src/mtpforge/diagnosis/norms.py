@@ -38,7 +38,8 @@ def check_norms(ctx: Context) -> list[Finding]:
                     f"{shift:+.2f} ({evidence}); the head would collapse to ~0% acceptance", tensors=[n for n, _, _ in rows])]
 
 
-def norm_shift(expected: Mapping[str, TensorSpec], head_mean: Mean, trunk_mean: Mean) -> tuple[float, list[tuple[str, float, float]]]:
+def norm_shift(expected: Mapping[str, TensorSpec], head_mean: Mean,
+               trunk_mean: Mean) -> tuple[float, list[tuple[str, float, float]]]:
     """The median difference between MTP norms and same-type trunk norms, and the rows behind it.
 
     `head_mean` and `trunk_mean` read a norm's mean value (None when unreadable),

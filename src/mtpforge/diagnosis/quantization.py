@@ -24,8 +24,8 @@ def check_quantization(ctx: Context) -> list[Finding]:
     """quant-config-invalid, companions, MTP coverage, fused groups, precision rules."""
     out = [finding("quant-config-invalid", message, files=[file]) for file, message in ctx.ckpt.quant_errors]
     if ctx.ckpt.foreign_quant_method:
-        out.append(finding("quant-method-unsupported", f"quant_method {ctx.ckpt.foreign_quant_method!r} is not analysed by mtpforge",
-                           files=["config.json"]))
+        out.append(finding("quant-method-unsupported",
+                           f"quant_method {ctx.ckpt.foreign_quant_method!r} is not analysed by mtpforge", files=["config.json"]))
         return out
     stored_quantized = [w for w in ctx.stored.values() if w.quantized]
     if stored_quantized and not ctx.quant_configs and not ctx.ckpt.quant_errors:
@@ -100,7 +100,8 @@ def _coverage(ctx: Context, qc: QuantConfig) -> list[Finding]:
                            tensors=uncovered, files=[source_file]))
     if mismatched:
         out.append(finding("quant-declared-mismatch", f"{len(mismatched)} weights are not stored as {qc.source} says: "
-                           f"{'; '.join(why for _, why in mismatched[:2])}", tensors=[n for n, _ in mismatched], files=[source_file]))
+                           f"{'; '.join(why for _, why in mismatched[:2])}",
+                           tensors=[n for n, _ in mismatched], files=[source_file]))
     out += _fused_unsafe(ctx, qc)
     return out
 
