@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mtpforge.errors import UsageError
 from mtpforge.bench.sweep import Level, run_level
-from mtpforge.errors import SourceError
 from mtpforge.engine.metrics import served_model
+from mtpforge.errors import SourceError, UsageError
 from mtpforge.prompts import load_prompts
 
 # Token ids below 256 exist in every byte-level BPE vocabulary (Qwen's included), so random prompts are valid anywhere.
@@ -58,8 +57,8 @@ def bench(url: str, options: BenchOptions, *, compare_url: str | None = None) ->
         _check_url(u, options.allow_remote)
     _check_bounds(options)
     runs = [_sweep(u.rstrip("/"), options) for u in urls]
-    doc: dict[str, Any] = {"schema": "mtpforge.bench/1", "options": {**options.__dict__, "concurrencies": list(options.concurrencies)},
-                           "runs": runs}
+    doc: dict[str, Any] = {"schema": "mtpforge.bench/1",
+                           "options": {**options.__dict__, "concurrencies": list(options.concurrencies)}, "runs": runs}
     if compare_url:
         doc["comparison"] = compare(runs[0], runs[1])
     return doc
@@ -69,7 +68,8 @@ def _sweep(url: str, options: BenchOptions) -> dict[str, Any]:
     try:
         model = options.model or served_model(url)
     except (SourceError, KeyError, IndexError, ValueError) as e:
-        raise SourceError(f"{url}: no model listed at /v1/models ({e})", hint="is an OpenAI-compatible server running there?") from e
+        raise SourceError(f"{url}: no model listed at /v1/models ({e})",
+                          hint="is an OpenAI-compatible server running there?") from e
     bodies = _bodies(model, options)
 
     async def levels() -> list[dict[str, Any]]:
@@ -87,7 +87,8 @@ def _bodies(model: str, options: BenchOptions) -> list[dict[str, Any]]:
         prompts: list[Any] = [texts[i % len(texts)] for i in range(options.num_requests)]
     else:
         prompts = [[rng.randrange(*PROMPT_TOKEN_RANGE) for _ in range(options.input_len)] for _ in range(options.num_requests)]
-    return [{"model": model, "prompt": p, "max_tokens": options.output_len, "temperature": 0, "ignore_eos": True} for p in prompts]
+    return [{"model": model, "prompt": p, "max_tokens": options.output_len, "temperature": 0, "ignore_eos": True}
+            for p in prompts]
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
@@ -129,7 +130,8 @@ def _check_bounds(o: BenchOptions) -> None:
     if not o.concurrencies or min(o.concurrencies) < 1 or max(o.concurrencies) > 4096:
         raise UsageError("--concurrency takes 1 to 4096 streams", hint="--concurrency 1,4,16")
     if not 1 <= o.num_requests <= 100_000 or o.output_len < 1 or o.input_len < 1:
-        raise UsageError("--num-requests, --input-len and --output-len must be positive (at most 100000 requests)", hint="--num-requests 32")
+        raise UsageError("--num-requests, --input-len and --output-len must be positive (at most 100000 requests)",
+                         hint="--num-requests 32")
     if o.timeout <= 0 or o.max_duration <= 0:
         raise UsageError("--timeout and --max-duration must be positive seconds", hint="--timeout 120 --max-duration 300")
 

@@ -21,7 +21,8 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
-    panels = [("output_tokens_per_s", None, "output tok/s"), ("ttft_s", "p50", "TTFT p50 (s)"), ("tpot_s", "p50", "TPOT p50 (ms)")]
+    panels = [("output_tokens_per_s", None, "output tok/s"), ("ttft_s", "p50", "TTFT p50 (s)"),
+              ("tpot_s", "p50", "TPOT p50 (ms)")]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), dpi=110)
     for ax, (key, stat, label) in zip(axes, panels, strict=True):
         for run in doc["runs"]:

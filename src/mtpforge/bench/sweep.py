@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from mtpforge.bench.client import StreamResult, stream_completion
-from mtpforge.errors import SourceError
 from mtpforge.engine.metrics import spec_counters
+from mtpforge.errors import SourceError
 
 PERCENTILES = (50, 90, 99)
 
