@@ -74,8 +74,9 @@ class LaunchLine:
 
     def shell(self) -> str:
         """The line as users paste it."""
-        head = ["vllm", "serve", self.model] if self.engine == "vllm" else ["python", "-m", SERVER_MODULE["sglang"], "--model-path", self.model]
-        return " \\\n  ".join([shlex.join(head)] + _flag_groups(self.args))
+        head = (["vllm", "serve", self.model] if self.engine == "vllm"
+                else ["python", "-m", SERVER_MODULE["sglang"], "--model-path", self.model])
+        return " \\\n  ".join([shlex.join(head), *_flag_groups(self.args)])
 
     def argv(self, python: str) -> list[str]:
         """The command `--run` starts: the server module in `python`."""
@@ -109,8 +110,8 @@ def launch_line(path: CheckpointLike, options: ServeOptions) -> LaunchLine:
     # image processor then), so the flag goes on whenever the tower cannot or should not be served.
     vision_declared = family.has_vision(config)
     # Serving images needs the tower's weights and its preprocessor; without either, vLLM fails at start-up.
-    vision_missing = [what for what, present in (("weights", VISION in stored_groups),
-                                                 ("preprocessor_config.json", (Path(path) / "preprocessor_config.json").is_file()))
+    preprocessor = (Path(path) / "preprocessor_config.json").is_file()
+    vision_missing = [what for what, present in (("weights", VISION in stored_groups), ("preprocessor_config.json", preprocessor))
                       if not present]
     text_only = vision_declared and (options.text_only or bool(vision_missing))
     if vision_declared and vision_missing:
@@ -191,7 +192,8 @@ def _vllm_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, qu
     if "tool" in parsers:
         args += ["--enable-auto-tool-choice", "--tool-call-parser", parsers["tool"]]
     if k:
-        args += ["--speculative-config", json.dumps({"method": _vllm_mtp_method(o.engine_version, family_name), "num_speculative_tokens": k})]
+        speculative = {"method": _vllm_mtp_method(o.engine_version, family_name), "num_speculative_tokens": k}
+        args += ["--speculative-config", json.dumps(speculative)]
     return args
 
 

@@ -27,17 +27,16 @@ seed's published figures imply (46 GiB x 0.95 - 19 GiB weights - 21.79 GiB KV).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.checkpoint.header import DTYPE_BITS
+from mtpforge.diagnosis.inspection import inspect_checkpoint
 from mtpforge.errors import UsageError
 from mtpforge.families import EMBEDDINGS, MTP, TRUNK, VISION, detect_family
 from mtpforge.families.base import FULL_ATTENTION, LINEAR_ATTENTION
 from mtpforge.families.blocks import read_dims
-from mtpforge.diagnosis.inspection import inspect_checkpoint
 from mtpforge.units import GIB
 
 DEFAULT_RESERVE = 3 * GIB
@@ -125,7 +124,8 @@ def plan(path: CheckpointLike, request: PlanRequest) -> MemoryPlan:
     ssm_dtype = family.setting(config, "mamba_ssm_dtype") or "auto"
     ssm_bytes = STATE_DTYPE_BYTES.get(ssm_dtype, model_bytes)
     conv_dim = (2 * dims.key_dim + dims.value_dim) // tp
-    state = conv_dim * (dims.conv_kernel - 1 + k) * model_bytes + (dims.lin_v_heads // tp) * dims.lin_v_dim * dims.lin_k_dim * ssm_bytes
+    state = (conv_dim * (dims.conv_kernel - 1 + k) * model_bytes
+             + (dims.lin_v_heads // tp) * dims.lin_v_dim * dims.lin_k_dim * ssm_bytes)
 
     align = KERNEL_BLOCK_ALIGNMENT
     block_size = align * math.ceil(state / (align * kv_per_token))
@@ -172,7 +172,8 @@ def plan(path: CheckpointLike, request: PlanRequest) -> MemoryPlan:
 
 def _check_request(request: PlanRequest, v_heads: int, k_heads: int) -> None:
     if request.kv_dtype not in KV_DTYPE_BYTES:
-        raise UsageError(f"--kv-dtype {request.kv_dtype!r} is not one vLLM knows here", hint=f"one of {', '.join(KV_DTYPE_BYTES)}")
+        raise UsageError(f"--kv-dtype {request.kv_dtype!r} is not one vLLM knows here",
+                         hint=f"one of {', '.join(KV_DTYPE_BYTES)}")
     if not 0 < request.util <= 1:
         raise UsageError(f"--util {request.util} must be in (0, 1]", hint="vLLM's default is 0.9")
     tp = request.tensor_parallel

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtpforge.errors import MtpforgeError
 from mtpforge.engine.launch import LaunchLine, ServeOptions, launch_line
+from mtpforge.errors import MtpforgeError
 
 START_TIMEOUT_SEC = 300
 
@@ -75,7 +75,8 @@ def launched(line: LaunchLine, *, python: str, log: Path | None = None) -> Itera
     try:
         proc = subprocess.Popen(line.argv(python), stdout=out, stderr=subprocess.STDOUT if out else None, env=env)
     except OSError as e:
-        raise EngineError(f"cannot start {python}: {e.strerror}", hint="pass --engine-python the Python of an environment with the engine") from e
+        raise EngineError(f"cannot start {python}: {e.strerror}",
+                          hint="pass --engine-python the Python of an environment with the engine") from e
     finally:
         if out:
             out.close()
