@@ -16,8 +16,21 @@ from typing import Any
 
 from mtpforge.errors import CheckpointError
 from mtpforge.families.base import (
-    ATTENTION_BLOCK, BIAS, CONV, EMBEDDING, EXPERTS, FULL_ATTENTION, GDN_BLOCK, LINEAR, LINEAR_ATTENTION, MLP_BLOCK, MTP_FC_BLOCK, NORM,
-    PARAM, Family, Inventory,
+    ATTENTION_BLOCK,
+    BIAS,
+    CONV,
+    EMBEDDING,
+    EXPERTS,
+    FULL_ATTENTION,
+    GDN_BLOCK,
+    LINEAR,
+    LINEAR_ATTENTION,
+    MLP_BLOCK,
+    MTP_FC_BLOCK,
+    NORM,
+    PARAM,
+    Family,
+    Inventory,
 )
 
 
@@ -60,7 +73,8 @@ def read_dims(family: Family, config: dict[str, Any], *, default_interval: int =
     if layer_types is None:
         interval = get(config, "full_attention_interval", default_interval)
         layer_types = [FULL_ATTENTION if (i + 1) % interval == 0 else LINEAR_ATTENTION for i in range(n_layers)]
-    if not isinstance(layer_types, list) or len(layer_types) != n_layers or not set(layer_types) <= {FULL_ATTENTION, LINEAR_ATTENTION}:
+    if (not isinstance(layer_types, list) or len(layer_types) != n_layers
+            or not set(layer_types) <= {FULL_ATTENTION, LINEAR_ATTENTION}):
         raise CheckpointError(
             f"config.json: layer_types must list {n_layers} entries of full_attention / linear_attention",
             hint="restore config.json from the base model",
@@ -82,7 +96,8 @@ def read_dims(family: Family, config: dict[str, Any], *, default_interval: int =
         layer_types=tuple(layer_types),
         num_experts=req(config, "num_experts", get(config, "num_experts", 0) or 0),
         moe_intermediate=req(config, "moe_intermediate_size", get(config, "moe_intermediate_size", 0) or 0),
-        shared_intermediate=req(config, "shared_expert_intermediate_size", get(config, "shared_expert_intermediate_size", 0) or 0),
+        shared_intermediate=req(config, "shared_expert_intermediate_size",
+                                get(config, "shared_expert_intermediate_size", 0) or 0),
         tied=bool(get(config, "tie_word_embeddings", False)),
     )
 
@@ -140,8 +155,10 @@ def moe_mlp(inv: Inventory, p: str, d: TextDims, *, fused_experts: bool, **role:
     inv.add(f"{p}.gate.weight", (d.num_experts, d.hidden), kind=LINEAR, keep_high_precision=True, **role)
     experts = f"{p}.experts"
     if fused_experts:
-        inv.add(f"{experts}.gate_up_proj", (d.num_experts, 2 * d.moe_intermediate, d.hidden), kind=EXPERTS, fused=experts, expert=True, **role)
-        inv.add(f"{experts}.down_proj", (d.num_experts, d.hidden, d.moe_intermediate), kind=EXPERTS, fused=experts, expert=True, **role)
+        inv.add(f"{experts}.gate_up_proj", (d.num_experts, 2 * d.moe_intermediate, d.hidden),
+                kind=EXPERTS, fused=experts, expert=True, **role)
+        inv.add(f"{experts}.down_proj", (d.num_experts, d.hidden, d.moe_intermediate),
+                kind=EXPERTS, fused=experts, expert=True, **role)
     else:
         for e in range(d.num_experts):
             for proj, shape in (("gate_proj", (d.moe_intermediate, d.hidden)), ("up_proj", (d.moe_intermediate, d.hidden)),
@@ -176,9 +193,10 @@ def vision_tower(inv: Inventory, p: str, v: dict[str, Any], dtype: str) -> None:
     h, inter = int(v.get("hidden_size", 1152)), int(v.get("intermediate_size", 4304))
     patch, temporal = int(v.get("patch_size", 16)), int(v.get("temporal_patch_size", 2))
     merged = h * int(v.get("spatial_merge_size", 2)) ** 2
+    block_linears = (("attn.proj", h, h), ("attn.qkv", 3 * h, h), ("mlp.linear_fc1", inter, h), ("mlp.linear_fc2", h, inter))
     for i in range(int(v.get("depth", 27))):
         b = f"{p}.blocks.{i}"
-        for mod, out, inp in (("attn.proj", h, h), ("attn.qkv", 3 * h, h), ("mlp.linear_fc1", inter, h), ("mlp.linear_fc2", h, inter)):
+        for mod, out, inp in block_linears:
             linear(inv, f"{b}.{mod}.weight", out, inp, layer=i, **role)
             inv.add(f"{b}.{mod}.bias", (out,), kind=BIAS, layer=i, keep_high_precision=True, **role)
         for n in ("norm1", "norm2"):
@@ -190,9 +208,11 @@ def vision_tower(inv: Inventory, p: str, v: dict[str, Any], dtype: str) -> None:
     inv.add(f"{p}.merger.linear_fc2.bias", (int(v.get("out_hidden_size", 3584)),), kind=BIAS, keep_high_precision=True, **role)
     inv.add(f"{p}.merger.norm.weight", (h,), kind=NORM, keep_high_precision=True, **role)
     inv.add(f"{p}.merger.norm.bias", (h,), kind=BIAS, keep_high_precision=True, **role)
-    inv.add(f"{p}.patch_embed.proj.weight", (h, int(v.get("in_channels", 3)), temporal, patch, patch), kind=CONV, keep_high_precision=True, **role)
+    inv.add(f"{p}.patch_embed.proj.weight", (h, int(v.get("in_channels", 3)), temporal, patch, patch),
+            kind=CONV, keep_high_precision=True, **role)
     inv.add(f"{p}.patch_embed.proj.bias", (h,), kind=BIAS, keep_high_precision=True, **role)
-    inv.add(f"{p}.pos_embed.weight", (int(v.get("num_position_embeddings", 2304)), h), kind=EMBEDDING, keep_high_precision=True, **role)
+    inv.add(f"{p}.pos_embed.weight", (int(v.get("num_position_embeddings", 2304)), h),
+            kind=EMBEDDING, keep_high_precision=True, **role)
 
 
 def trunk(inv: Inventory, p: str, d: TextDims, *, dtype: str, gdn_fused: bool, is_moe_layer: Any, fused_experts: bool) -> None:
