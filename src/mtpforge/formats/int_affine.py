@@ -29,7 +29,8 @@ def quantize_int(w: torch.Tensor, *, bits: int, group_size: int | None, symmetri
     groups = w.reshape(out, inp // group_size if group_size else 1, -1)
     scale, zp = calculate_qparams(groups.amin(-1), groups.amax(-1), args)
     q = quantize(x=w, scale=scale, zero_point=zp, args=args, dtype=torch.int8)
-    tensors = {"weight_packed": pack_int(q, bits), "weight_scale": scale.to(w.dtype), "weight_shape": torch.tensor([out, inp], dtype=torch.int64)}
+    tensors = {"weight_packed": pack_int(q, bits), "weight_scale": scale.to(w.dtype),
+               "weight_shape": torch.tensor([out, inp], dtype=torch.int64)}
     if not symmetric:
         tensors["weight_zero_point"] = pack_int(zp.to(torch.int8), bits, dim=0)
     return tensors

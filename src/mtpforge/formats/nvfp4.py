@@ -16,7 +16,8 @@ GROUP = 16
 
 
 def quantize_nvfp4(w: torch.Tensor, amax: float) -> dict[str, torch.Tensor]:
-    """`weight_packed` (uint8 [out, in/2]), `weight_scale` (float8_e4m3fn [out, in/16]) and `weight_global_scale` (float32 [1])."""
+    """`weight_packed` (uint8 [out, in/2]), `weight_scale` (float8_e4m3fn [out, in/16]) and
+    `weight_global_scale` (float32 [1])."""
     from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
     from compressed_tensors.quantization import QuantizationScheme
     from compressed_tensors.quantization.quant_scheme import NVFP4A16
@@ -50,5 +51,6 @@ def stored_tensors(w: torch.Tensor, weight_amax: float, input_amax: float | None
         t["input_global_scale"] = global_scale_of(input_amax)
     if not modelopt:
         return t
-    return {"weight": t["weight_packed"], "weight_scale": t["weight_scale"], "weight_scale_2": (1 / t["weight_global_scale"]).reshape(()),
+    return {"weight": t["weight_packed"], "weight_scale": t["weight_scale"],
+            "weight_scale_2": (1 / t["weight_global_scale"]).reshape(()),
             "input_scale": (1 / t["input_global_scale"]).reshape(())}

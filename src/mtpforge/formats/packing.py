@@ -22,7 +22,7 @@ def pack_int(values: torch.Tensor, bits: int, *, dim: int = 1) -> torch.Tensor:
     """int8 values [rows, cols] of `bits` bits as int32 words, packed along `dim`."""
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
-    return pack_to_int32(values, bits, packed_dim=dim)  # type: ignore[arg-type]
+    return pack_to_int32(values, bits, packed_dim=dim)
 
 
 def unpack_int(packed: torch.Tensor, bits: int, shape: tuple[int, int], *, dim: int = 1) -> torch.Tensor:
@@ -30,7 +30,7 @@ def unpack_int(packed: torch.Tensor, bits: int, shape: tuple[int, int], *, dim: 
     import torch
     from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
 
-    return unpack_from_int32(packed, bits, torch.Size(shape), packed_dim=dim)  # type: ignore[arg-type]
+    return unpack_from_int32(packed, bits, torch.Size(shape), packed_dim=dim)
 
 
 def pack_fp4(values: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,8 @@ class Scheme:
                 and (s.kind, s.bits, s.symmetric, s.activations) == (self.kind, self.bits, self.symmetric, self.activations)]
         return same[0] if same else None
 
-    def companions(self, out: int, inp: int, group: int | None, *, scale_dtype: str = "BF16") -> dict[str, tuple[str, tuple[int, ...]]]:
+    def companions(self, out: int, inp: int, group: int | None, *,
+                   scale_dtype: str = "BF16") -> dict[str, tuple[str, tuple[int, ...]]]:
         """The stored tensors of one weight [out, inp], in the order they are written: suffix -> (dtype, shape).
 
         compressed-tensors keeps global scales as multipliers; modelopt keeps their
@@ -63,14 +64,15 @@ class Scheme:
         """
         if self.kind == INT:
             groups = inp // group if group else 1
-            stored = {"weight_packed": ("I32", (out, math.ceil(inp * self.bits / 32))), "weight_scale": (scale_dtype, (out, groups)),
-                      "weight_shape": ("I64", (2,))}
+            stored = {"weight_packed": ("I32", (out, math.ceil(inp * self.bits / 32))),
+                      "weight_scale": (scale_dtype, (out, groups)), "weight_shape": ("I64", (2,))}
             if not self.symmetric:
                 stored["weight_zero_point"] = ("I32", (math.ceil(out * self.bits / 32), groups))
             return stored
         scale = ("F8_E4M3", (out, inp // NVFP4_GROUP))
         if self.checkpoint_format == MODELOPT:
-            return {"weight": ("U8", (out, inp // 2)), "weight_scale": scale, "weight_scale_2": ("F32", ()), "input_scale": ("F32", ())}
+            return {"weight": ("U8", (out, inp // 2)), "weight_scale": scale, "weight_scale_2": ("F32", ()),
+                    "input_scale": ("F32", ())}
         stored = {"weight_packed": ("U8", (out, inp // 2)), "weight_scale": scale, "weight_global_scale": ("F32", (1,))}
         if self.activations:
             stored["input_global_scale"] = ("F32", (1,))

@@ -1,12 +1,14 @@
 """Recognise what each stored tensor stands for: a plain weight, or a quantized
 weight spread over a main tensor and its companions.
 
-| format | main tensor | companions |
-|---|---|---|
-| compressed-tensors `pack-quantized` (INT) | `X.weight_packed` I32 `[out, in*bits/32]` | `weight_scale`, `weight_shape`, optional `weight_zero_point`, `weight_g_idx` |
-| compressed-tensors `nvfp4-pack-quantized` | `X.weight_packed` U8 `[out, in/2]` | `weight_scale` F8_E4M3 `[out, in/16]`, `weight_global_scale` F32 `[1]`, optional `input_global_scale` |
-| modelopt NVFP4 | `X.weight` U8 `[out, in/2]` | `weight_scale` F8_E4M3 `[out, in/16]`, `weight_scale_2` F32, optional `input_scale` |
-| FP8 (compressed-tensors `float-quantized`, modelopt FP8) | `X.weight` F8_E4M3 | `weight_scale`, optional `input_scale` |
+- compressed-tensors `pack-quantized` (INT): main tensor `X.weight_packed` I32 `[out, in*bits/32]`;
+  companions `weight_scale`, `weight_shape`, optional `weight_zero_point`, `weight_g_idx`.
+- compressed-tensors `nvfp4-pack-quantized`: main tensor `X.weight_packed` U8 `[out, in/2]`;
+  companions `weight_scale` F8_E4M3 `[out, in/16]`, `weight_global_scale` F32 `[1]`, optional `input_global_scale`.
+- modelopt NVFP4: main tensor `X.weight` U8 `[out, in/2]`;
+  companions `weight_scale` F8_E4M3 `[out, in/16]`, `weight_scale_2` F32, optional `input_scale`.
+- FP8 (compressed-tensors `float-quantized`, modelopt FP8): main tensor `X.weight` F8_E4M3;
+  companions `weight_scale`, optional `input_scale`.
 
 The logical shape of an INT-packed weight is read from `weight_shape` (two
 integers) when a reader is given; the others follow from the packed shape.
@@ -190,5 +192,6 @@ def _shape_problems(fmt: str, parts: dict[str, StoredTensor], shape: tuple[int, 
         if shape[0] != main.shape[0]:
             problems.append(f"weight_shape says {shape[0]} rows but weight_packed has {main.shape[0]}")
         elif shape[1] and (main.shape[1] * 32) % shape[1]:
-            problems.append(f"weight_packed has {main.shape[1]} int32 columns, which packs no whole bit width of {shape[1]} inputs")
+            problems.append(f"weight_packed has {main.shape[1]} int32 columns, "
+                            f"which packs no whole bit width of {shape[1]} inputs")
     return problems

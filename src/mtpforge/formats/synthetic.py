@@ -63,7 +63,8 @@ class Format:
         module = weight_name.rsplit(".", 1)[0]
         out, inp = shape
         stored = self.scheme.companions(out, inp, self.group)
-        # FP4 group scales are drawn before the packed bytes: the order of the fixtures' first version, kept so they stay the same.
+        # FP4 group scales are drawn before the packed bytes: the order of the fixtures' first version,
+        # kept so they stay the same.
         order = sorted(stored, key=lambda k: stored[k][0] != "F8_E4M3") if self.scheme.kind == FP4 else list(stored)
         data = {key: _random(key, *stored[key], shape, rng) for key in order}
         return [RawTensor(f"{module}.{key}", dtype, dims, data[key]) for key, (dtype, dims) in stored.items()]
