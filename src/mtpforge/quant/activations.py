@@ -13,7 +13,8 @@ from pathlib import Path
 from mtpforge.quant.calibrated import CALIBRATION_TOKENS, load_for_calibration
 
 
-def input_amax(base: Path, modules: set[str], texts: list[str], *, max_samples: int, seq_len: int = CALIBRATION_TOKENS) -> dict[str, float]:
+def input_amax(base: Path, modules: set[str], texts: list[str], *, max_samples: int,
+               seq_len: int = CALIBRATION_TOKENS) -> dict[str, float]:
     """Module path -> largest |input| over the calibration texts (each cut to `seq_len` tokens)."""
     import torch
     from transformers import AutoTokenizer

@@ -39,7 +39,8 @@ def quantize(base: CheckpointLike, out: str | os.PathLike[str], *, scheme: str =
         text_only: drop the vision tower and declare `language_model_only`.
         method: `rtn` (data-free, streamed), or `awq` / `gptq` (llm-compressor, calibrated, whole model in memory).
         actorder: GPTQ with activation order (`desc_act`).
-        calibration: a text file for awq / gptq and FP4 activations (JSON list or one text per line); default: the bundled prompts.
+        calibration: a text file for awq / gptq and FP4 activations (JSON list or one text per line);
+            default: the bundled prompts.
         samples: calibration texts used at most.
         checkpoint_format: `compressed-tensors`, or `modelopt` (NVFP4 with FP4 activations, with `hf_quant_config.json`).
         overwrite: replace `out` if it exists.
@@ -54,7 +55,8 @@ def quantize(base: CheckpointLike, out: str | os.PathLike[str], *, scheme: str =
         from mtpforge.quant.activations import input_amax
         from mtpforge.quant.calibrated import calibration_texts
 
-        plan.input_amax.update(input_amax(plan.ckpt.root, plan.calibrated_modules, calibration_texts(calibration), max_samples=samples))
+        texts = calibration_texts(calibration)
+        plan.input_amax.update(input_amax(plan.ckpt.root, plan.calibrated_modules, texts, max_samples=samples))
     if method == "rtn":
         apply_plan(plan.write, Path(out), overwrite=overwrite)
     else:

@@ -52,7 +52,7 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
     else:
         recipe = [AWQModifier(), QuantizationModifier(config_groups=groups, ignore=ignore)]
     model = load_for_calibration(base)
-    oneshot(model=model, dataset=dataset, recipe=recipe, processor=tokenizer,  # type: ignore[arg-type]  # a tokenizer is a processor
+    oneshot(model=model, dataset=dataset, recipe=recipe, processor=tokenizer,  # a tokenizer is a processor
             num_calibration_samples=len(encoded), max_seq_length=seq_len, output_dir=str(staging), save_compressed=True)
 
 
@@ -71,7 +71,8 @@ def finish(staging: Path, mtp_pattern: str) -> None:
     if index_file.is_file():
         index = json.loads(index_file.read_text())
         ckpt = open_checkpoint(staging)
-        index.setdefault("metadata", {})["total_size"] = sum(ckpt.tensors[n].nbytes for n in index["weight_map"] if n in ckpt.tensors)
+        index.setdefault("metadata", {})["total_size"] = sum(ckpt.tensors[n].nbytes for n in index["weight_map"]
+                                                             if n in ckpt.tensors)
         index_file.write_text(json.dumps(index, indent=2))
 
 
@@ -86,8 +87,8 @@ def check_method(method: str, mtp: str) -> None:
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}", hint=f"one of {', '.join(METHODS)}")
     if method != "rtn" and mtp == "quantize":
-        raise UsageError(f"--mtp quantize runs with --method rtn only: {method} cannot calibrate the head, which transformers does not build",
-                         hint="keep the head BF16 (--mtp keep), or use --method rtn")
+        raise UsageError(f"--mtp quantize runs with --method rtn only: {method} cannot calibrate the head, "
+                         "which transformers does not build", hint="keep the head BF16 (--mtp keep), or use --method rtn")
     if method != "rtn":
         try:
             _import_llmcompressor()
@@ -120,8 +121,8 @@ def _skip_pinning_without_accelerator() -> None:
     from llmcompressor.pipelines.cache import IntermediatesCache
 
     if not torch.cuda.is_available() and not getattr(IntermediatesCache, "_mtpforge_cpu", False):
-        IntermediatesCache._pin_intermediate = classmethod(lambda cls, intermediate: None)  # type: ignore[method-assign,assignment]
-        IntermediatesCache._mtpforge_cpu = True  # type: ignore[attr-defined]
+        IntermediatesCache._pin_intermediate = classmethod(lambda cls, intermediate: None)
+        IntermediatesCache._mtpforge_cpu = True
 
 
 def in_temporary(parent: Path) -> Path:

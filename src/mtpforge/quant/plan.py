@@ -52,7 +52,8 @@ class QuantPlan:
     weights: dict[str, Any]  # compressed-tensors' `weights` arguments (what llm-compressor is given)
     ignore: list[str]  # modules left unquantized, in compressed-tensors' syntax
     write: WritePlan
-    input_amax: dict[str, float] = field(default_factory=dict)  # module -> largest |input|: filled by calibration, read by the write
+    # module -> largest |input|: filled by calibration, read by the write
+    input_amax: dict[str, float] = field(default_factory=dict)
 
     @property
     def calibrated_modules(self) -> set[str]:
@@ -82,7 +83,8 @@ def quant_plan(base: CheckpointLike, *, scheme: str = "w4a16", group_size: int |
     selection = select(expected, preset=scope, include=include, exclude=exclude, mtp=mtp)
     chosen = {n: s for n, s in selection.chosen.items() if n in ckpt.tensors and ckpt.tensors[n].dtype in FLOAT_DTYPES}
     if mtp == "quantize" and not any(s.group == MTP for s in chosen.values()):
-        raise UsageError(f"--mtp quantize: {ckpt.root} has no MTP head to quantize", hint="graft one first: mtpforge graft BASE --donor ...")
+        raise UsageError(f"--mtp quantize: {ckpt.root} has no MTP head to quantize",
+                         hint="graft one first: mtpforge graft BASE --donor ...")
     if group:
         bad = sorted(n for n, s in chosen.items() if s.shape[1] % group)
         if bad:
@@ -91,11 +93,12 @@ def quant_plan(base: CheckpointLike, *, scheme: str = "w4a16", group_size: int |
     dropped = {n for n in ckpt.tensors if family.group_of(n) == VISION} if text_only else set()
     input_amax: dict[str, float] = {}
     amax = fused_amax(ckpt, chosen, target)
-    replace = {n: partial(quantized_copies, ckpt, scheme=target, group=group, amax=amax.get(n), input_amax=input_amax) for n in chosen}
+    replace = {n: partial(quantized_copies, ckpt, scheme=target, group=group, amax=amax.get(n), input_amax=input_amax)
+               for n in chosen}
     rb = rebuild(ckpt, drop=dropped, replace=replace)
     ignore = _ignore(family, expected, chosen, mtp)
-    qc, hf_quant = target.quantization_config([modelopt_pattern(p) for p in ignore] if target.checkpoint_format == MODELOPT else ignore,
-                                              group=group, actorder=actorder)
+    entries = [modelopt_pattern(p) for p in ignore] if target.checkpoint_format == MODELOPT else ignore
+    qc, hf_quant = target.quantization_config(entries, group=group, actorder=actorder)
     config = {**ckpt.config, "quantization_config": qc}
     if text_only:
         config["language_model_only"] = True
@@ -122,15 +125,16 @@ def _check_request(scheme: str, group_size: int | None, checkpoint_format: str, 
     if method == "rtn" and actorder:
         raise UsageError("--actorder orders GPTQ's columns; RTN has no order", hint="--method gptq --actorder")
     if requested is not None and requested.activations and mtp == "quantize":
-        raise UsageError("--mtp quantize with FP4 activations: the head's input ranges cannot be calibrated (transformers builds no MTP module)",
-                         hint="--mtp keep, or --scheme nvfp4a16")
+        raise UsageError("--mtp quantize with FP4 activations: the head's input ranges cannot be calibrated "
+                         "(transformers builds no MTP module)", hint="--mtp keep, or --scheme nvfp4a16")
     if requested is not None and requested.kind == FP4 and method != "rtn":
         raise UsageError(f"{scheme} is written data-free here; --method {method} runs INT schemes", hint="--method rtn")
     if requested is None or target is None:
         raise UsageError(f"unknown scheme {scheme!r}", hint=f"one of {', '.join(QUANTIZE_SCHEMES)}")
     group = (group_size if group_size is not None else requested.default_group) or None  # 0: one scale per output channel
     if requested.kind == FP4 and group != requested.default_group:
-        raise UsageError(f"NVFP4 uses groups of {requested.default_group}, not {group}", hint="leave --group-size out for nvfp4a16")
+        raise UsageError(f"NVFP4 uses groups of {requested.default_group}, not {group}",
+                         hint="leave --group-size out for nvfp4a16")
     return requested, target, group
 
 
@@ -152,6 +156,7 @@ def _actions(scheme: Scheme, group: int | None, method: str, actorder: bool, sco
     grouping = f"NVFP4 groups of {group}" if scheme.kind == FP4 else ("group " + str(group) if group else "per channel")
     head = "quantize the MTP layer like the trunk (its fc stays BF16)" if mtp == "quantize" else \
         "keep the MTP head as stored, excluded with re:^mtp.*"
-    how = "RTN" if method == "rtn" else f"{method.upper()} via llm-compressor on calibration text" + (", activation order" if actorder else "")
+    order = ", activation order" if actorder else ""
+    how = "RTN" if method == "rtn" else f"{method.upper()} via llm-compressor on calibration text" + order
     return [f"quantize {count} Linear weights to {scheme.name} ({grouping}, {how}), scope {scope}: {SCOPES[scope]}", head,
             "keep conv1d, A_log, dt_bias, norms, in_proj_a/b, embeddings and lm_head high precision", *notes]

@@ -55,12 +55,14 @@ def quantized_copies(ckpt: Checkpoint, info: TensorInfo, scheme: Scheme, group: 
     copies = []
     for key, (dtype, shape) in stored.items():
         name = f"{module}.{key}"
-        copies.append(TensorCopy(name, dtype, shape, Computed(name, partial(part, key), DTYPE_BITS[dtype] // 8 * math.prod(shape))))
+        nbytes = DTYPE_BITS[dtype] // 8 * math.prod(shape)
+        copies.append(TensorCopy(name, dtype, shape, Computed(name, partial(part, key), nbytes)))
     return copies
 
 
 def fused_amax(ckpt: Checkpoint, chosen: dict[str, TensorSpec], scheme: Scheme) -> dict[str, Callable[[], float]]:
-    """Per chosen weight, a function giving the largest magnitude over its fused group (FP4 only; read once, when first needed)."""
+    """Per chosen weight, a function giving the largest magnitude over its fused group
+    (FP4 only; read once, when first needed)."""
     if scheme.kind != FP4:
         return {}
     groups: dict[str, list[str]] = {}
