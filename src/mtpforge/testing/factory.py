@@ -158,7 +158,7 @@ def write_tokenizer_files(out: Path, *, vocab_size: int) -> None:
     symbols = _byte_symbols()
     vocab = {sym: i for i, sym in enumerate(symbols[: min(256, vocab_size)])}
     vocab.update({f"<extra_{i}>": i for i in range(len(vocab), vocab_size)})
-    tokenizer = {
+    tokenizer: dict[str, Any] = {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
         "post_processor": None,
@@ -168,7 +168,8 @@ def write_tokenizer_files(out: Path, *, vocab_size: int) -> None:
                   "vocab": vocab, "merges": []},
     }
     (out / "tokenizer.json").write_text(json.dumps(tokenizer))
-    (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 4096}))
+    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 4096}
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     (out / "chat_template.jinja").write_text(
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -71,9 +71,10 @@ class CannedServer:
 
     def respond(self, writer: asyncio.StreamWriter, status: int, text: str, kind: str = "application/json") -> None:
         data = text.encode()
-        writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+        head = f"HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+        writer.write(head.encode() + data)
 
-    async def complete(self, body: dict, writer: asyncio.StreamWriter) -> None:  # type: ignore[type-arg]
+    async def complete(self, body: dict, writer: asyncio.StreamWriter) -> None:
         b = self.behaviour
         self.completions += 1
         self.prompts.append(body.get("prompt"))
@@ -82,7 +83,8 @@ class CannedServer:
         if b.status != 200:
             self.respond(writer, b.status, json.dumps({"error": {"message": "canned failure", "code": b.status}}))
             return
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                     b"Connection: close\r\n\r\n")
         total = int(body.get("max_tokens", 16))
         events = -(-total // b.tokens_per_event)
         await asyncio.sleep(b.ttft)
