@@ -40,6 +40,7 @@ def tokenize(checkpoint: Path, prompts: list[str], max_tokens: int) -> list[list
 
     file = checkpoint / "tokenizer.json"
     if not file.is_file():
-        raise CheckpointError(f"{checkpoint}: no tokenizer.json to encode the prompts", hint="copy the tokenizer from the base model")
+        raise CheckpointError(f"{checkpoint}: no tokenizer.json to encode the prompts",
+                              hint="copy the tokenizer from the base model")
     tok = Tokenizer.from_file(str(file))
     return [ids[:max_tokens] for ids in (e.ids for e in tok.encode_batch(prompts)) if ids]

@@ -108,11 +108,13 @@ def _mtp(info: InspectReport, verify: dict[str, Any] | None, verify_file: str | 
     if not info.mtp.present:
         return text + "This checkpoint has no MTP head."
     if verify is None:
-        return text + "Not measured yet: `mtpforge verify PATH --reference BASE --json > verify.json`, then `mtpforge card --verify verify.json`."
+        return text + ("Not measured yet: `mtpforge verify PATH --reference BASE --json > verify.json`, "
+                       "then `mtpforge card --verify verify.json`.")
     acc = verify["acceptance"]
     rows = ["| draft position | acceptance |", "|---|---:|"]
     rows += [f"| {j + 1} | {100 * r:.1f} % |" for j, r in enumerate(acc["acceptance_per_position"])]
-    text += "\n".join(rows) + f"\n\nMean acceptance length {acc['mean_acceptance_length']:.2f} (of {verify['k'] + 1}); verdict **{verify['verdict']}**."
+    text += "\n".join(rows) + (f"\n\nMean acceptance length {acc['mean_acceptance_length']:.2f} (of {verify['k'] + 1}); "
+                               f"verdict **{verify['verdict']}**.")
     if verify.get("engine_acceptance"):
         engine = " / ".join(f"{100 * r:.1f} %" for r in verify["engine_acceptance"]["acceptance_per_position"])
         text += f" Through vLLM's own counters on the same prompts: {engine}."
@@ -121,20 +123,21 @@ def _mtp(info: InspectReport, verify: dict[str, Any] | None, verify_file: str | 
         text += (f"\n\nAgainst the reference `{verify['reference']}` over {d['positions']} positions: KL divergence mean "
                  f"{d['kl_mean_nats']:.4f} nats (p99 {d['kl_p99_nats']:.4f}), top-1 agreement {100 * d['top1_agreement']:.1f} %, "
                  f"perplexity {d['perplexity_candidate']:.3f} vs {d['perplexity_reference']:.3f}.")
-    return text + (f"\n\nMeasured by `mtpforge verify` (k={verify['k']}, {verify['prompts']} prompts, {verify['new_tokens']} greedy tokens each), "
-                   f"from `{Path(verify_file or '').name}`.")
+    return text + (f"\n\nMeasured by `mtpforge verify` (k={verify['k']}, {verify['prompts']} prompts, "
+                   f"{verify['new_tokens']} greedy tokens each), from `{Path(verify_file or '').name}`.")
 
 
 def _memory(ckpt: Checkpoint, shown: str, gpus: tuple[str, ...], kv_dtype: str, max_model_len: int | None) -> str:
     if not gpus:
         return ""
-    rows = ["| GPU memory | weights loaded | KV pool | KV tokens | concurrent requests at full context |", "|---|---:|---:|---:|---:|"]
+    rows = ["| GPU memory | weights loaded | KV pool | KV tokens | concurrent requests at full context |",
+            "|---|---:|---:|---:|---:|"]
     for gpu in gpus:
         p = plan(ckpt, PlanRequest(gpu_memory=parse_size(gpu, option="--gpu"), kv_dtype=kv_dtype, max_model_len=max_model_len,
                                    language_model_only=True))
         fits = f"{p.max_concurrency:.2f}" if p.ok else "does not fit"
         rows.append(f"| {gpu} | {gib(p.weights_loaded)} | {gib(max(0, p.kv_pool))} | {p.kv_tokens:,} | {fits} |")
-    return (f"## Memory (planned)\n\n" + "\n".join(rows) +
+    return ("## Memory (planned)\n\n" + "\n".join(rows) +
             f"\n\nComputed, not measured: `mtpforge plan {shown} --gpu-memory GPU --kv-dtype {kv_dtype} --language-model-only`, "
             f"vLLM's hybrid KV arithmetic at {max_model_len or 'the config' + chr(39) + 's maximum'} tokens, util 0.9, "
             f"{gib(3 * GIB)} reserve.")
@@ -143,14 +146,16 @@ def _memory(ckpt: Checkpoint, shown: str, gpus: tuple[str, ...], kv_dtype: str, 
 def _usage(path: str, shown: str, name: str) -> str:
     vllm = launch_line(path, ServeOptions(served_name=name)).shell().replace(str(path), name, 1)
     sglang = launch_line(path, ServeOptions(engine="sglang", served_name=name)).shell().replace(str(path), name, 1)
-    return f"## Usage\n\n```bash\n{vllm}\n```\n\nSGLang:\n\n```bash\n{sglang}\n```\n\nFrom `mtpforge serve {shown}` (add `--gpu-memory` for a memory-safe `--max-num-seqs`)."
+    return (f"## Usage\n\n```bash\n{vllm}\n```\n\nSGLang:\n\n```bash\n{sglang}\n```\n\n"
+            f"From `mtpforge serve {shown}` (add `--gpu-memory` for a memory-safe `--max-num-seqs`).")
 
 
 def _throughput(bench: dict[str, Any] | None, bench_file: str | None) -> str:
     if bench is None:
         return ""
     o = bench["options"]
-    rows = ["| server | streams | output tok/s | TTFT p50 | TPOT p50 | mean acceptance length |", "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| server | streams | output tok/s | TTFT p50 | TPOT p50 | mean acceptance length |",
+            "|---|---:|---:|---:|---:|---:|"]
     for run in bench["runs"]:
         for lv in run["levels"]:
             spec = lv["spec_decode"] or {}
@@ -158,9 +163,9 @@ def _throughput(bench: dict[str, Any] | None, bench_file: str | None) -> str:
             tpot = f"{lv['tpot_s']['p50'] * 1000:.1f} ms" if lv["tpot_s"] else "-"
             rows.append(f"| {run['url']} | {lv['concurrency']} | {lv['output_tokens_per_s']} | {ttft} | {tpot} | "
                         f"{spec.get('mean_acceptance_length') or '-'} |")
-    return (f"## Throughput (measured)\n\n" + "\n".join(rows) +
-            f"\n\nMeasured by `mtpforge bench` ({o['num_requests']} requests per level, {o['input_len']} input / {o['output_len']} output "
-            f"tokens), from `{Path(bench_file or '').name}`.")
+    return ("## Throughput (measured)\n\n" + "\n".join(rows) +
+            f"\n\nMeasured by `mtpforge bench` ({o['num_requests']} requests per level, "
+            f"{o['input_len']} input / {o['output_len']} output tokens), from `{Path(bench_file or '').name}`.")
 
 
 def _files(path: Path, shards: int) -> str:
@@ -185,7 +190,8 @@ def _measurement(file: str | None, schema: str) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         raise UsageError(f"{file}: cannot read a measurement: {e}", hint="give the file written by `--json`") from e
     if not isinstance(doc, dict) or doc.get("schema") != schema:
-        raise UsageError(f"{file} is not a {schema} document", hint=f"it is written by `mtpforge {schema.split('.')[1].split('/')[0]} --json`")
+        command = schema.split(".")[1].split("/")[0]
+        raise UsageError(f"{file} is not a {schema} document", hint=f"it is written by `mtpforge {command} --json`")
     return doc
 
 

@@ -18,7 +18,8 @@ from typing import Any
 from mtpforge.errors import UsageError
 
 RECIPE_SECTIONS = {"name": str, "source": str, "quantize": dict, "graft": dict, "strip": dict, "verify": dict, "card": dict}
-QUANTIZE_KEYS = {"method", "scheme", "format", "group_size", "scope", "include", "exclude", "mtp", "actorder", "calibration", "samples"}
+QUANTIZE_KEYS = {"method", "scheme", "format", "group_size", "scope", "include", "exclude", "mtp", "actorder", "calibration",
+                 "samples"}
 
 
 @dataclass(frozen=True)
@@ -91,5 +92,6 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
             raise UsageError(f"recipe {path}: unknown or malformed entry {key!r}", hint=f"entries: {', '.join(RECIPE_SECTIONS)}")
     unknown = set(doc.get("quantize", {})) - QUANTIZE_KEYS
     if unknown:
-        raise UsageError(f"recipe {path}: unknown [quantize] keys {sorted(unknown)}", hint=f"keys: {', '.join(sorted(QUANTIZE_KEYS))}")
+        raise UsageError(f"recipe {path}: unknown [quantize] keys {sorted(unknown)}",
+                         hint=f"keys: {', '.join(sorted(QUANTIZE_KEYS))}")
     return Recipe(Path(path), doc)
