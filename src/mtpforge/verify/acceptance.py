@@ -100,8 +100,8 @@ def _replay(model: ReferenceModel, prompt_len: int, seq: list[int], k: int, resu
             chained.update(keys[:, :, : t + 1].clone(), values[:, :, : t + 1].clone(), 0)
             for step in range(1, k):
                 pos = t + step
-                chain_hidden = head(model.embed(torch.tensor([[draft]])), chain_hidden, torch.tensor([[pos]], device=model.device),
-                                    step=step, cache=chained)
+                chain_hidden = head(model.embed(torch.tensor([[draft]])), chain_hidden,
+                                    torch.tensor([[pos]], device=model.device), step=step, cache=chained)
                 draft = int(model.logits(chain_hidden)[0, -1].argmax())
                 if draft != target[pos + 1]:
                     break

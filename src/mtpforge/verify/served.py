@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-
 from typing import TYPE_CHECKING
 
 from mtpforge.engine.metrics import served_model, spec_counters
@@ -39,7 +38,8 @@ def measure_engine(url: str, prompts: list[list[int]], new_tokens: int, k: int) 
         complete(url, prompt, new_tokens, model)
     after = spec_counters(url)
     if "drafts" not in after:
-        raise SourceError(f"{url}: /metrics has no vllm:spec_decode counters", hint="start the server with --speculative-config (MTP)")
+        raise SourceError(f"{url}: /metrics has no vllm:spec_decode counters",
+                          hint="start the server with --speculative-config (MTP)")
     diff = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
     result = Acceptance(k)
     result.drafts = int(diff.get("drafts", 0))
