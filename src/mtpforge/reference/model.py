@@ -9,19 +9,17 @@ with weights from any checkpoint mtpforge reads (quantized weights dequantized).
 
 from __future__ import annotations
 
-import os
+import re
 from dataclasses import dataclass
 from typing import Any
-
-import re
 
 import torch
 
 from mtpforge.checkpoint import CheckpointLike, as_checkpoint
-from mtpforge.errors import CheckpointError
-from mtpforge.families import MTP, TRUNK, EMBEDDINGS, detect_family
-from mtpforge.reference.classes import RUNTIMES, text_config
 from mtpforge.checkpoint.tensors import read_weight
+from mtpforge.errors import CheckpointError
+from mtpforge.families import EMBEDDINGS, MTP, TRUNK, detect_family
+from mtpforge.reference.classes import RUNTIMES, text_config
 from mtpforge.reference.mtp import MtpHead
 
 
