@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def test_a_failed_build_keeps_its_work_and_resumes(cli, tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = cli("build", "seed-004-w4a16-g128", "--base", str(BASE), "--out", str(out), "--min-acceptance", "0.99")
     assert r.code == 1 and "acceptance" in r.err and not out.exists()
+    assert re.search(r"Error: verify: \w+; [^\n]*position-0 acceptance 0\.\d{3} < --min-acceptance 0\.99\n", r.err), r.err
+    assert f"hint: the work so far is kept in {tmp_path / 'out.build'}; a rerun resumes there\n" in r.err
     assert (tmp_path / "out.build" / "quantize" / "model.safetensors").is_file()
     r = cli("build", "seed-004-w4a16-g128", "--base", str(BASE), "--out", str(out), "--json")
     assert r.code == 0, r.err

@@ -50,6 +50,8 @@ def test_full_disk(make: Make, cli: Cli, small_disk: Path) -> None:
     out = small_disk / "out"
     r = cli("graft", str(target), "--donor", str(make("base")), "--out", str(out))
     assert r.code == 3 and "no space left" in r.err and "Traceback" not in r.err
+    assert (f"Error: no space left on the device of {small_disk}; nothing was written to {out}\n"
+            "hint: free space or choose another --out; the input is untouched\n") in r.err
     assert snapshot(target) == before
     assert list(small_disk.iterdir()) == []  # neither the output nor its staging directory
 
@@ -64,8 +66,10 @@ def test_donor_that_changes_mid_read(tmp_path: Path, make: Make, how: str) -> No
         head_shard.unlink()
     else:
         head_shard.write_bytes(head_shard.read_bytes()[:1000])
-    with pytest.raises(MtpforgeError, match=r"disappeared|shrank|early"):
+    with pytest.raises(MtpforgeError, match=r"disappeared|shrank|early") as e:
         apply_plan(plan, tmp_path / "out")
+    why = "disappeared while being read" if how == "vanishes" else "the file shrank to 1000 bytes while being read"
+    assert str(e.value).startswith(f"{head_shard}: {why}") and "run again" in (e.value.hint or ""), (str(e.value), e.value.hint)
     assert snapshot(target) == before
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
 

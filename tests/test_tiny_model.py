@@ -140,3 +140,4 @@ def test_verify_cli_contract(tmp_path: Path, cli: Any) -> None:
     assert collapsed.code == 1 and "COLLAPSED" in collapsed.out and "no MTP head" in collapsed.out
     bad = cli("verify", str(BASE), "--prompts", str(tmp_path / "missing.txt"))
     assert bad.code == 2 and "cannot read" in bad.err
+    assert f"Error: --prompts {tmp_path / 'missing.txt'}: cannot read: No such file or directory\n" in bad.err
