@@ -3,6 +3,9 @@
 A plan says which shards of the input are linked unchanged, which new shards
 are written and where each of their tensors' bytes come from, and the JSON
 files of the output. `--dry-run` prints it; `apply_plan` carries it out.
+
+Every name a plan writes is a plain file name of the output directory (`check_file_name`): no `/`, no `..`,
+no NUL, not absolute; a name the user chooses (`--shard-name`) is moreover not hidden and has its suffix.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mtpforge.checkpoint.index import INDEX_NAME
+from mtpforge.errors import UsageError
 from mtpforge.units import human
 
 
@@ -100,9 +104,24 @@ class WritePlan:
         return "\n".join(lines)
 
 
+def check_file_name(name: str, *, option: str | None = None, suffix: str | None = None) -> str:
+    """`name` if it is a plain file name inside the output directory, else a UsageError (exit 2).
+
+    With `option` (a name the user chose), a hidden name is refused too, and a name without `suffix`.
+    """
+    what = f"{option} {name!r}" if option else f"the output file name {name!r}"
+    plain = bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+    if not plain or (option is not None and name.startswith(".")):
+        raise UsageError(f"{what} is not a plain file name: it must name a new file directly inside --out",
+                         hint="pass a bare file name such as mtp.safetensors (no directory, no leading dot)")
+    if suffix and not name.endswith(suffix):
+        raise UsageError(f"{what} does not end in {suffix}", hint=f"pass a name such as mtp{suffix}")
+    return name
+
+
 def index_document(weight_map: dict[str, str], sizes: dict[str, int]) -> dict[str, Any]:
     """`model.safetensors.index.json` for `weight_map`; total_size is the sum of tensor bytes."""
     return {"metadata": {"total_size": sum(sizes[name] for name in weight_map)}, "weight_map": dict(sorted(weight_map.items()))}
 
 
-__all__ = ["INDEX_NAME", "ByteSource", "NewShard", "TensorCopy", "WritePlan", "index_document"]
+__all__ = ["INDEX_NAME", "ByteSource", "NewShard", "TensorCopy", "WritePlan", "check_file_name", "index_document"]
