@@ -15,14 +15,14 @@ Steps, each a verb mtpforge already has:
 Work happens in `OUT.build/`; each step's output and a state file with the
 step's inputs live there. A rerun reuses every step whose inputs are
 unchanged (an interrupted or failed build resumes where it stopped) and
-`OUT` appears, with one rename, only when every step has passed.
+`OUT` appears, with one atomic rename under OUT's lock (`surgery.publish.publish_dir`: never onto an existing
+path, never while another run writes OUT), only when every step has passed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -114,7 +114,9 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
     _doctor(quantized, report)
     _verify(quantized, base_dir, recipe, min_acceptance, work)
     _card(quantized, recipe, base_dir, out, work)
-    os.rename(quantized, out_dir)
+    from mtpforge.surgery.publish import publish_dir
+
+    publish_dir(quantized, out_dir)
     shutil.rmtree(work.root)
     return report
 

@@ -35,7 +35,7 @@ from mtpforge.surgery.quant_lists import edit_lists, exclude_prefix
 from mtpforge.surgery.rebuild import hf_quant_config, rebuild
 from mtpforge.surgery.sources import FileRange
 from mtpforge.surgery.stage import apply_plan, check_destination
-from mtpforge.surgery.writeplan import ByteSource, NewShard, TensorCopy, WritePlan
+from mtpforge.surgery.writeplan import ByteSource, NewShard, TensorCopy, WritePlan, check_file_name
 
 # Dimensions that must agree for a head to run on a trunk (docs/domain.md §2).
 COMPATIBLE_DIMS = ("hidden", "vocab", "heads", "kv_heads", "head_dim", "intermediate",
@@ -89,6 +89,7 @@ def plan_graft(target: CheckpointLike, donor: Donor, *, shard_name: str = "mtp.s
     Raises:
         GraftError: the families or dimensions differ, or the donor has no complete BF16 head.
     """
+    check_file_name(shard_name, option="--shard-name", suffix=".safetensors")
     ckpt = as_checkpoint(target)
     family = detect_family(ckpt.config)
     donor_family = detect_family(donor.config)
@@ -137,14 +138,15 @@ def graft(target: CheckpointLike, donor: str, out: str, *, revision: str = "main
         donor: a local checkpoint or hub repository id holding the head, normally the target's base.
         out: the output directory (must not exist unless `overwrite`).
         revision: the hub revision of a remote donor.
-        shard_name: the file the head is written to.
+        shard_name: the file the head is written to: a plain, not hidden `.safetensors` name inside `out`.
         overwrite: replace `out` if it exists.
         dry_run: validate and return the plan without writing anything.
 
     Returns:
         The plan that was (or, with `dry_run`, would be) carried out.
     """
-    check_destination(Path(target), Path(out), overwrite=overwrite)
+    check_file_name(shard_name, option="--shard-name", suffix=".safetensors")
+    check_destination([Path(target), *([Path(donor)] if os.path.exists(donor) else [])], Path(out), overwrite=overwrite)
     plan = plan_graft(as_checkpoint(target), open_donor(donor, revision=revision), shard_name=shard_name)
     if not dry_run:
         apply_plan(plan, Path(out), overwrite=overwrite)
