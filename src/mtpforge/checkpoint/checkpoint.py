@@ -4,7 +4,10 @@ configs and tokenizer files, read once; tensor bytes read only on request.
 Opening never fails on a broken shard: its `HeaderError` is kept in
 `header_errors`, so `doctor` can report it next to every other finding. It
 does fail (CheckpointError) when there is nothing to diagnose: no directory, no
-`config.json`, an unreadable index, or paths that leave the directory.
+`config.json`, an unreadable index, or shards that leave the directory or are
+not regular files. Any other file that is a symlink leaving the directory, a
+FIFO, a device or a socket is never read: it is left out of `files` and listed
+in `unsafe_files` (doctor reports it; writers must not copy it).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import Any, Union
 
 import numpy as np
 
+from mtpforge.checkpoint import paths
 from mtpforge.checkpoint import quant_config as qc
 from mtpforge.checkpoint.header import HeaderError, ShardHeader, TensorInfo, read_header
-from mtpforge.checkpoint.index import Index, check_inside, read_index, read_json
+from mtpforge.checkpoint.index import Index, read_index, read_json
 from mtpforge.errors import CheckpointError
 from mtpforge.formats.stored import StoredTensor, StoredWeight, resolve
 from mtpforge.formats.values import decode
@@ -40,7 +44,8 @@ class Checkpoint:
     quant_configs: list[qc.QuantConfig] = field(default_factory=list)
     quant_errors: list[tuple[str, str]] = field(default_factory=list)  # (file, message)
     foreign_quant_method: str | None = None
-    files: frozenset[str] = frozenset()
+    files: frozenset[str] = frozenset()  # the regular files at the top of the directory, safe to read and copy
+    unsafe_files: dict[str, str] = field(default_factory=dict)  # name -> why it is never read nor copied
 
     def __fspath__(self) -> str:  # an open checkpoint stands wherever a path to it would (Path(ckpt), open(...))
         return str(self.root)
@@ -56,9 +61,29 @@ class Checkpoint:
         """Tensors in `.safetensors` files of the directory that the index does not reference."""
         return {name: t for h in self._loaded_headers(False) for name, t in h.tensors.items()}
 
+    @cached_property
+    def duplicated(self) -> dict[str, tuple[str, ...]]:
+        """Tensors that more than one loaded shard holds, with those shards: engines load one copy arbitrarily."""
+        seen: dict[str, list[str]] = {}
+        for shard in self._loaded_shards(True):
+            for name in self.headers[shard].tensors:
+                seen.setdefault(name, []).append(shard)
+        return {name: tuple(shards) for name, shards in sorted(seen.items()) if len(shards) > 1}
+
+    @cached_property
+    def unlisted(self) -> dict[str, str]:
+        """Tensors of indexed shards that `weight_map` does not list (tensor -> shard): vLLM loads them anyway."""
+        if self.index is None:
+            return {}
+        wm = self.index.weight_map
+        return {name: shard for shard in self._loaded_shards(True) for name in self.headers[shard].tensors if name not in wm}
+
     def _loaded_headers(self, loaded: bool) -> list[ShardHeader]:
+        return [self.headers[name] for name in self._loaded_shards(loaded)]
+
+    def _loaded_shards(self, loaded: bool) -> list[str]:
         referenced = set(self.index.weight_map.values()) if self.index is not None else set(self.headers)
-        return [h for name, h in sorted(self.headers.items()) if (name in referenced) == loaded]
+        return [name for name in sorted(self.headers) if (name in referenced) == loaded]
 
     @cached_property
     def stored(self) -> dict[str, StoredWeight]:
@@ -70,9 +95,12 @@ class Checkpoint:
         if info.nbytes > max_bytes:
             raise CheckpointError(f"{info.shard}: tensor {info.name!r} is {info.nbytes} bytes, "
                                   f"over the {max_bytes}-byte read limit")
-        with open(self.root / info.shard, "rb") as f:
-            f.seek(info.begin)
-            raw = f.read(info.nbytes)
+        try:
+            with paths.open_regular(paths.resolve(self.root, info.shard, what="shard")) as f:
+                f.seek(info.begin)
+                raw = f.read(info.nbytes)
+        except OSError as e:
+            raise CheckpointError(f"{self.root / info.shard}: cannot read: {e.strerror or e}") from e
         if len(raw) != info.nbytes:
             raise CheckpointError(f"{info.shard}: tensor {info.name!r} is cut short", hint="re-download this shard")
         return decode(info.dtype, info.shape, raw)
@@ -89,7 +117,7 @@ class Checkpoint:
     def chat_template(self) -> str | None:
         """The chat template shipped as `chat_template.jinja` or inside `tokenizer_config.json`."""
         if "chat_template.jinja" in self.files:
-            return (self.root / "chat_template.jinja").read_text(encoding="utf-8", errors="replace")
+            return paths.read_text(self.root, "chat_template.jinja")
         if "tokenizer_config.json" in self.files:
             try:
                 template = read_json(self.root / "tokenizer_config.json", self.root).get("chat_template")
@@ -115,28 +143,48 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a directory", hint="pass the folder that holds config.json")
-    if not (root / "config.json").is_file():
+    if not paths.exists(root, "config.json"):
         raise CheckpointError(f"{root}: no config.json", hint="pass the folder that holds config.json and the shards")
     config = read_json(root / "config.json", root)
     if not isinstance(config, dict):
         raise CheckpointError(f"{root / 'config.json'}: not a JSON object")
     index = read_index(root)
-    files = frozenset(p.name for p in root.iterdir() if p.is_file())
+    files, unsafe = _list_files(root)
+    for name, reason in sorted(unsafe.items()):
+        if name.endswith(".safetensors"):
+            paths.resolve(root, name, what="shard")  # raises with `reason`
     shard_names = {n for n in files if n.endswith(".safetensors")}
     if index is not None:
-        shard_names |= {s for s in index.shard_names if (root / s).exists()}
+        shard_names |= {s for s in index.shard_names if paths.exists(root, s)}
     if not shard_names and index is None:
         raise CheckpointError(f"{root}: no .safetensors file and no {'model.safetensors.index.json'}")
     headers, errors = {}, {}
     for name in sorted(shard_names):
-        shard = check_inside(root, name, what="shard")
+        shard = paths.resolve(root, name, what="shard")
         try:
-            headers[name] = read_header(shard)
+            headers[name] = read_header(shard, name)
         except HeaderError as e:
             errors[name] = e
-    ckpt = Checkpoint(root, config, index, headers, errors, files=files)
+    ckpt = Checkpoint(root, config, index, headers, errors, files=files, unsafe_files=unsafe)
     _read_quant_configs(ckpt)
     return ckpt
+
+
+def _list_files(root: Path) -> tuple[frozenset[str], dict[str, str]]:
+    """The regular files at the top of `root`, and the names that must never be read (with the reason)."""
+    files, unsafe = set(), {}
+    try:
+        names = sorted(os.listdir(root))
+    except OSError as e:
+        raise CheckpointError(f"{root}: cannot list: {e.strerror}") from e
+    for name in names:
+        reason = paths.unsafe_reason(root, name)
+        if reason is None:
+            if os.path.isfile(root / name):
+                files.add(name)
+        elif not (os.path.isdir(root / name) and not os.path.islink(root / name)):  # plain subfolders are not read
+            unsafe[name] = reason
+    return frozenset(files), unsafe
 
 
 def _read_quant_configs(ckpt: Checkpoint) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mtpforge.checkpoint.paths import open_regular
 from mtpforge.errors import CheckpointError
 
 # The safetensors library refuses headers above 100 MB; so do we.
@@ -75,11 +76,12 @@ class ShardHeader:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def read_header(path: Path) -> ShardHeader:
+def read_header(path: Path, name: str | None = None) -> ShardHeader:
     """Read and validate the header of the safetensors file at `path`.
 
     Args:
-        path: a `.safetensors` file.
+        path: a `.safetensors` file (opened without following a final symlink: pass the resolved path).
+        name: the shard's name in its checkpoint, when `path` is where a symlink led (default: `path.name`).
 
     Returns:
         The header, with absolute byte offsets for every tensor.
@@ -88,18 +90,18 @@ def read_header(path: Path) -> ShardHeader:
         HeaderError: the file is truncated or breaks any rule of the format.
     """
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # never blocks on a FIFO, never follows a swapped-in symlink
             file_bytes = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise _err(path, f"file is {file_bytes} bytes, shorter than the 8-byte header length")
             n = int.from_bytes(prefix, "little")
             if n > MAX_HEADER_BYTES or 8 + n > file_bytes:
-                return parse_header(prefix, file_bytes, path.name)  # raises with the reason
+                return parse_header(prefix, file_bytes, name or path.name)  # raises with the reason
             raw = prefix + f.read(n)
     except OSError as e:
-        raise HeaderError(f"{path}: cannot read: {e.strerror}", hint="check the file's permissions") from e
-    return parse_header(raw, file_bytes, path.name)
+        raise HeaderError(f"{path}: cannot read: {e.strerror or e}", hint="check the file's permissions") from e
+    return parse_header(raw, file_bytes, name or path.name)
 
 
 def parse_header(raw: bytes, file_bytes: int, file_name: str) -> ShardHeader:

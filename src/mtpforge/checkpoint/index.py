@@ -1,19 +1,19 @@
 """`model.safetensors.index.json`: read, validate, and name-check its shard paths.
 
 A shard path comes from a file someone downloaded, so it is untrusted: it must
-be relative, stay inside the checkpoint directory once symlinks are resolved,
-and name a regular file. `total_size` is the sum of tensor bytes (what
+be one plain file name, stay inside the checkpoint directory once symlinks are
+resolved, and name a regular file (checkpoint/paths.py). `total_size` is the sum of tensor bytes (what
 transformers' `save_pretrained` writes), not of file sizes.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from mtpforge.checkpoint import paths
 from mtpforge.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -39,7 +39,7 @@ def read_index(root: Path) -> Index | None:
             tensor to a path outside the directory.
     """
     path = root / INDEX_NAME
-    if not path.exists():
+    if not paths.exists(root, INDEX_NAME):
         return None
     doc = read_json(path, root)
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
@@ -61,46 +61,20 @@ def read_index(root: Path) -> Index | None:
     return Index(dict(weight_map), total)
 
 
-def check_inside(root: Path, relative: str, *, what: str) -> Path:
-    """Resolve `relative` under `root`, refusing anything that leaves it.
-
-    A symlink into the Hugging Face cache's `blobs/` folder is allowed: that is
-    how every snapshot downloaded by huggingface_hub is laid out.
-    """
-    pure = PurePosixPath(relative)
-    if not relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative:
-        raise CheckpointError(
-            f"{what} {relative!r}: shard paths must be relative and stay inside {root}",
-            hint="the index is corrupt or hostile; re-download it",
-        )
-    path = root / pure
-    real, real_root = os.path.realpath(path), os.path.realpath(root)
-    if not _within(real, real_root) and not _within(real, _hf_cache_blobs(Path(real_root))):
-        raise CheckpointError(
-            f"{what} {relative!r}, a symlink that leaves {root} (to {real})",
-            hint="copy the file into the checkpoint directory instead of linking it",
-        )
-    return path
+def check_inside(root: Path, relative: object, *, what: str) -> Path:
+    """Resolve `relative` under `root`, refusing a name that is not one plain file name, a symlink that
+    leaves `root` (one into the Hugging Face cache's `blobs/` is allowed) or a file that is not regular
+    (checkpoint/paths.py)."""
+    return paths.resolve(root, relative, what=what)
 
 
 def read_json(path: Path, root: Path) -> Any:
-    """Parse a JSON file of the checkpoint, with a clear error when it is broken."""
-    check_inside(root, path.relative_to(root).as_posix(), what="file")
+    """Parse a JSON file of the checkpoint, with a clear error when it is broken, unsafe or nested absurdly deep."""
+    raw = paths.read_bytes(root, path.relative_to(root).as_posix(), what="file")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON: {e}", hint="restore this file from the original checkpoint") from e
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from e
-
-
-def _within(path: str, root: str | None) -> bool:
-    return root is not None and (path == root or path.startswith(root.rstrip(os.sep) + os.sep))
-
-
-def _hf_cache_blobs(real_root: Path) -> str | None:
-    # <cache>/models--org--name/snapshots/<sha>/ links files to ../../blobs/<hash>
-    if real_root.parent.name == "snapshots":
-        return str(real_root.parent.parent / "blobs")
-    return None
+    except RecursionError as e:
+        raise CheckpointError(f"{path}: JSON nested too deeply to be a checkpoint file",
+                              hint="restore this file from the original checkpoint") from e
