@@ -150,9 +150,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"{root / 'config.json'}: not a JSON object")
     index = read_index(root)
     files, unsafe = _list_files(root)
-    for name, reason in sorted(unsafe.items()):
-        if name.endswith(".safetensors"):
-            paths.resolve(root, name, what="shard")  # raises with `reason`
+    for name in sorted(n for n in unsafe if n.endswith(".safetensors")):
+        paths.resolve(root, name, what="shard")  # a shard no engine can load safely: refused, with the reason
     shard_names = {n for n in files if n.endswith(".safetensors")}
     if index is not None:
         shard_names |= {s for s in index.shard_names if paths.exists(root, s)}
