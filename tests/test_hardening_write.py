@@ -297,3 +297,42 @@ def test_an_oserror_mid_stage_is_exit_3(tmp_path: Path, pair: tuple[Path, Path],
         assert f"Error: writing {out} failed: {os.strerror(err)} ({tmp_path / '.out.partial'}/" in r.err
     assert "the input is untouched" in r.err
     assert fingerprint(target, base) == before and leftovers(tmp_path, out) == []
+
+
+def test_two_runs_race_for_the_same_out(tmp_path: Path, pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    target, base = pair
+    out = tmp_path / "out"
+    plan = plan_graft(target, open_donor(str(base)))
+    before = fingerprint(target, base)
+    staged, go = threading.Event(), threading.Event()
+    real = publish_mod.publish
+
+    def slow_publish(staging: Path, dst: Path, *, overwrite: bool) -> None:
+        staged.set()
+        go.wait(10)
+        real(staging, dst, overwrite=overwrite)
+
+    monkeypatch.setattr("mtpforge.surgery.stage.publish", slow_publish)
+    first = threading.Thread(target=apply_plan, args=(plan, out))
+    first.start()
+    assert staged.wait(10)
+    with pytest.raises(MtpforgeError, match=f"another mtpforge run is writing {out}"):
+        apply_plan(plan, out, overwrite=True)
+    go.set()
+    first.join(10)
+    assert doctor(out).findings == () and fingerprint(target, base) == before and leftovers(tmp_path, out) == ["out"]
+
+
+def test_publish_dir_never_replaces(tmp_path: Path) -> None:
+    staged, out = tmp_path / "work" / "done", tmp_path / "out"
+    staged.mkdir(parents=True)
+    (staged / "f").write_text("new")
+    out.mkdir()  # an empty directory: rename(2) alone would silently replace it
+    with pytest.raises(UsageError, match="already exists"):
+        publish_mod.publish_dir(staged, out)
+    assert (staged / "f").exists() and list(out.iterdir()) == []
+    out.rmdir()
+    publish_mod.publish_dir(staged, out)
+    assert (out / "f").read_text() == "new" and leftovers(tmp_path, out) == ["out"]
