@@ -5,8 +5,9 @@ tensor): INT4 / INT8 as compressed-tensors `pack-quantized`, NVFP4 as
 `nvfp4-pack-quantized` or modelopt's layout. NVFP4 with FP4 activations
 measures input ranges on calibration text first (`activations.py`). AWQ and
 GPTQ run llm-compressor on the whole model (`calibrated.py`). Every output is
-published by `surgery.stage.apply_plan`: staged beside the destination,
-verified, renamed into place.
+published by `surgery.stage.apply_plan`: staged beside the destination under
+the output's lock, validated, and made to appear in one atomic step (see
+docs/surgery.md#safety).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ dimensions must match the target's, its head must be complete and in the
 target's expert layout, and its norms must be in the target trunk's
 convention. The donor may be a local checkpoint or a hub repository, of which
 only the index, the headers of the shards holding `mtp.*` and the head's bytes
-are fetched.
+are fetched. The head's file (`--shard-name`) is a plain, not hidden
+`.safetensors` name that no kept shard has, and neither the target nor a local
+donor may overlap `--out` (`surgery.publish`).
 """
 
 from __future__ import annotations
