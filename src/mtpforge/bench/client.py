@@ -6,8 +6,11 @@ one core, so each arriving packet is parsed in the transport's callback with
 no task switch per event. All it needs is one POST, a status line, chunked
 transfer decoding and server-sent events.
 Every failure (refused, reset mid-stream, HTTP error, time-out, a stream that
-ends without `[DONE]`) becomes a `StreamResult` with `error` set; nothing
-raises out of `stream_completion`.
+ends without `[DONE]`, an event that is not an OpenAI JSON chunk) becomes a
+`StreamResult` with `error` set; nothing raises out of `stream_completion`.
+Memory is bounded per stream: the response head to `MAX_HEAD_BYTES`, an error
+body to `MAX_ERROR_BODY_BYTES` (then the stream is failed, not read further),
+one undelivered event to `MAX_EVENT_BYTES`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-MAX_ERROR_BODY = 300
+MAX_ERROR_BODY = 300  # characters of an error body quoted in the message
+MAX_HEAD_BYTES = 64 << 10
+MAX_ERROR_BODY_BYTES = 1 << 20
+MAX_EVENT_BYTES = 1 << 20
 
 
 @dataclass
@@ -99,14 +105,16 @@ class _SseProtocol(asyncio.Protocol):
             return
         try:
             self._receive(data)
-        except (_StreamError, ValueError) as e:
-            self._fail(e if isinstance(e, _StreamError) else _StreamError(f"bad stream: {e}"))
+        except _StreamError as e:
+            self._fail(e)
+        except Exception as e:  # whatever the bytes: a failed request, never a crash of the event loop
+            self._fail(_StreamError(f"bad stream: {type(e).__name__}: {e}"[:MAX_ERROR_BODY]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.done.done():
             return
         if self.status is not None and self.status != 200:
-            self._fail(_StreamError(f"HTTP {self.status}: {self.body[:MAX_ERROR_BODY].decode(errors='replace').strip()}"))
+            self._fail(_StreamError(f"HTTP {self.status}: {self._quote()}"))
         elif exc is not None:
             self._fail(_StreamError(f"{type(exc).__name__}: {exc} after {len(self.result.token_times)} events"))
         else:
@@ -121,12 +129,18 @@ class _SseProtocol(asyncio.Protocol):
             self.head += data
             end = self.head.find(b"\r\n\r\n")
             if end < 0:
+                if len(self.head) > MAX_HEAD_BYTES:
+                    raise _StreamError(f"bad stream: response head over {MAX_HEAD_BYTES:,} bytes; not read further")
                 return
             self.status, chunked = _parse_head(self.head[:end])
             self.dechunker = _Dechunker() if chunked else None
             data = self.head[end + 4:]
         self.body += self.dechunker.feed(data) if self.dechunker else data
+        pending = len(self.body) + (len(self.dechunker.buffer) if self.dechunker else 0)
         if self.status != 200:
+            if pending > MAX_ERROR_BODY_BYTES:  # a server may send an endless error body: do not hold it
+                raise _StreamError(f"HTTP {self.status}: {self._quote()} (error body over {MAX_ERROR_BODY_BYTES:,} bytes; "
+                                   "not read further)")
             return  # collected for the message; reported when the server closes
         while (end := self.body.find(b"\n\n")) >= 0:
             event, self.body = self.body[:end], self.body[end + 2:]
@@ -136,6 +150,11 @@ class _SseProtocol(asyncio.Protocol):
                     self.result.latency = time.perf_counter() - self.start
                     self.done.set_result(None)
                     return
+        if len(self.body) + (len(self.dechunker.buffer) if self.dechunker else 0) > MAX_EVENT_BYTES:
+            raise _StreamError(f"bad stream: an event over {MAX_EVENT_BYTES:,} bytes without its end; not read further")
+
+    def _quote(self) -> str:
+        return self.body[:MAX_ERROR_BODY].decode(errors="replace").strip()
 
     def _on_data(self, data: bytes) -> bool:
         """Handle one `data:` payload; True at `[DONE]`."""
@@ -143,20 +162,32 @@ class _SseProtocol(asyncio.Protocol):
             if self.result.ttft is None:
                 raise _StreamError("stream finished without a token")
             return True
-        doc = json.loads(data)
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            raise _StreamError(f"bad stream: a data line is not JSON: {data[:80]!r}") from None
+        if not isinstance(doc, dict):
+            raise _StreamError(f"bad stream: a data line is not a JSON object: {data[:80]!r}")
         if "error" in doc:
-            raise _StreamError(f"server error mid-stream: {doc['error']}")
+            raise _StreamError(f"server error mid-stream: {str(doc['error'])[:MAX_ERROR_BODY]}")
         now = time.perf_counter() - self.start
         choices = doc.get("choices") or []
-        if choices and (choices[0].get("text") or (choices[0].get("delta") or {}).get("content")):
+        first = choices[0] if isinstance(choices, list) and choices else {}
+        if not isinstance(first, dict):
+            raise _StreamError(f"bad stream: choices[0] is not a JSON object: {data[:80]!r}")
+        delta = first.get("delta")
+        if first.get("text") or (isinstance(delta, dict) and delta.get("content")):
             if self.result.ttft is None:
                 self.result.ttft = now
             self.result.token_times.append(now)
             self.result.output_tokens = len(self.result.token_times)
         usage = doc.get("usage")
-        if usage and usage.get("completion_tokens") is not None:
-            self.result.output_tokens = int(usage["completion_tokens"])
-            self.result.prompt_tokens = usage.get("prompt_tokens")
+        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+            tokens, prompt = usage["completion_tokens"], usage.get("prompt_tokens")
+            if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+                raise _StreamError(f"bad stream: usage.completion_tokens is not a count: {tokens!r}"[:MAX_ERROR_BODY])
+            self.result.output_tokens = tokens
+            self.result.prompt_tokens = prompt if isinstance(prompt, int) and not isinstance(prompt, bool) else None
         return False
 
 

@@ -5,6 +5,13 @@ the level ends when the queue is empty or `max_duration` has passed (then no
 new request starts; the ones in flight finish or time out). The engine's
 speculative-decoding counters are read from `/metrics` before and after the
 level, so acceptance covers exactly this level's traffic.
+
+Every wait is bounded: each request by `timeout`, each `/metrics` read by
+`min(timeout, METRICS_TIMEOUT_SEC)` (twice that for a page that trickles), and
+the level's clock starts before the first read, so a level ends within
+`max_duration` plus one request's and one read's bounds. A server without
+`/metrics` (404) gives no acceptance; one whose page stalls or is malformed is
+a `SourceError`.
 """
 
 from __future__ import annotations
@@ -17,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from mtpforge.bench.client import StreamResult, stream_completion
-from mtpforge.engine.metrics import spec_counters
-from mtpforge.errors import SourceError
+from mtpforge.engine.metrics import METRICS_TIMEOUT_SEC, spec_counters
 
 PERCENTILES = (50, 90, 99)
 
@@ -37,18 +43,19 @@ async def run_level(base_url: str, level: Level) -> dict[str, Any]:
     for body in level.requests:
         queue.put_nowait(body)
     results: list[StreamResult] = []
-    start = time.perf_counter()
-    deadline = start + level.max_duration
+    deadline = time.perf_counter() + level.max_duration  # the /metrics read below counts against the level
 
     async def worker() -> None:
         while not queue.empty() and time.perf_counter() < deadline:
             body = queue.get_nowait()
             results.append(await stream_completion(f"{base_url}/v1/completions", body, timeout=level.timeout))
 
-    before = await asyncio.to_thread(_counters, base_url)
+    read_timeout = min(level.timeout, METRICS_TIMEOUT_SEC)
+    before = await asyncio.to_thread(spec_counters, base_url, timeout=read_timeout, missing_ok=True)
+    start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(level.concurrency)))
     wall = time.perf_counter() - start
-    after = await asyncio.to_thread(_counters, base_url)
+    after = await asyncio.to_thread(spec_counters, base_url, timeout=read_timeout, missing_ok=True)
     return summarise(results, wall, level.concurrency, acceptance(before, after))
 
 
@@ -82,13 +89,6 @@ def _stats(values: list[float]) -> dict[str, float] | None:
         return None
     arr = np.asarray(values)
     return {"mean": round(float(arr.mean()), 6), **{f"p{p}": round(float(np.percentile(arr, p)), 6) for p in PERCENTILES}}
-
-
-def _counters(base_url: str) -> dict[str, float] | None:
-    try:
-        return spec_counters(base_url)
-    except SourceError:  # not every OpenAI-compatible server has /metrics
-        return None
 
 
 def acceptance(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any] | None:

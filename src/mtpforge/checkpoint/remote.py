@@ -23,6 +23,9 @@ from mtpforge.checkpoint.index import INDEX_NAME
 from mtpforge.errors import CheckpointError, SourceError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+# A JSON file of a repository (config, index, tokenizer config): the local reader's bound; an index of a
+# 671B model is about 10 MB.
+MAX_JSON_FILE_BYTES = 64 << 20
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -53,7 +56,8 @@ class RemoteRepo:
 
     def json_file(self, filename: str, *, optional: bool = False) -> Any:
         """GET and parse a JSON file; None when `optional` and the hub says 404."""
-        status, _, raw = http_get(self.url(filename), self.headers, missing_ok=optional)
+        status, _, raw = http_get(self.url(filename), self.headers, missing_ok=optional,
+                                  max_bytes=MAX_JSON_FILE_BYTES)
         if status == 404:
             return None
         try:
@@ -63,7 +67,8 @@ class RemoteRepo:
 
     def shard_header(self, filename: str) -> ShardHeader:
         """The validated header of a remote shard, read with two range requests."""
-        status, headers, prefix = http_get(self.url(filename), {**self.headers, "Range": "bytes=0-7"})
+        status, headers, prefix = http_get(self.url(filename), {**self.headers, "Range": "bytes=0-7"},
+                                          max_bytes=8)
         match = re.match(r"bytes \d+-\d+/(\d+)", headers.get("Content-Range", ""))
         if status != 206 or not match:
             raise SourceError(f"{self.url(filename)}: the server does not support byte ranges (HTTP {status})",

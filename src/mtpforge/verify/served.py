@@ -6,9 +6,9 @@ before and after them, so other traffic before the run does not count.
 from __future__ import annotations
 
 import json
-import urllib.request
 from typing import TYPE_CHECKING
 
+from mtpforge.checkpoint.http import http_request
 from mtpforge.engine.metrics import served_model, spec_counters
 from mtpforge.errors import SourceError
 
@@ -16,16 +16,26 @@ if TYPE_CHECKING:  # bench reads the counters without torch; only measure_engine
     from mtpforge.verify.acceptance import Acceptance
 
 
+COMPLETION_TIMEOUT_SEC = 300  # per socket wait; a completion that trickles is cut at twice that
+
+
 def complete(url: str, prompt: list[int], max_tokens: int, model: str | None = None) -> str:
-    """A greedy completion of a token-id prompt that runs to `max_tokens` (EOS ignored)."""
+    """A greedy completion of a token-id prompt that runs to `max_tokens` (EOS ignored); bounded in time and size."""
     body = {"model": model or served_model(url), "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
-    req = urllib.request.Request(f"{url.rstrip('/')}/v1/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    endpoint = f"{url.rstrip('/')}/v1/completions"
+    hint = "is the server up and serving this model?"
     try:
-        with urllib.request.urlopen(req, timeout=300) as r:
-            return json.loads(r.read())["choices"][0]["text"]
-    except OSError as e:
-        raise SourceError(f"{url}: completion failed: {e}", hint="is the server up and serving this model?") from e
+        _, _, raw = http_request(endpoint, {"Content-Type": "application/json"}, data=json.dumps(body).encode(),
+                                 timeout=COMPLETION_TIMEOUT_SEC)
+    except SourceError as e:
+        raise SourceError(f"{url}: completion failed: {e}", hint=e.hint or hint) from e
+    try:
+        text = json.loads(raw)["choices"][0]["text"]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise SourceError(f"{endpoint}: not an OpenAI completion ({type(e).__name__}: {e}): {raw[:120]!r}", hint=hint) from e
+    if not isinstance(text, str):
+        raise SourceError(f"{endpoint}: choices[0].text is not a string: {raw[:120]!r}", hint=hint)
+    return text
 
 
 def measure_engine(url: str, prompts: list[list[int]], new_tokens: int, k: int) -> Acceptance:
