@@ -17,6 +17,7 @@ from mtpforge.checkpoint import paths
 from mtpforge.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
+MAX_JSON_DEPTH = 64  # configs, indexes and tokenizer files nest a few levels; deeper is hostile
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,25 @@ def read_json(path: Path, root: Path) -> Any:
     """Parse a JSON file of the checkpoint, with a clear error when it is broken, unsafe or nested absurdly deep."""
     raw = paths.read_bytes(root, path.relative_to(root).as_posix(), what="file")
     try:
-        return json.loads(raw.decode("utf-8"))
+        doc = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON: {e}", hint="restore this file from the original checkpoint") from e
-    except RecursionError as e:
-        raise CheckpointError(f"{path}: JSON nested too deeply to be a checkpoint file",
-                              hint="restore this file from the original checkpoint") from e
+    except RecursionError:  # deeper than json's own recursion limit
+        too_deep = True
+    else:
+        too_deep = _depth_over(doc, MAX_JSON_DEPTH)
+    if too_deep:
+        raise CheckpointError(f"{path}: JSON nested more than {MAX_JSON_DEPTH} levels deep: not a checkpoint file",
+                              hint="restore this file from the original checkpoint")
+    return doc
+
+
+def _depth_over(doc: Any, limit: int) -> bool:
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False

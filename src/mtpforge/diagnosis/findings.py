@@ -1,10 +1,14 @@
 """The finding catalogue (docs/domain.md §8): stable codes, default severities, fixes.
 
-Codes never change meaning once released. mtpforge adds four to the shared
+Codes never change meaning once released. mtpforge adds seven to the shared
 catalogue, for defects it leaves implicit: `tensor-missing`,
-`tensor-unexpected`, `quant-declared-mismatch` and `quant-method-unsupported`.
-Unsafe paths in the index are not findings: they are refused outright (exit 3),
-because nothing read through them can be trusted.
+`tensor-unexpected`, `quant-declared-mismatch`, `quant-method-unsupported`,
+`file-outside-checkpoint`, `tensor-duplicated` and `index-unlisted-tensor`.
+Unsafe paths in the index, and shards that are symlinks leaving the directory
+or not regular files, are not findings: they are refused outright (exit 3),
+because nothing read through them can be trusted. Any other such file (a
+tokenizer file, chat_template.jinja, README.md) is never read and is reported
+as `file-outside-checkpoint`.
 
 `command` names the mtpforge command that applies a fix, where one does.
 """
@@ -58,6 +62,11 @@ CATALOGUE: dict[str, Rule] = {
     "tensor-unexpected": Rule(WARNING, "remove the tensors, or fix config.json if they belong to the model", None),
     "quant-declared-mismatch": Rule(ERROR, "make the quantization config describe the weights as stored", None),
     "quant-method-unsupported": Rule(INFO, "mtpforge cannot check this method's storage; check MTP coverage by hand", None),
+    "file-outside-checkpoint": Rule(ERROR, "replace the link (or FIFO, device, socket) with the regular file it stands for, "
+                                    "copied into the checkpoint directory", None),
+    "tensor-duplicated": Rule(ERROR, "keep each tensor in exactly one shard (remove the stale copy) and re-index", None),
+    "index-unlisted-tensor": Rule(WARNING, "add the tensors to weight_map (or remove them from the shard) and recompute "
+                                  "total_size", None),
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from mtpforge.errors import UnsupportedFamilyError
 from mtpforge.families.base import EMBEDDINGS, GROUPS, MTP, TRUNK, VISION, Family, Inventory, TensorSpec
+from mtpforge.families.limits import check_config
 from mtpforge.families.qwen3_5 import QWEN3_5, QWEN3_5_MOE
 from mtpforge.families.qwen3_next import QWEN3_NEXT
 
@@ -26,10 +27,12 @@ def detect_family(config: dict[str, Any]) -> Family:
 
     Raises:
         UnsupportedFamilyError: no family claims the config's `model_type`.
+        CheckpointError: a count or dimension of the config is mistyped or out of bounds (families/limits.py).
     """
     model_type = config.get("model_type")
     for family in FAMILIES.values():
-        if model_type in family.model_types:
+        if isinstance(model_type, str) and model_type in family.model_types:
+            check_config(family, config)  # every count and dimension bounded before anything iterates over it
             return family
     known = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
     raise UnsupportedFamilyError(

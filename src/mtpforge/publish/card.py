@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mtpforge.checkpoint import Checkpoint, CheckpointLike, as_checkpoint
+from mtpforge.checkpoint import Checkpoint, CheckpointLike, as_checkpoint, paths
 from mtpforge.diagnosis.doctor import doctor
 from mtpforge.diagnosis.inspection import InspectReport, inspect_checkpoint
 from mtpforge.engine.launch import ServeOptions, launch_line
 from mtpforge.engine.memory import PlanRequest, plan
-from mtpforge.errors import UsageError
+from mtpforge.errors import CheckpointError, UsageError
 from mtpforge.units import GIB, gib, human, parse_size
 
 
@@ -196,10 +196,11 @@ def _measurement(file: str | None, schema: str) -> dict[str, Any] | None:
 
 
 def _base_model_from_readme(path: Path) -> str | None:
-    readme = path / "README.md"
-    if not readme.is_file():
-        return None
-    for line in readme.read_text(errors="replace").splitlines():
+    try:  # through checkpoint/paths.py: a README.md that links outside the directory, or a FIFO, is never read
+        text = paths.read_text(path, "README.md") if paths.exists(path, "README.md") else ""
+    except CheckpointError:
+        return None  # doctor reports it as file-outside-checkpoint
+    for line in text.splitlines():
         if line.startswith("base_model:"):
             return line.split(":", 1)[1].strip() or None
     return None
