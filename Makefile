@@ -43,6 +43,11 @@ test: lint $(ENGINE_STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/doctor_headers.py --json bench/out/doctor_headers.json
 
+# Config-value fuzz, a longer campaign than tests/test_fuzz_config.py (figures in bench/README.md).
+.PHONY: fuzz
+fuzz: $(STAMP)
+	$(VENV)/bin/python bench/fuzz_config.py --mutations 5000 --json bench/out/fuzz_config.json
+
 # docs/cli.md, the CLI reference, from the --help of every command (tests/test_docs.py checks it is current).
 .PHONY: docs
 docs: $(STAMP)

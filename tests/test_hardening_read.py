@@ -187,3 +187,24 @@ def test_a_healthy_hf_style_link_inside_is_still_read(make: Make, cli: Cli) -> N
     _link(ckpt, "chat_template.jinja", Path("chat_template.real"))
     assert open_checkpoint(ckpt).chat_template and not open_checkpoint(ckpt).unsafe_files
     assert json.loads(cli("doctor", str(ckpt), "--json").out)["findings"] == []
+
+
+@pytest.mark.parametrize("name", ["config.json", INDEX_NAME, "hf_quant_config.json"])
+@pytest.mark.parametrize("kind", ["fifo", "outside"])
+def test_config_index_and_quant_config_are_read_only_when_regular_and_inside(make: Make, cli: Cli, secret: Path,
+                                                                             name: str, kind: str) -> None:
+    ckpt = make(shards=2, quant="modelopt-nvfp4") if name == "hf_quant_config.json" else make(shards=2)
+    assert (ckpt / name).is_file()
+    (ckpt / name).unlink()
+    if kind == "fifo":
+        os.mkfifo(ckpt / name)
+    else:
+        os.symlink(secret, ckpt / name)
+    r = cli("doctor", str(ckpt), "--json")
+    reason = "not a regular file (a FIFO)" if kind == "fifo" else "a symlink that leaves"
+    assert SECRET not in r.out + r.err and "Traceback" not in r.err
+    if name == "hf_quant_config.json":  # not needed to open the checkpoint: never read, reported
+        found = next(f for f in r.json()["findings"] if f["code"] == "file-outside-checkpoint")
+        assert r.code == 1 and found["message"].startswith(f"{name} is {reason}")
+    else:
+        assert r.code == 3 and f"file {name!r}, {reason}" in r.err

@@ -190,11 +190,15 @@ def mtp_head(inv: Inventory, d: TextDims, n_layers: int, *, moe: bool, fused_exp
 def vision_tower(inv: Inventory, p: str, v: dict[str, Any], dtype: str) -> None:
     """The Qwen3.5 vision tower (ViT blocks, patch embedding, position embedding, merger)."""
     role: dict[str, Any] = {"group": "vision", "dtype": dtype}
-    h, inter = int(v.get("hidden_size", 1152)), int(v.get("intermediate_size", 4304))
-    patch, temporal = int(v.get("patch_size", 16)), int(v.get("temporal_patch_size", 2))
-    merged = h * int(v.get("spatial_merge_size", 2)) ** 2
+    def get(key: str, default: int) -> int:  # bounded by families/limits.py; null means the default, as in transformers
+        value = v.get(key)
+        return default if value is None else int(value)
+
+    h, inter = get("hidden_size", 1152), get("intermediate_size", 4304)
+    patch, temporal = get("patch_size", 16), get("temporal_patch_size", 2)
+    merged = h * get("spatial_merge_size", 2) ** 2
     block_linears = (("attn.proj", h, h), ("attn.qkv", 3 * h, h), ("mlp.linear_fc1", inter, h), ("mlp.linear_fc2", h, inter))
-    for i in range(int(v.get("depth", 27))):
+    for i in range(get("depth", 27)):
         b = f"{p}.blocks.{i}"
         for mod, out, inp in block_linears:
             linear(inv, f"{b}.{mod}.weight", out, inp, layer=i, **role)
@@ -204,14 +208,15 @@ def vision_tower(inv: Inventory, p: str, v: dict[str, Any], dtype: str) -> None:
             inv.add(f"{b}.{n}.bias", (h,), kind=BIAS, layer=i, keep_high_precision=True, **role)
     linear(inv, f"{p}.merger.linear_fc1.weight", merged, merged, **role)
     inv.add(f"{p}.merger.linear_fc1.bias", (merged,), kind=BIAS, keep_high_precision=True, **role)
-    linear(inv, f"{p}.merger.linear_fc2.weight", int(v.get("out_hidden_size", 3584)), merged, **role)
-    inv.add(f"{p}.merger.linear_fc2.bias", (int(v.get("out_hidden_size", 3584)),), kind=BIAS, keep_high_precision=True, **role)
+    out_hidden = get("out_hidden_size", 3584)
+    linear(inv, f"{p}.merger.linear_fc2.weight", out_hidden, merged, **role)
+    inv.add(f"{p}.merger.linear_fc2.bias", (out_hidden,), kind=BIAS, keep_high_precision=True, **role)
     inv.add(f"{p}.merger.norm.weight", (h,), kind=NORM, keep_high_precision=True, **role)
     inv.add(f"{p}.merger.norm.bias", (h,), kind=BIAS, keep_high_precision=True, **role)
-    inv.add(f"{p}.patch_embed.proj.weight", (h, int(v.get("in_channels", 3)), temporal, patch, patch),
+    inv.add(f"{p}.patch_embed.proj.weight", (h, get("in_channels", 3), temporal, patch, patch),
             kind=CONV, keep_high_precision=True, **role)
     inv.add(f"{p}.patch_embed.proj.bias", (h,), kind=BIAS, keep_high_precision=True, **role)
-    inv.add(f"{p}.pos_embed.weight", (int(v.get("num_position_embeddings", 2304)), h),
+    inv.add(f"{p}.pos_embed.weight", (get("num_position_embeddings", 2304), h),
             kind=EMBEDDING, keep_high_precision=True, **role)
 
 
