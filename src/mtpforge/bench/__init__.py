@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mtpforge.bench.sweep import Level, run_level
+from mtpforge.engine.bounds import CONCURRENCY, COUNT, POSITIVE, REQUESTS, SECONDS, check
 from mtpforge.engine.metrics import served_model
 from mtpforge.errors import SourceError, UsageError
 from mtpforge.prompts import load_prompts
@@ -44,18 +45,30 @@ class BenchOptions:
     allow_remote: bool = False
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """The ranges `mtpforge bench` enforces (engine/bounds.py), so the Python API refuses the same values."""
+        if not self.concurrencies:
+            raise UsageError("--concurrency names no level", hint="--concurrency 1,4,16")
+        for c in self.concurrencies:
+            check("--concurrency", c, CONCURRENCY)
+        check("--num-requests", self.num_requests, REQUESTS)
+        check("--input-len", self.input_len, POSITIVE)
+        check("--output-len", self.output_len, POSITIVE)
+        check("--warmup", self.warmup, COUNT)
+        check("--timeout", self.timeout, SECONDS)
+        check("--max-duration", self.max_duration, SECONDS)
+
 
 def bench(url: str, options: BenchOptions, *, compare_url: str | None = None) -> dict[str, Any]:
     """Run the sweep on `url` (and `compare_url`); the `mtpforge.bench/1` document.
 
     Raises:
-        UsageError: a non-loopback URL without `allow_remote`, or bounds out of range.
-        SourceError: the server does not answer `/v1/models`.
+        UsageError: a non-loopback URL without `allow_remote` (ranges are checked by `BenchOptions`).
+        SourceError: the server does not answer `/v1/models` as OpenAI does, or its `/metrics` is malformed or stalls.
     """
     urls = [url] + ([compare_url] if compare_url else [])
     for u in urls:
         _check_url(u, options.allow_remote)
-    _check_bounds(options)
     runs = [_sweep(u.rstrip("/"), options) for u in urls]
     doc: dict[str, Any] = {"schema": "mtpforge.bench/1",
                            "options": {**options.__dict__, "concurrencies": list(options.concurrencies)}, "runs": runs}
@@ -66,8 +79,8 @@ def bench(url: str, options: BenchOptions, *, compare_url: str | None = None) ->
 
 def _sweep(url: str, options: BenchOptions) -> dict[str, Any]:
     try:
-        model = options.model or served_model(url)
-    except (SourceError, KeyError, IndexError, ValueError) as e:
+        model = options.model or served_model(url, timeout=options.timeout)
+    except SourceError as e:
         raise SourceError(f"{url}: no model listed at /v1/models ({e})",
                           hint="is an OpenAI-compatible server running there?") from e
     bodies = _bodies(model, options)
@@ -124,16 +137,6 @@ def _check_url(url: str, allow_remote: bool) -> None:
     if not loopback:
         raise UsageError(f"{host} is not this machine: bench loads only loopback servers by default",
                          hint="add --allow-remote if you own that server and mean to load it")
-
-
-def _check_bounds(o: BenchOptions) -> None:
-    if not o.concurrencies or min(o.concurrencies) < 1 or max(o.concurrencies) > 4096:
-        raise UsageError("--concurrency takes 1 to 4096 streams", hint="--concurrency 1,4,16")
-    if not 1 <= o.num_requests <= 100_000 or o.output_len < 1 or o.input_len < 1:
-        raise UsageError("--num-requests, --input-len and --output-len must be positive (at most 100000 requests)",
-                         hint="--num-requests 32")
-    if o.timeout <= 0 or o.max_duration <= 0:
-        raise UsageError("--timeout and --max-duration must be positive seconds", hint="--timeout 120 --max-duration 300")
 
 
 def write_outputs(doc: dict[str, Any], out: Path) -> tuple[list[Path], list[str]]:

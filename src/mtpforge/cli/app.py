@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from mtpforge import __version__
+from mtpforge.cli.options import COUNT, NON_NEGATIVE_FLOAT, POSITIVE, UNIT_INTERVAL
 from mtpforge.errors import EXIT_CHECKS_FAILED, EXIT_OK, UsageError
 from mtpforge.formats.schemes import CHECKPOINT_FORMATS, COMPRESSED_TENSORS, QUANTIZE_SCHEMES
 
@@ -153,7 +154,7 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
               help="nvfp4a16: FP4 weights; nvfp4: FP4 weights and activations (input scales calibrated on text).")
 @click.option("--format", "checkpoint_format", type=click.Choice(CHECKPOINT_FORMATS), default=COMPRESSED_TENSORS,
               show_default=True, help="modelopt: NVFP4 in modelopt's layout with hf_quant_config.json (--scheme nvfp4).")
-@click.option("--group-size", type=int, default=None,
+@click.option("--group-size", type=COUNT, default=None,
               help="Inputs per scale; 0: one scale per output channel (default: 128 for INT, 16 for NVFP4).")
 @click.option("--scope", type=click.Choice(["all", "attention-mlp", "mlp-skip-first"]), default="all", show_default=True,
               help="all: attention, GDN projections, MLP; attention-mlp: GDN stays BF16; mlp-skip-first: MLP of layers 1+.")
@@ -168,7 +169,7 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
 @click.option("--actorder", is_flag=True, help="GPTQ with activation order (desc_act).")
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Calibration texts for awq / gptq: a JSON list or one per line (default: the bundled prompts).")
-@click.option("--samples", type=int, default=64, show_default=True, help="Calibration texts used at most.")
+@click.option("--samples", type=POSITIVE, default=64, show_default=True, help="Calibration texts used at most.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @_out_options
 def quantize(base: str, out: str, scheme: str, checkpoint_format: str, group_size: int | None, scope: str,
@@ -189,13 +190,14 @@ def quantize(base: str, out: str, scheme: str, checkpoint_format: str, group_siz
 @click.argument("candidate", type=click.Path(file_okay=False, path_type=str))
 @click.option("--reference", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Compare with this checkpoint (normally the BF16 base): KLD, top-1 agreement, its acceptance.")
-@click.option("--k", "k", type=int, default=3, show_default=True, help="Draft positions to measure (num_speculative_tokens).")
-@click.option("--new-tokens", type=int, default=48, show_default=True, help="Greedy tokens generated per prompt.")
+@click.option("--k", "k", type=POSITIVE, default=3, show_default=True,
+              help="Draft positions to measure (num_speculative_tokens).")
+@click.option("--new-tokens", type=POSITIVE, default=48, show_default=True, help="Greedy tokens generated per prompt.")
 @click.option("--prompts", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Prompt file: a JSON list or one prompt per line (default: the bundled set).")
-@click.option("--max-prompts", type=int, default=16, show_default=True)
-@click.option("--min-acceptance", type=float, default=None, help="Exit 1 when position-0 acceptance is below this (0-1).")
-@click.option("--max-kld", type=float, default=None,
+@click.option("--max-prompts", type=POSITIVE, default=16, show_default=True)
+@click.option("--min-acceptance", type=UNIT_INTERVAL, default=None, help="Exit 1 when position-0 acceptance is below this (0-1).")
+@click.option("--max-kld", type=NON_NEGATIVE_FLOAT, default=None,
               help="Exit 1 when the mean KL divergence from --reference is above this (nats).")
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Write a PNG of acceptance by position.")
@@ -236,7 +238,8 @@ def demo(workdir: str | None) -> int:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Output directory (appears when every step passed).")
 @click.option("--donor", default=None, help="Where to take the MTP head from when the base has none (overrides the recipe).")
-@click.option("--min-acceptance", type=float, default=None, help="Override the recipe's acceptance floor (position 1, 0-1).")
+@click.option("--min-acceptance", type=UNIT_INTERVAL, default=None,
+              help="Override the recipe's acceptance floor (position 1, 0-1).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def build(recipe: str, base: str, out: str, donor: str | None, min_acceptance: float | None, as_json: bool) -> int:
     """Run a recipe (a TOML file or a bundled seed recipe): graft, quantize, strip, doctor, verify, card; resumable."""

