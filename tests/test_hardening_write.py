@@ -336,3 +336,23 @@ def test_publish_dir_never_replaces(tmp_path: Path) -> None:
     out.rmdir()
     publish_mod.publish_dir(staged, out)
     assert (out / "f").read_text() == "new" and leftovers(tmp_path, out) == ["out"]
+
+
+@pytest.mark.parametrize("kind", ["symlink-out", "fifo"])
+def test_a_linked_file_must_be_a_regular_file_inside_the_input(tmp_path: Path, pair: tuple[Path, Path], kind: str) -> None:
+    target, base = pair
+    good = plan_graft(target, open_donor(str(base)))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside")
+    if kind == "fifo":
+        os.mkfifo(target / "odd.json")
+    else:
+        os.symlink(secret, target / "odd.json")
+    plan = WritePlan("graft", good.source_dir, (*good.linked, "odd.json"), good.written, good.json_files,
+                     good.linked_bytes, good.actions)
+    before = fingerprint(target, base)
+    out = tmp_path / "out"
+    with pytest.raises(MtpforgeError, match="input file 'odd.json', " + ("a symlink that leaves" if kind != "fifo"
+                                                                          else r"not a regular file \(a FIFO")):
+        apply_plan(plan, out)
+    assert fingerprint(target, base) == before and leftovers(tmp_path, out) == [] and secret.read_text() == "outside"

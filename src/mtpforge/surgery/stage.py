@@ -7,9 +7,10 @@ Invariants:
   every directory a planned byte is read from (`publish.check_destination`).
 - The whole stage and publish runs under the output's lock (`publish.out_lock`).
 - Everything is written into `.<out>.partial/` beside the destination. A stale one (a directory, a file or a
-  symlink left by a killed run) is removed without following links. Unchanged regular files are hard-linked
-  (copied where a link is impossible); every other file is created new with O_CREAT|O_EXCL|O_NOFOLLOW, so a
-  write never opens an existing path and can never reach an input through a link.
+  symlink left by a killed run) is removed without following links. Unchanged files, each resolved to a
+  regular file inside the input (`checkpoint.paths`), are hard-linked (copied where a link is impossible);
+  every other file is created new with O_CREAT|O_EXCL|O_NOFOLLOW, so a write never opens an existing path
+  and can never reach an input through a link.
 - Every file is fsynced; then the staged checkpoint is validated as the verbs will read it (headers, config,
   family rules, every JSON file) and only then published in one atomic step (`publish.publish`).
 - A failure, a full disk, SIGTERM or Ctrl-C removes the staging directory and leaves nothing at `out`; a
@@ -24,13 +25,12 @@ import json
 import os
 import shutil
 import signal
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from mtpforge.checkpoint import open_checkpoint
+from mtpforge.checkpoint import open_checkpoint, paths
 from mtpforge.checkpoint.writer import TensorData, encode_header
 from mtpforge.errors import CheckpointError, MtpforgeError, UsageError
 from mtpforge.families import detect_family, expected_inventory
@@ -104,7 +104,7 @@ def _check_names(plan: WritePlan) -> None:
 
 def _stage(plan: WritePlan, staging: Path, out: Path) -> None:
     for name in plan.linked:
-        _link_or_copy(plan.source_dir / name, staging / name)
+        _link_or_copy(plan.source_dir, name, staging / name)
     progress = Progress(f"{plan.verb} -> {out.name}", plan.written_bytes)
     for shard in plan.written:
         _write_shard(staging / shard.name, shard, progress)
@@ -129,28 +129,19 @@ def _validate(plan: WritePlan, staging: Path, out: Path) -> None:
                               hint=hint or "fix the input's config or files; the input is untouched") from e
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    if not stat.S_ISREG(os.stat(src).st_mode):
-        raise CheckpointError(f"{src} is not a regular file", hint="remove it or replace it with the file it stands for")
+def _link_or_copy(root: Path, name: str, dst: Path) -> None:
+    """Reuse the input file `root/name`: a regular file inside `root` (`checkpoint.paths.resolve`), never a FIFO,
+    a device or a symlink that leaves it."""
+    src = paths.resolve(root, name, what="input file")
     try:
         os.link(src, dst)  # dst never exists: link(2) refuses to replace
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
-        _copy_new(src, dst)
-
-
-def _copy_new(src: Path, dst: Path) -> None:
-    fd_in = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd_in).st_mode):
-            raise CheckpointError(f"{src} is not a regular file", hint="remove it or replace it with the file it stands for")
-        with os.fdopen(os.open(dst, _NEW_FILE, 0o644), "wb") as f, os.fdopen(os.dup(fd_in), "rb") as g:
+        with paths.open_regular(src) as g, os.fdopen(os.open(dst, _NEW_FILE, 0o644), "wb") as f:
             shutil.copyfileobj(g, f, 16 << 20)
             f.flush()
             os.fsync(f.fileno())
-    finally:
-        os.close(fd_in)
 
 
 def _write_shard(path: Path, shard: NewShard, progress: Progress) -> None:
