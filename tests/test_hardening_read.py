@@ -208,3 +208,15 @@ def test_config_index_and_quant_config_are_read_only_when_regular_and_inside(mak
         assert r.code == 1 and found["message"].startswith(f"{name} is {reason}")
     else:
         assert r.code == 3 and f"file {name!r}, {reason}" in r.err
+
+
+def test_serve_reads_no_tokenizer_file_through_a_link_that_leaves(make: Make, cli: Cli, tmp_path: Path) -> None:
+    outside = tmp_path / "outside-tokenizer_config.json"
+    decoder = {str(i): {"content": t} for i, t in enumerate(("<think>", "</think>", "<tool_call>", "</tool_call>"))}
+    outside.write_text(json.dumps({"added_tokens_decoder": decoder}))
+    ckpt = make()
+    (ckpt / "tokenizer_config.json").write_text(outside.read_text())
+    assert "--reasoning-parser" in cli("serve", str(ckpt)).out  # the tokens, read from a regular file inside, count
+    _link(ckpt, "tokenizer_config.json", outside)
+    r = cli("serve", str(ckpt))
+    assert r.code == 0 and "--reasoning-parser" not in r.out and "--tool-call-parser" not in r.out

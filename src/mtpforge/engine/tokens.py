@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mtpforge.checkpoint import paths
+from mtpforge.errors import CheckpointError
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 
 
@@ -13,13 +16,13 @@ def tokenizer_tokens(root: Path, wanted: set[str]) -> set[str]:
     """Which of `wanted` are single tokens of the tokenizer in `root`, as vLLM's `tokenizer.get_vocab()` sees them.
 
     Reads tokenizer.json (`added_tokens` and `model.vocab`), tokenizer_config.json (`added_tokens_decoder`) and
-    vocab.json; a file that is missing or not a JSON object contributes nothing.
+    vocab.json; a file that is missing, unsafe (a link leaving `root`, a FIFO) or not a JSON object contributes nothing.
     """
     tokens: set[str] = set()
     for name in TOKENIZER_FILES:
         try:
-            doc = json.loads((root / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            doc = json.loads(paths.read_text(root, name, what="tokenizer file"))  # never through a link that leaves root
+        except (OSError, ValueError, CheckpointError):
             continue
         if not isinstance(doc, dict):
             continue
