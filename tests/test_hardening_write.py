@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -356,3 +357,23 @@ def test_a_linked_file_must_be_a_regular_file_inside_the_input(tmp_path: Path, p
                                                                           else r"not a regular file \(a FIFO")):
         apply_plan(plan, out)
     assert fingerprint(target, base) == before and leftovers(tmp_path, out) == [] and secret.read_text() == "outside"
+
+
+def test_a_source_shard_swapped_for_a_fifo_after_planning_is_an_error_not_a_hang(make: Make, tmp_path: Path) -> None:
+    base, target = make("base"), make("target", mtp=False)
+    plan = plan_graft(target, open_donor(str(base)))
+    donor_shard = next(s for s in base.glob("*.safetensors"))
+    donor_shard.unlink()
+    os.mkfifo(donor_shard)  # a reader that opened it blocking would wait for a writer forever
+    def hung(*_: object) -> None:
+        raise TimeoutError("apply_plan blocked on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        with pytest.raises(MtpforgeError, match="not a regular file"):
+            apply_plan(plan, tmp_path / "out")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not (tmp_path / "out").exists()

@@ -84,7 +84,7 @@ def rebuild(ckpt: Checkpoint, *, drop: Collection[str] = frozenset(), add: tuple
             sizes.update(out)
     taken = set(linked) | {s.name for s in written}
     for shard in add:
-        if shard.name in taken or shard.name in ckpt.files - set(ckpt.headers):
+        if shard.name in taken or shard.name in ckpt.files - set(ckpt.headers) or shard.name in ckpt.unsafe_files:
             raise CheckpointError(f"{ckpt.root / shard.name} already exists and is kept", hint="choose another shard name")
         weight_map.update({t.name: shard.name for t in shard.tensors})
         sizes.update({t.name: t.nbytes for t in shard.tensors})

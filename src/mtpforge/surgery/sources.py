@@ -14,7 +14,9 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from mtpforge.checkpoint import paths
 from mtpforge.checkpoint.http import CHUNK_BYTES
 from mtpforge.errors import SourceError
 
@@ -34,7 +36,7 @@ class FileRange:
         """Append the range to the file open at `fd` (at its current offset), in the kernel
         (`copy_file_range`) where possible, as `cp` does; return the bytes copied."""
         try:
-            with open(self.path, "rb") as f:
+            with self._open() as f:
                 self._check_size(f.fileno())
                 offset, copied = self.begin, 0
                 while copied < self.end - self.begin:
@@ -56,6 +58,11 @@ class FileRange:
             written += len(chunk)
         return written
 
+    def _open(self) -> BinaryIO:
+        # Regular files only, never blocking: a FIFO swapped in for a shard is an error, not a hang. The checkpoint
+        # reader has already refused links that leave the directory; a link inside (the HF cache's blobs) is followed.
+        return paths.open_regular(Path(os.path.realpath(self.path)))
+
     def _check_size(self, fd: int) -> None:
         if os.fstat(fd).st_size < self.end:
             raise SourceError(f"{self.path}: the file shrank to {os.fstat(fd).st_size} bytes while being read "
@@ -63,7 +70,7 @@ class FileRange:
 
     def chunks(self, size: int = CHUNK_BYTES) -> Iterator[bytes]:
         try:
-            with open(self.path, "rb") as f:
+            with self._open() as f:
                 self._check_size(f.fileno())
                 f.seek(self.begin)
                 left = self.end - self.begin
