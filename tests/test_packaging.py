@@ -48,3 +48,19 @@ print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformer
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_verbs_named_like_their_packages_stay_functions_after_the_package_is_imported() -> None:
+    script = """
+import mtpforge
+import mtpforge.verify, mtpforge.bench  # binds the packages on mtpforge, as any import of them does
+from mtpforge.verify import VerifyReport
+from mtpforge.bench import BenchOptions
+import inspect
+assert inspect.isfunction(mtpforge.verify) and mtpforge.verify.__module__ == 'mtpforge.verify', mtpforge.verify
+assert inspect.isfunction(mtpforge.bench) and mtpforge.bench.__module__ == 'mtpforge.bench', mtpforge.bench
+assert VerifyReport.__name__ == 'VerifyReport' and BenchOptions().concurrencies
+print('ok')
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -15,6 +15,8 @@ verbs never import torch:
 
 from __future__ import annotations
 
+import sys
+import types
 from importlib import import_module
 from typing import Any
 
@@ -52,3 +54,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+class _Api(types.ModuleType):
+    """`mtpforge` itself. Importing a subpackage binds it on its parent (`import mtpforge.verify` sets `mtpforge.verify`
+    to the package): for `verify` and `bench`, whose packages share the verb's name, that would hide the function, so
+    an exported name is never rebound to a module. `from mtpforge.verify import X` still works (it reads sys.modules)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Api
