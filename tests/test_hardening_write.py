@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from mtpforge.surgery.graft import open_donor, plan_graft
 from mtpforge.surgery.stage import apply_plan
 from mtpforge.surgery.writeplan import NewShard, WritePlan
 
-from .conftest import CliResult
+from .conftest import CliResult, tmpfs
 
 Cli = Callable[..., CliResult]
 Make = Callable[..., Path]
@@ -217,14 +216,8 @@ def test_a_stale_staging_path_is_removed_without_following_links(tmp_path: Path,
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs (root ignores permission bits, so the file system itself must refuse)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_read_only_output_parent_is_a_clean_error(pair: tuple[Path, Path], cli: Cli, read_only_dir: Path) -> None:
