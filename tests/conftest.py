@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import Callable, Iterator
@@ -100,3 +101,25 @@ def tmpfs(where: Path, options: str) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fingerprint(*dirs: Path) -> dict[str, tuple[int, str, int, int]]:
+    """Size, content hash, inode and mtime of every file under `dirs` (not following links)."""
+    out = {}
+    for d in dirs:
+        for p in sorted(d.rglob("*")):
+            st = p.lstat()
+            digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() and not p.is_symlink() else ""
+            out[str(p)] = (st.st_size, digest, st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def leftovers(parent: Path, out: Path) -> list[str]:
+    """Anything this run may have left beside or at OUT: the output, its staging, lock or temporary names."""
+    return sorted(p.name for p in parent.iterdir() if p.name == out.name or p.name.startswith(f".{out.name}."))
+
+
+@pytest.fixture
+def pair(make: Callable[..., Path]) -> tuple[Path, Path]:
+    """A head-less target and the base whose head it can take."""
+    return make("target", mtp=False), make("base")
