@@ -82,6 +82,7 @@ def test_strict_turns_warnings_into_failure(make: Make, cli: Cli) -> None:
     assert lenient.code == 0 and warning in lenient.out
     strict = cli("doctor", str(ckpt), "--strict")
     assert strict.code == 1 and warning in strict.out  # the warning that failed it, with its fix
+    assert strict.out.rstrip().endswith("FAILED (--strict): warnings count as failures")
 
 
 @pytest.mark.parametrize("verb", ["inspect", "doctor"])

@@ -70,9 +70,10 @@ def doctor(path: str, as_json: bool, strict: bool, apply_fix: bool, out: str | N
     from mtpforge.diagnosis.doctor import doctor as run_doctor
 
     report = run_doctor(path)
-    _emit(report.to_dict(), as_json, render_doctor(report))
-    failed = not report.ok or (strict and report.count("warning") > 0)
-    return EXIT_CHECKS_FAILED if failed else EXIT_OK
+    strict_failure = strict and report.ok and report.count("warning") > 0
+    human = render_doctor(report) + ("\nFAILED (--strict): warnings count as failures" if strict_failure else "")
+    _emit(report.to_dict(), as_json, human)
+    return EXIT_CHECKS_FAILED if not report.ok or strict_failure else EXIT_OK
 
 
 def _doctor_fix(path: str, out: str | None, *, as_json: bool, overwrite: bool, dry_run: bool) -> int:
