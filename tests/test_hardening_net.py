@@ -263,3 +263,13 @@ def test_a_redirect_to_a_non_http_scheme_is_refused() -> None:
 ])
 def test_what_counts_as_leaving_the_origin(old: str, new: str, crosses: bool) -> None:
     assert crosses_origin(old, new) is crosses
+
+
+def test_an_engine_refusal_hints_at_the_engine_not_at_the_hub() -> None:
+    with peer({"/metrics": lambda h: reply(h, b"no", 401), "/v1/models": lambda h: reply(h, b"no", 403)}) as (url, _):
+        with pytest.raises(SourceError, match="HTTP 401") as metrics:
+            spec_counters(url)
+        with pytest.raises(SourceError, match="HTTP 403") as models:
+            served_model(url)
+    for e in (metrics.value, models.value):
+        assert e.hint == "the server wants an API key (vLLM --api-key)"

@@ -89,7 +89,7 @@ def http_request(url: str, headers: dict[str, str], *, data: bytes | None = None
         e.close()  # the error body is never read: its size is the server's to choose
         if missing_ok and e.code == 404:
             return 404, {}, b""
-        raise SourceError(f"{url}: HTTP {e.code} {e.reason}", hint=_http_hint(e.code)) from e
+        raise SourceError(f"{url}: HTTP {e.code} {e.reason}", hint=_http_hint(url, e.code)) from e
     except TimeoutError as e:
         raise SourceError(f"{url}: no answer within {timeout:g} s (timed out)",
                           hint="is the server overloaded or stalled? run again") from e
@@ -150,9 +150,15 @@ class _StripCredentialsOnRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_StripCredentialsOnRedirect)
 
 
-def _http_hint(code: int) -> str:
+# An engine's own endpoints (OpenAI API, Prometheus metrics, health): their errors are not the hub's.
+_ENGINE_PATHS = ("/v1/", "/metrics", "/health")
+
+
+def _http_hint(url: str, code: int) -> str:
+    engine = any(part in urllib.parse.urlsplit(url).path for part in _ENGINE_PATHS)
     if code in (401, 403):
-        return "the repository is gated or private: set HF_TOKEN"
+        return "the server wants an API key (vLLM --api-key)" if engine else "the repository is gated or private: set HF_TOKEN"
     if code == 404:
-        return "check the repository id, the revision and the file name"
+        return "is this an OpenAI-compatible server (vLLM, SGLang)?" if engine else \
+            "check the repository id, the revision and the file name"
     return "the server failed; run again later"
