@@ -18,7 +18,8 @@ def load_prompts(path: str | None) -> list[str]:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as e:
-        raise UsageError(f"--prompts {path}: cannot read: {e.strerror}") from e
+        raise UsageError(f"--prompts {path}: cannot read: {e.strerror}",
+                         hint="a JSON list of texts or one text per line") from e
     if file.suffix == ".json":
         try:
             doc = json.loads(text)

@@ -100,7 +100,8 @@ class Checkpoint:
                 f.seek(info.begin)
                 raw = f.read(info.nbytes)
         except OSError as e:
-            raise CheckpointError(f"{self.root / info.shard}: cannot read: {e.strerror or e}") from e
+            raise CheckpointError(f"{self.root / info.shard}: cannot read: {e.strerror or e}",
+                                  hint="check the file's permissions") from e
         if len(raw) != info.nbytes:
             raise CheckpointError(f"{info.shard}: tensor {info.name!r} is cut short", hint="re-download this shard")
         return decode(info.dtype, info.shape, raw)
@@ -175,7 +176,7 @@ def _list_files(root: Path) -> tuple[frozenset[str], dict[str, str]]:
     try:
         names = sorted(os.listdir(root))
     except OSError as e:
-        raise CheckpointError(f"{root}: cannot list: {e.strerror}") from e
+        raise CheckpointError(f"{root}: cannot list: {e.strerror}", hint="check the directory's permissions") from e
     for name in names:
         reason = paths.unsafe_reason(root, name)
         if reason is None:

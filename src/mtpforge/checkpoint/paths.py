@@ -103,7 +103,7 @@ def read_bytes(root: Path, name: str, *, what: str = "file", limit: int = MAX_TE
         with open_regular(path) as f:
             data = f.read(limit + 1)
     except OSError as e:
-        raise CheckpointError(f"{root / name}: cannot read: {e.strerror}") from e
+        raise CheckpointError(f"{root / name}: cannot read: {e.strerror}", hint="check the file's permissions") from e
     if len(data) > limit:
         raise CheckpointError(f"{root / name}: over the {limit >> 20} MiB read limit for a text file",
                               hint="restore this file from the original checkpoint")

@@ -20,7 +20,8 @@ def read_tensor(ckpt: Checkpoint, info: StoredTensor) -> torch.Tensor:
         f.seek(info.begin)
         raw = bytearray(f.read(info.nbytes))
     if info.dtype not in TORCH_DTYPES:
-        raise CheckpointError(f"{info.shard}: tensor {info.name} has dtype {info.dtype}, which torch cannot hold")
+        raise CheckpointError(f"{info.shard}: tensor {info.name} has dtype {info.dtype}, which torch cannot hold",
+                              hint=f"run `mtpforge doctor {ckpt.root}`: the stored format is not one mtpforge reads")
     if len(raw) != info.nbytes:
         raise CheckpointError(f"{info.shard}: tensor {info.name} is cut short ({len(raw)} of {info.nbytes} bytes)",
                               hint=f"the shard is truncated: run `mtpforge doctor {ckpt.root}`")
