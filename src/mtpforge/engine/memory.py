@@ -1,4 +1,4 @@
-"""`mtpforge plan`: how much context and concurrency a checkpoint gets on one GPU in vLLM.
+"""`mtpforge plan`: how much context and concurrency a checkpoint gets on one GPU in vLLM or SGLang.
 
 The arithmetic is vLLM's own, for hybrid models (v1 engine, hybrid KV cache
 manager), so the figures line up with what its log prints at start-up:
@@ -22,6 +22,14 @@ What vLLM measures at start-up and we cannot (activation peak, CUDA graphs,
 non-torch memory) is `--reserve`: 3 GiB by default, which is what the W4A16
 seed's published figures imply (46 GiB x 0.95 - 19 GiB weights - 21.79 GiB KV).
 `--kv-cache-memory` skips the guess, like vLLM's `--kv-cache-memory-bytes`.
+vLLM multiplies the *total* memory the driver reports by the utilization
+(vllm/v1/worker/utils.py::request_memory): plan from the GPU's name
+(engine/gpus.py: 97,887 MiB for a "96 GB" RTX PRO 6000) rather than the
+marketing size in GB.
+
+SGLang (`engine="sglang"`, engine/sglang_memory.py) sizes its pools
+differently: what is free before loading, times `--mem-fraction-static`, minus
+the weights, split between the Mamba state slots and a page-size-1 KV pool.
 """
 
 from __future__ import annotations
@@ -41,6 +49,10 @@ from mtpforge.families.blocks import read_dims
 from mtpforge.units import GIB
 
 DEFAULT_RESERVE = 3 * GIB
+# SGLang takes activations and CUDA graphs from the (1 - mem_fraction_static) share; what it cannot see is memory
+# used before its baseline (the CUDA context, NCCL): about half a GiB on one GPU.
+SGLANG_RESERVE = GIB // 2
+ENGINES = ("vllm", "sglang")
 KERNEL_BLOCK_ALIGNMENT = 16  # FlashAttention / FlashInfer on CUDA: block sizes are multiples of 16
 KV_DTYPE_BYTES = {"auto": None, "bfloat16": 2, "float16": 2, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
 STATE_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -57,9 +69,10 @@ class PlanRequest:
     spec_tokens: int | None = None  # None: 3 when the checkpoint has an MTP head, else 0
     max_num_seqs: int | None = None
     tensor_parallel: int = 1
-    reserve: int = DEFAULT_RESERVE
+    reserve: int | None = None  # None: DEFAULT_RESERVE for vLLM, SGLANG_RESERVE for SGLang
     kv_cache_memory: int | None = None
     language_model_only: bool = False
+    engine: str = "vllm"
 
     def __post_init__(self) -> None:
         """The ranges `mtpforge plan` enforces (engine/bounds.py), so the Python API refuses the same values."""
@@ -71,6 +84,8 @@ class PlanRequest:
         check("--tensor-parallel-size", self.tensor_parallel, POSITIVE)
         check("--reserve", self.reserve, BYTES)
         check("--kv-cache-memory", self.kv_cache_memory, BYTES)
+        if self.engine not in ENGINES:
+            raise UsageError(f"--engine {self.engine!r} is not supported", hint=f"one of {', '.join(ENGINES)}")
         if self.kv_dtype not in KV_DTYPE_BYTES:
             raise UsageError(f"--kv-dtype {self.kv_dtype!r} is not one vLLM knows here",
                              hint=f"one of {', '.join(KV_DTYPE_BYTES)}")
@@ -101,6 +116,8 @@ class MemoryPlan:
     longest_context_that_fits: int
     safe_max_num_seqs: int
     problems: list[str]
+    engine: str = "vllm"
+    gdn_state_slots: int | None = None  # SGLang: max_mamba_cache_size
 
     @property
     def ok(self) -> bool:
@@ -139,8 +156,8 @@ def plan(path: CheckpointLike, request: PlanRequest) -> MemoryPlan:
     ssm_dtype = family.setting(config, "mamba_ssm_dtype") or "auto"
     ssm_bytes = STATE_DTYPE_BYTES.get(ssm_dtype, model_bytes)
     conv_dim = (2 * dims.key_dim + dims.value_dim) // tp
-    state = (conv_dim * (dims.conv_kernel - 1 + k) * model_bytes
-             + (dims.lin_v_heads // tp) * dims.lin_v_dim * dims.lin_k_dim * ssm_bytes)
+    recurrent = (dims.lin_v_heads // tp) * dims.lin_v_dim * dims.lin_k_dim * ssm_bytes
+    state = conv_dim * (dims.conv_kernel - 1 + k) * model_bytes + recurrent  # vLLM widens the conv state by k
 
     align = KERNEL_BLOCK_ALIGNMENT
     block_size = align * math.ceil(state / (align * kv_per_token))
@@ -152,19 +169,31 @@ def plan(path: CheckpointLike, request: PlanRequest) -> MemoryPlan:
         group_size = max(n_attn, n_gdn)
     attn_groups, gdn_groups = math.ceil(n_attn / group_size), math.ceil(n_gdn / group_size)
 
-    budget = int(request.gpu_memory * request.util)
-    kv_pool = request.kv_cache_memory if request.kv_cache_memory is not None else budget - weights_loaded - request.reserve
-    num_blocks = max(0, kv_pool) // (page * group_size)
+    reserve = request.reserve if request.reserve is not None else (
+        SGLANG_RESERVE if request.engine == "sglang" else DEFAULT_RESERVE)
     max_len = request.max_model_len or int(family.setting(config, "max_position_embeddings", 0)) or 4096
+    shown_request = {**asdict(request), "spec_tokens": k, "max_model_len": max_len, "language_model_only": text_only,
+                     "reserve": reserve}
+    if request.engine == "sglang":
+        from mtpforge.engine.sglang_memory import sglang_plan
+
+        return sglang_plan(path=str(path), request=request, shown_request=shown_request, weights=weights,
+                           weights_loaded=weights_loaded, reserve=reserve, kv_per_token=kv_per_token,
+                           n_attn=dims.layer_types.count(FULL_ATTENTION) + (family.mtp_layers(config) if k else 0),
+                           n_gdn=dims.layer_types.count(LINEAR_ATTENTION), k=k, max_len=max_len,
+                           state=conv_dim * (dims.conv_kernel - 1) * model_bytes + recurrent)
+    budget = int(request.gpu_memory * request.util)
+    kv_pool = request.kv_cache_memory if request.kv_cache_memory is not None else budget - weights_loaded - reserve
+    num_blocks = max(0, kv_pool) // (page * group_size)
     per_request = attn_groups * math.ceil(max_len / block_size) + gdn_groups * (1 + k)
     concurrency = num_blocks / per_request
     attention_blocks = num_blocks - gdn_groups * (1 + k)
     positions = int(family.setting(config, "max_position_embeddings", 0)) or None
     longest = min(max(0, attention_blocks // attn_groups) * block_size, positions or 1 << 62)
 
-    problems = []
-    if request.kv_cache_memory is None and weights_loaded + request.reserve > budget:
-        problems.append(f"weights ({weights_loaded / GIB:.2f} GiB) and the reserve ({request.reserve / GIB:.2f} GiB) "
+    problems: list[str] = []
+    if request.kv_cache_memory is None and weights_loaded + reserve > budget:
+        problems.append(f"weights ({weights_loaded / GIB:.2f} GiB) and the reserve ({reserve / GIB:.2f} GiB) "
                         f"exceed {request.util:.2f} x {request.gpu_memory / GIB:.2f} GiB")
     elif concurrency < 1:
         problems.append(f"one request at --max-model-len {max_len} needs {per_request} blocks; the pool has {num_blocks} "
@@ -175,7 +204,7 @@ def plan(path: CheckpointLike, request: PlanRequest) -> MemoryPlan:
                         f"context: the engine will preempt (or OOM at start-up on some builds)")
 
     return MemoryPlan(
-        path=str(path), request={**asdict(request), "spec_tokens": k, "max_model_len": max_len, "language_model_only": text_only},
+        path=str(path), request=shown_request,
         weights=weights, weights_loaded=weights_loaded, kv_pool=kv_pool, kv_bytes_per_token_per_layer=kv_per_token,
         attention_layers=n_attn, gdn_layers=n_gdn, gdn_state_per_layer=state, gdn_state_per_sequence=state * n_gdn,
         block_size=block_size, group_size=group_size, groups=attn_groups + gdn_groups, num_blocks=num_blocks,
