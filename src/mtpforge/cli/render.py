@@ -96,14 +96,20 @@ def render_verify(d: dict[str, Any]) -> str:
     lines = [f"{d['candidate']}: {d['verdict'].upper()}  ({d['prompts']} prompts x {d['new_tokens']} greedy tokens, k={d['k']})"]
     rows = [("candidate", d["acceptance"]), ("reference", d["reference_acceptance"]),
             ("candidate in vLLM", d["engine_acceptance"])]
-    positions = "".join(f"{'pos ' + str(j):>9}" for j in range(d["k"]))
+    positions = "".join(f"{'pos ' + str(j) + ' (95% interval)':>22}" for j in range(d["k"]))
     header = "  " + f"{'acceptance':<20}" + positions + f"{'mean len':>10}{'drafts':>8}"
     shown = [(label, a) for label, a in rows if a]
     if shown:
         lines.append(header)
     for label, a in shown:
-        rates = "".join(f"{100 * r:>8.1f}%" for r in a["acceptance_per_position"])
+        bounds = a.get("interval95_per_position") or [[r, r] for r in a["acceptance_per_position"]]
+        rates = "".join(f"{f'{100 * r:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}]':>22}"
+                        for r, (lo, hi) in zip(a["acceptance_per_position"], bounds, strict=True))
         lines.append(f"  {label:<20}{rates}{a['mean_acceptance_length']:>10.2f}{a['drafts']:>8}")
+    for c in d.get("comparisons") or []:
+        apart = [str(p["position"]) for p in c["positions"] if not p["agree"]]
+        lines.append(f"  {c['a']} vs {c['b']}: " + ("agree within their 95% intervals at every position" if not apart else
+                     f"DIFFER beyond their 95% intervals at position {', '.join(apart)}"))
     dv = d["divergence"]
     if dv:
         lines.append(f"  KL(reference||candidate) mean {dv['kl_mean_nats']:.5f} nats "

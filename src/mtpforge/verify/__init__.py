@@ -22,6 +22,11 @@ from mtpforge.errors import UsageError
 
 COLLAPSE_THRESHOLD = 0.05  # MTPLX TUNE_ACCEPTANCE_COLLAPSE_THRESHOLD
 DEGRADED_MARGIN = 0.10  # position-0 acceptance this far below the reference's is "clearly below"
+# Defaults sized for a ±3-point 95 % interval at position 1: ~1,070 drafts at a 50 % rate (`stats.drafts_for_half_width`).
+# The 22 bundled prompts x 128 tokens give ~1,100 drafts at a mean acceptance length of 2.5 (the tiny model's).
+NEW_TOKENS = 128
+MAX_PROMPTS = 32
+TARGET_HALF_WIDTH = 0.03
 
 
 @dataclass
@@ -35,6 +40,7 @@ class VerifyReport:
     reference_acceptance: dict[str, Any] | None = None
     engine_acceptance: dict[str, Any] | None = None
     divergence: dict[str, Any] | None = None
+    comparisons: list[dict[str, Any]] = field(default_factory=list)  # verify.stats.comparison: do two measurements agree?
     verdict: str = "ok"
     reasons: list[str] = field(default_factory=list)
     failed_thresholds: list[str] = field(default_factory=list)
@@ -44,10 +50,10 @@ class VerifyReport:
         return {"schema": "mtpforge.verify/1", **self.__dict__}
 
 
-def verify(candidate: CheckpointLike, *, reference: CheckpointLike | None = None, k: int = 3, new_tokens: int = 48,
-           prompts: str | None = None, max_prompts: int = 16, prompt_tokens: int = 64, min_acceptance: float | None = None,
-           max_kld: float | None = None, chart: str | None = None, engine_url: str | None = None,
-           engine_python: str | None = None, device: str = "cpu") -> VerifyReport:
+def verify(candidate: CheckpointLike, *, reference: CheckpointLike | None = None, k: int = 3, new_tokens: int = NEW_TOKENS,
+           prompts: str | None = None, max_prompts: int = MAX_PROMPTS, prompt_tokens: int = 64,
+           min_acceptance: float | None = None, max_kld: float | None = None, chart: str | None = None,
+           engine_url: str | None = None, engine_python: str | None = None, device: str = "cpu") -> VerifyReport:
     """Measure `candidate` (and compare it with `reference`).
 
     Args:
@@ -88,6 +94,7 @@ def verify(candidate: CheckpointLike, *, reference: CheckpointLike | None = None
         report.divergence = measure_divergence(cand, ref, [s for _, s in sequences]).to_dict()
     if engine_url is not None or engine_python is not None:
         report.engine_acceptance = _engine_acceptance(Path(candidate), engine_url, engine_python, prompt_ids, new_tokens, k)
+    _compare(report)
     _judge(report, min_acceptance, max_kld)
     if chart:
         _chart(report, Path(chart))
@@ -109,6 +116,17 @@ def _engine_acceptance(candidate: Path, url: str | None, python: str | None, pro
         return measure_engine(launched, prompt_ids, new_tokens, k).to_dict()
 
 
+def _compare(report: VerifyReport) -> None:
+    """Whether each pair of measurements agrees within its 95 % intervals, position by position."""
+    from mtpforge.verify.stats import comparison
+
+    if report.acceptance and report.engine_acceptance:
+        report.comparisons.append(comparison("candidate (reference runtime)", report.acceptance,
+                                             "candidate in vLLM", report.engine_acceptance))
+    if report.acceptance and report.reference_acceptance:
+        report.comparisons.append(comparison("candidate", report.acceptance, "reference", report.reference_acceptance))
+
+
 def _judge(report: VerifyReport, min_acceptance: float | None, max_kld: float | None) -> None:
     pos0 = report.acceptance["acceptance_per_position"][0] if report.acceptance else 0.0
     if report.acceptance is None:
@@ -128,6 +146,7 @@ def _judge(report: VerifyReport, min_acceptance: float | None, max_kld: float | 
             report.reasons.append(f"mean KL divergence {kld:.4f} nats is above {max_kld}")
         if not report.reasons:
             report.reasons.append(f"position-0 acceptance {pos0:.1%}" + (f" (reference {ref0:.1%})" if ref0 is not None else ""))
+    _precision_note(report)
     if report.verdict == "collapsed":
         report.failed_thresholds.append("collapsed")
     if min_acceptance is not None and pos0 < min_acceptance:
@@ -137,17 +156,32 @@ def _judge(report: VerifyReport, min_acceptance: float | None, max_kld: float | 
         report.failed_thresholds.append(f"mean KLD {kld:.4f} > --max-kld {max_kld}")
 
 
+def _precision_note(report: VerifyReport) -> None:
+    """Say so when position 1's interval is wider than ±3 points: a gap smaller than that may be noise."""
+    from mtpforge.verify.stats import drafts_for_half_width
+
+    if not report.acceptance or not report.acceptance["drafts"]:
+        return
+    lo, hi = report.acceptance["interval95_per_position"][0]
+    if (hi - lo) / 2 > TARGET_HALF_WIDTH:
+        need = drafts_for_half_width(TARGET_HALF_WIDTH, report.acceptance["acceptance_per_position"][0])
+        report.reasons.append(f"position-0 acceptance is known to ±{100 * (hi - lo) / 2:.1f} points only "
+                              f"({report.acceptance['drafts']} drafts; ±3 needs ~{need}: more prompts or --new-tokens)")
+
+
 def _chart(report: VerifyReport, path: Path) -> None:
     from mtpforge.verify.chart import acceptance_chart
 
-    series = {}
+    measured: dict[str, dict[str, Any]] = {}
     if report.acceptance:
-        series[f"candidate ({os.path.basename(report.candidate.rstrip('/'))})"] = report.acceptance["acceptance_per_position"]
+        measured[f"candidate ({os.path.basename(report.candidate.rstrip('/'))})"] = report.acceptance
     if report.reference_acceptance and report.reference:
-        reference = os.path.basename(report.reference.rstrip("/"))
-        series[f"reference ({reference})"] = report.reference_acceptance["acceptance_per_position"]
+        measured[f"reference ({os.path.basename(report.reference.rstrip('/'))})"] = report.reference_acceptance
     if report.engine_acceptance:
-        series["candidate in vLLM"] = report.engine_acceptance["acceptance_per_position"]
-    if series:
-        acceptance_chart(path, series, f"MTP acceptance by draft position (greedy, k={report.k}, {report.prompts} prompts)")
+        measured["candidate in vLLM"] = report.engine_acceptance
+    if measured:
+        series = {f"{label}, {a['drafts']} drafts": a["acceptance_per_position"] for label, a in measured.items()}
+        intervals = {f"{label}, {a['drafts']} drafts": a["interval95_per_position"] for label, a in measured.items()}
+        acceptance_chart(path, series, f"MTP acceptance by draft position (greedy, k={report.k}, {report.prompts} prompts; "
+                         "bars: 95% Wilson intervals)", intervals=intervals)
         report.chart = str(path)

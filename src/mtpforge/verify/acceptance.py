@@ -16,45 +16,13 @@ j counts only when drafts 0..j were all accepted; mean acceptance length is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from transformers.cache_utils import DynamicCache
 
 from mtpforge.reference.model import ReferenceModel
+from mtpforge.verify.stats import Acceptance
 
-
-@dataclass
-class Acceptance:
-    """Draft counters, vLLM's way."""
-
-    k: int
-    drafts: int = 0
-    accepted_per_pos: list[int] = field(default_factory=list)
-    histogram: list[int] = field(default_factory=list)  # how many chains accepted exactly n drafts, n = 0..k
-
-    def __post_init__(self) -> None:
-        self.accepted_per_pos = self.accepted_per_pos or [0] * self.k
-        self.histogram = self.histogram or [0] * (self.k + 1)
-
-    def add(self, accepted: int) -> None:
-        self.drafts += 1
-        self.histogram[accepted] += 1
-        for j in range(accepted):
-            self.accepted_per_pos[j] += 1
-
-    @property
-    def rates(self) -> list[float]:
-        return [a / self.drafts if self.drafts else 0.0 for a in self.accepted_per_pos]
-
-    @property
-    def mean_acceptance_length(self) -> float:
-        return 1 + sum(self.accepted_per_pos) / self.drafts if self.drafts else 1.0
-
-    def to_dict(self) -> dict[str, object]:
-        return {"k": self.k, "drafts": self.drafts, "accepted_per_position": self.accepted_per_pos,
-                "acceptance_per_position": [round(r, 4) for r in self.rates], "histogram": self.histogram,
-                "mean_acceptance_length": round(self.mean_acceptance_length, 4)}
+__all__ = ["Acceptance", "greedy_continuation", "measure_acceptance"]
 
 
 @torch.no_grad()

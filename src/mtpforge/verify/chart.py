@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def acceptance_chart(path: Path, series: dict[str, list[float]], title: str) -> Path:
-    """Grouped bars: one group per draft position, one bar per series (e.g. candidate, reference, vLLM)."""
+def acceptance_chart(path: Path, series: dict[str, list[float]], title: str,
+                     intervals: dict[str, list[list[float]]] | None = None) -> Path:
+    """Grouped bars: one group per draft position, one bar per series (e.g. candidate, reference, vLLM).
+
+    `intervals`, per series, the [low, high] 95 % interval of each rate: drawn as error bars.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -17,7 +21,10 @@ def acceptance_chart(path: Path, series: dict[str, list[float]], title: str) -> 
     width = 0.8 / len(series)
     for i, (label, rates) in enumerate(series.items()):
         xs = [p + (i - (len(series) - 1) / 2) * width for p in range(len(rates))]
-        bars = ax.bar(xs, [100 * r for r in rates], width, label=label)
+        bounds = (intervals or {}).get(label)
+        yerr = None if not bounds else [[100 * (r - lo) for r, (lo, _) in zip(rates, bounds, strict=True)],
+                                        [100 * (hi - r) for r, (_, hi) in zip(rates, bounds, strict=True)]]
+        bars = ax.bar(xs, [100 * r for r in rates], width, label=label, yerr=yerr, capsize=3, error_kw={"linewidth": 0.8})
         ax.bar_label(bars, labels=[f"{100 * r:.0f}%" for r in rates], fontsize=8, padding=2)
     ax.set_xticks(range(k), [f"draft {p + 1}" for p in range(k)])
     ax.set_ylabel("acceptance (%)")

@@ -12,8 +12,8 @@ from mtpforge.checkpoint.http import http_request
 from mtpforge.engine.metrics import served_model, spec_counters
 from mtpforge.errors import SourceError
 
-if TYPE_CHECKING:  # bench reads the counters without torch; only measure_engine builds an Acceptance
-    from mtpforge.verify.acceptance import Acceptance
+if TYPE_CHECKING:
+    from mtpforge.verify.stats import Acceptance
 
 
 COMPLETION_TIMEOUT_SEC = 300  # per socket wait; a completion that trickles is cut at twice that
@@ -40,7 +40,7 @@ def complete(url: str, prompt: list[int], max_tokens: int, model: str | None = N
 
 def measure_engine(url: str, prompts: list[list[int]], new_tokens: int, k: int) -> Acceptance:
     """Acceptance per position as the server counts it over greedy completions of `prompts`."""
-    from mtpforge.verify.acceptance import Acceptance
+    from mtpforge.verify.stats import Acceptance  # torch-free: the engine-only path runs without the reference runtime
 
     model = served_model(url)
     before = spec_counters(url)
