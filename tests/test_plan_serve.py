@@ -274,3 +274,54 @@ def test_serve_speaks_each_engine_and_version(cli, make) -> None:  # type: ignor
     assert (flag(argv, "--speculative-algorithm"), flag(argv, "--speculative-num-steps"),
             flag(argv, "--speculative-num-draft-tokens")) == ("NEXTN", "2", "3")
     assert flag(argv, "--kv-cache-dtype") == "fp8_e4m3"
+
+
+def hollow_build(base: Path, recipe: str, out: Path) -> Path:
+    """The checkpoint `recipe` builds from `base`, hollow: the exact tensors (names, dtypes, shapes) and config the
+    quantize step writes, read from its dry-run plan, with zero bytes (sparse files)."""
+    from mtpforge.checkpoint import open_checkpoint
+    from mtpforge.checkpoint.writer import TensorData
+    from mtpforge.publish.recipe import load_recipe
+    from mtpforge.quant import quantize
+    from mtpforge.testing.factory import write_shards
+
+    written = quantize(str(base), str(out) + ".unused", dry_run=True, **load_recipe(recipe).quantize_options())
+    source = open_checkpoint(base)
+    tensors = [TensorData(t.name, t.dtype, t.shape) for s in written.written for t in s.tensors]
+    tensors += [TensorData(t.name, t.dtype, t.shape) for name in written.linked if name.endswith(".safetensors")
+                for t in source.headers[name].tensors.values()]
+    out.mkdir()
+    write_shards(out, tensors, shards=4, index=True)
+    for name, doc in written.json_files.items():
+        if name != "model.safetensors.index.json":
+            (out / name).write_text(json.dumps(doc))
+    return out
+
+
+def test_seed_002_from_the_builds_own_weights_within_two_percent(cli, qwen36_27b: Path, tmp_path: Path) -> None:
+    # Seed 002: RTX PRO 6000 Blackwell ("96 GB", 97,887 MiB as the driver reports it), util 0.9, 256K, FP8 KV, MTP k=3:
+    # "KV cache size at 256K + fp8: 491,200 tokens -> max concurrency 6.98x per request at full 256K".
+    built = hollow_build(qwen36_27b, "seed-002-nvfp4-text-mtp", tmp_path / "text-nvfp4-mtp")
+    code, d = plan_json(cli, built, "--gpu-memory", "rtx-pro-6000", "--util", "0.9", "--kv-dtype", "fp8",
+                        "--max-model-len", "262144", "--num-speculative-tokens", "3")
+    assert code == 0
+    assert abs(d["kv_tokens"] - 491_200) / 491_200 < 0.02
+    assert abs(d["max_concurrency"] - 6.98) / 6.98 < 0.02
+    assert d["request"]["gpu_memory"] == 97_887 << 20
+    # "96GB" in decimal units is 89.4 GiB, 6 % below what the card has: that was the -7 % gap.
+    _, decimal = plan_json(cli, built, "--gpu-memory", "96GB", "--kv-dtype", "fp8", "--max-model-len", "262144")
+    assert (491_200 - decimal["kv_tokens"]) / 491_200 > 0.05
+
+
+def test_sglang_plan_splits_the_pool_between_gdn_slots_and_tokens(cli, qwen36_27b: Path) -> None:
+    args = ("--gpu-memory", "80GiB", "--kv-dtype", "fp8", "--max-model-len", "131072", "--language-model-only")
+    code, d = plan_json(cli, qwen36_27b, *args, "--engine", "sglang", "--mem-fraction-static", "0.85",
+                        "--num-speculative-tokens", "0")
+    assert code == 0 and d["engine"] == "sglang"
+    rest = int((80 * GIB - GIB // 2) * 0.85) - d["weights_loaded"]
+    # A slot is one sequence's state: conv 10,240 x 3 columns in BF16 + 48 x 128 x 128 float32, for 48 GDN layers.
+    assert d["gdn_state_per_sequence"] == 48 * (10_240 * 3 * 2 + 48 * 128 * 128 * 4)
+    assert d["gdn_state_slots"] == int(rest * 0.9 / 1.9 // d["gdn_state_per_sequence"])
+    # SGLang pages hold one token: the pool divided by 2 x 4 KV heads x 256 x 1 B for each of the 16 attention layers.
+    assert d["kv_tokens"] == (rest - d["gdn_state_slots"] * d["gdn_state_per_sequence"]) // (2048 * 16)
+    assert d["max_concurrency"] == round(min(d["kv_tokens"] / 131072, d["gdn_state_slots"] // 3), 2)
