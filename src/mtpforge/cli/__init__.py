@@ -7,6 +7,7 @@ user errors too.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"Error: {e}", err=True)
         if e.hint:
             click.echo(f"hint: {e.hint}", err=True)
+        if "--json" in (sys.argv[1:] if argv is None else argv):  # --json promises one document on stdout, errors too
+            error = {"schema": "mtpforge.error/1", "ok": False, "error": type(e).__name__, "message": str(e),
+                     "hint": e.hint, "exit_code": e.exit_code}
+            click.echo(json.dumps(error, indent=2))
         sys.exit(e.exit_code)
     except Exception:  # a bug: show it whole
         traceback.print_exc()

@@ -39,9 +39,28 @@ def inspect(path: str, as_json: bool) -> int:
     from mtpforge.cli.render import render_inspect
     from mtpforge.diagnosis.inspection import inspect_checkpoint
 
+    _known_family_first(path)
     report = inspect_checkpoint(path).to_dict()
     _emit(report, as_json, render_inspect(report))
     return EXIT_OK
+
+
+def _known_family_first(path: str) -> None:
+    """Refuse an architecture no family knows from config.json alone, before any shard header is read
+    (a 50-shard index takes seconds to open); a missing or broken config is left to the verb to report."""
+    from pathlib import Path
+
+    from mtpforge.checkpoint.index import read_json
+    from mtpforge.errors import CheckpointError
+    from mtpforge.families import detect_family
+
+    root = Path(path)
+    try:
+        config = read_json(root / "config.json", root) if (root / "config.json").is_file() else None
+    except CheckpointError:
+        return
+    if isinstance(config, dict):
+        detect_family(config)
 
 
 def _out_options(fn: Any) -> Any:
@@ -63,6 +82,7 @@ def doctor(path: str, as_json: bool, strict: bool, apply_fix: bool, out: str | N
     """Diagnose a checkpoint against the finding catalogue; exit 1 when errors are found."""
     from mtpforge.cli.render import render_doctor
 
+    _known_family_first(path)
     if apply_fix:
         return _doctor_fix(path, out, as_json=as_json, overwrite=overwrite, dry_run=dry_run)
     if out or overwrite or dry_run:

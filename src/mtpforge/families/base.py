@@ -43,6 +43,7 @@ class TensorSpec:
     norm_offset: bool = False  # RMSNorm stored as an offset from 1 (Gemma convention)
     expert: bool = False  # a routed MoE expert's weight (engines fuse all experts of a layer)
     block: str | None = None  # ATTENTION_BLOCK, GDN_BLOCK, MLP_BLOCK or MTP_FC_BLOCK: what quantization scopes select by
+    optional: bool = False  # a copy engines take from the trunk when absent (a tied MTP `embed_tokens` / `shared_head.head`)
 
     @property
     def local_name(self) -> str:
@@ -75,8 +76,15 @@ class Family:
     name: str = ""
     model_types: tuple[str, ...] = ()
     mtp_config_key: str = ""
-    mtp_prefix = "mtp"  # every MTP tensor's first name component
+    mtp_prefix = "mtp"  # the module path every MTP tensor's name starts with
     vision_prefix = "model.visual"  # the vision tower's module path
+    hybrid = True  # Gated DeltaNet + attention (engine/memory.py plans GDN state); False: attention only
+    vllm_legacy_method = ""  # the `--speculative-config` method vLLM releases before the generic `mtp` used
+
+    def bind(self, config: dict[str, Any]) -> Family:
+        """The rules for this one config. Families whose MTP layers sit after the trunk's
+        (`model.layers.{num_hidden_layers}`) need the layer count to tell them apart by name."""
+        return self
 
     def text_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """The config block that holds the language model's fields."""
@@ -117,14 +125,37 @@ class Family:
         value = self.setting(config, "dtype") or self.setting(config, "torch_dtype") or "bfloat16"
         return _CONFIG_DTYPES.get(str(value), "BF16")
 
-    def expected(self, config: dict[str, Any], *, fused_experts: bool = True, vision: bool | None = None) -> Inventory:
-        """The full expected inventory: trunk, embeddings, MTP head and (if any) vision tower."""
+    def expected(self, config: dict[str, Any], *, fused_experts: bool = True, vision: bool | None = None,
+                 mtp_fused_experts: bool | None = None, prefix: str | None = None) -> Inventory:
+        """The full expected inventory: trunk, embeddings, MTP head and (if any) vision tower.
+
+        Args:
+            fused_experts: the trunk stores MoE experts as fused 3-D tensors (else one tensor per expert).
+            vision: build the vision tower (default: when the config declares one).
+            mtp_fused_experts: the same for the MTP head, decided apart (default: as the trunk).
+            prefix: the language model's module path as stored (default: what the config implies).
+        """
         raise NotImplementedError
+
+    def kv_bytes_per_token(self, config: dict[str, Any], kv_bytes: int, tensor_parallel: int) -> int:
+        """Bytes of KV cache one token takes in one attention layer on one GPU (vLLM's page arithmetic)."""
+        heads = self.setting(config, "num_key_value_heads") or self.setting(config, "num_attention_heads") or 1
+        hidden, n_heads = self.setting(config, "hidden_size") or 0, self.setting(config, "num_attention_heads") or 1
+        head_dim = self.setting(config, "head_dim") or hidden // n_heads
+        return 2 * max(1, heads // tensor_parallel) * head_dim * kv_bytes
+
+    def expert_count(self, config: dict[str, Any]) -> int:
+        """Routed experts per MoE layer (0: dense); what a head grafted across a pruned MoE must match."""
+        return int(self.setting(config, "num_experts", 0) or 0)
+
+    def attention_layers(self, config: dict[str, Any]) -> int:
+        """Trunk layers that hold a KV cache (all of them, unless the family is hybrid)."""
+        return int(self.setting(config, "num_hidden_layers") or 0)
 
     def group_of(self, name: str) -> str:
         """The group of a tensor by its name alone (for tensors the inventory does not expect)."""
         parts = name.split(".")
-        if parts[0] == self.mtp_prefix:
+        if name.startswith(self.mtp_prefix + "."):
             return MTP
         if self.is_vision(name):
             return VISION
@@ -138,6 +169,10 @@ class Family:
     def trunk_prefix(self, config: dict[str, Any]) -> str:
         """The module path of the language model (`model` or `model.language_model`)."""
         return "model"
+
+    def trunk_prefixes(self, config: dict[str, Any]) -> tuple[str, ...]:
+        """Every module path the engine loads the language model from, for this config."""
+        return (self.trunk_prefix(config),)
 
     @staticmethod
     def require(config: dict[str, Any], key: str, value: Any) -> int:

@@ -123,6 +123,22 @@ def gated_attention(inv: Inventory, p: str, d: TextDims, **role: Any) -> None:
     norm(inv, f"{p}.k_norm.weight", d.head_dim, **role)
 
 
+def plain_attention(inv: Inventory, p: str, *, hidden: int, heads: int, kv_heads: int, head_dim: int, bias: bool,
+                    qk_norm: bool, **role: Any) -> None:
+    """Grouped-query `self_attn` (GLM-4.5, MiMo's Qwen2 layers): q/k/v (+ bias) fused by vLLM into `qkv_proj`,
+    optional per-head `q_norm` / `k_norm` (plain RMSNorm weights)."""
+    role = {**role, "block": ATTENTION_BLOCK}
+    qkv = f"{p}.qkv_proj"
+    for proj, out in (("q_proj", heads * head_dim), ("k_proj", kv_heads * head_dim), ("v_proj", kv_heads * head_dim)):
+        linear(inv, f"{p}.{proj}.weight", out, hidden, fused=qkv, **role)
+        if bias:
+            inv.add(f"{p}.{proj}.bias", (out,), kind=BIAS, keep_high_precision=True, **role)
+    linear(inv, f"{p}.o_proj.weight", hidden, heads * head_dim, **role)
+    if qk_norm:
+        norm(inv, f"{p}.q_norm.weight", head_dim, offset=False, **role)
+        norm(inv, f"{p}.k_norm.weight", head_dim, offset=False, **role)
+
+
 def gdn(inv: Inventory, p: str, d: TextDims, *, fused_layout: bool, **role: Any) -> None:
     """`linear_attn` (Gated DeltaNet); conv1d, A_log, dt_bias and the gated norm stay high precision."""
     role = {**role, "block": GDN_BLOCK}

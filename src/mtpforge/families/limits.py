@@ -51,6 +51,18 @@ TEXT_INTS: dict[str, tuple[int, int]] = {
     "linear_value_head_dim": (1, MAX_DIM),
     "linear_conv_kernel_dim": (1, 1024),
     "max_position_embeddings": (0, MAX_POSITIONS),
+    # DeepSeek / GLM / MiMo (families/nextn.py, deepseek.py, glm.py); q_lora_rank may be null (no q compression)
+    "n_routed_experts": (0, MAX_EXPERTS),
+    "n_shared_experts": (0, 64),
+    "first_k_dense_replace": (0, MAX_LAYERS),
+    "moe_layer_freq": (1, MAX_LAYERS),
+    "q_lora_rank": (1, MAX_DIM),
+    "kv_lora_rank": (1, MAX_DIM),
+    "qk_nope_head_dim": (0, MAX_DIM),
+    "qk_rope_head_dim": (0, MAX_DIM),
+    "v_head_dim": (1, MAX_DIM),
+    "index_n_heads": (1, MAX_DIM),
+    "index_head_dim": (1, MAX_DIM),
 }
 VISION_INTS: dict[str, tuple[int, int]] = {
     "depth": (0, MAX_LAYERS),
@@ -97,7 +109,7 @@ def check_config(family: Any, config: dict[str, Any]) -> None:
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in dense):
         _refuse("mlp_only_layers", "must list layer numbers", dense)
     layers = (family.setting(config, "num_hidden_layers") or 0) + family.mtp_layers(config)
-    experts = family.setting(config, "num_experts") or 0
+    experts = family.setting(config, "num_experts") or family.setting(config, "n_routed_experts") or 0
     if layers * experts > MAX_EXPERT_LAYERS:
         _refuse("num_experts", f"x the {layers} layers must stay within {MAX_EXPERT_LAYERS:,}", experts)
     vision = config.get("vision_config")

@@ -39,13 +39,21 @@ class Qwen35Family(Family):
     def trunk_prefix(self, config: dict[str, Any]) -> str:
         return "model.language_model" if self.is_wrapper(config) else "model"
 
-    def expected(self, config: dict[str, Any], *, fused_experts: bool = True, vision: bool | None = None) -> Inventory:
+    def trunk_prefixes(self, config: dict[str, Any]) -> tuple[str, ...]:
+        # vLLM's text-only class maps `model.language_model.` to `model.` ("community text-only checkpoints keep the
+        # extraneous prefix", vllm/model_executor/models/qwen3_5.py, Qwen3_5ForCausalLMBase.hf_to_vllm_mapper), so a
+        # text-only export that kept the wrapper's names loads as it is. The wrapper class has no such mapping.
+        return ("model.language_model",) if self.is_wrapper(config) else ("model", "model.language_model")
+
+    def expected(self, config: dict[str, Any], *, fused_experts: bool = True, vision: bool | None = None,
+                 mtp_fused_experts: bool | None = None, prefix: str | None = None) -> Inventory:
         d = blocks.read_dims(self, config)
         dtype = self.dtype(config)
         inv = Inventory()
-        blocks.trunk(inv, self.trunk_prefix(config), d, dtype=dtype, gdn_fused=False,
+        blocks.trunk(inv, prefix or self.trunk_prefix(config), d, dtype=dtype, gdn_fused=False,
                      is_moe_layer=lambda i: self.moe, fused_experts=fused_experts)
-        blocks.mtp_head(inv, d, self.mtp_layers(config), moe=self.moe, fused_experts=fused_experts, dtype=dtype)
+        head_fused = fused_experts if mtp_fused_experts is None else mtp_fused_experts
+        blocks.mtp_head(inv, d, self.mtp_layers(config), moe=self.moe, fused_experts=head_fused, dtype=dtype)
         if vision if vision is not None else self.has_vision(config):
             blocks.vision_tower(inv, self.vision_prefix, config.get("vision_config") or {}, dtype)
         return inv

@@ -20,13 +20,15 @@ class Qwen3NextFamily(Family):
     name = "qwen3_next"
     model_types = ("qwen3_next",)
     mtp_config_key = "num_nextn_predict_layers"
+    vllm_legacy_method = "qwen3_next_mtp"
 
     def mtp_layers(self, config: dict[str, Any]) -> int:
         if self.mtp_config_key not in config:
             return 1
         return super().mtp_layers(config)
 
-    def expected(self, config: dict[str, Any], *, fused_experts: bool = True, vision: bool | None = None) -> Inventory:
+    def expected(self, config: dict[str, Any], *, fused_experts: bool = True, vision: bool | None = None,
+                 mtp_fused_experts: bool | None = None, prefix: str | None = None) -> Inventory:
         d = blocks.read_dims(self, config)
         dtype = self.dtype(config)
         step = int(config.get("decoder_sparse_step", 1) or 1)
@@ -36,8 +38,10 @@ class Qwen3NextFamily(Family):
             return d.num_experts > 0 and i not in dense_layers and (i + 1) % step == 0
 
         inv = Inventory()
-        blocks.trunk(inv, "model", d, dtype=dtype, gdn_fused=True, is_moe_layer=is_moe_layer, fused_experts=fused_experts)
-        blocks.mtp_head(inv, d, self.mtp_layers(config), moe=d.num_experts > 0, fused_experts=fused_experts, dtype=dtype)
+        blocks.trunk(inv, prefix or "model", d, dtype=dtype, gdn_fused=True, is_moe_layer=is_moe_layer,
+                     fused_experts=fused_experts)
+        head_fused = fused_experts if mtp_fused_experts is None else mtp_fused_experts
+        blocks.mtp_head(inv, d, self.mtp_layers(config), moe=d.num_experts > 0, fused_experts=head_fused, dtype=dtype)
         return inv
 
 

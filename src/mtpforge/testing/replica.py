@@ -9,6 +9,7 @@ while using a few megabytes of disk. Every verb can run on it at full scale.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,45 @@ def make_hollow_replica(out: Path, name: str = QWEN36_27B, *, shards: int = 15, 
     out.mkdir(parents=True)
     tensors = [TensorData(t["name"], t["dtype"], tuple(t["shape"])) for t in inventory
                if t["name"].split(".")[0] not in drop]
+    write_shards(out, tensors, shards=shards, index=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    write_tokenizer_files(out, vocab_size=16)
+    return out
+
+
+def scaled_config(config: dict[str, Any], *, layers: int) -> dict[str, Any]:
+    """A public config with its trunk cut to `layers` decoder layers (every other field as published),
+    keeping at least one MoE layer after `first_k_dense_replace` so the MoE rules are exercised."""
+    out = dict(config)
+    out["num_hidden_layers"] = max(layers, int(config.get("first_k_dense_replace") or 0) + 1)
+    return out
+
+
+def make_family_replica(out: Path, config: dict[str, Any], *, layers: int = 4, shards: int = 3,
+                        fused_experts: bool = False, tied_copies: bool = True,
+                        drop: Callable[[str], bool] = lambda name: False) -> Path:
+    """Write a hollow checkpoint of any family from a public `config` (cut to `layers` trunk layers).
+
+    Every tensor the family expects is there with its real name, shape and dtype, as zeros in sparse
+    files, with an index, so inspect and doctor run on it as on the published checkpoint.
+
+    Args:
+        out: the directory to create (must not exist).
+        config: a public config.json (its `quantization_config` is left out: the shards are unquantized).
+        layers: trunk decoder layers to keep.
+        shards: shard files, with an index.
+        fused_experts: store MoE experts as fused 3-D tensors rather than one per expert.
+        tied_copies: ship the optional MTP copies of the embedding and lm_head (DeepSeek-R1 does, GLM-5 does not).
+        drop: tensors to leave out (by name), to break the replica on purpose.
+    """
+    from mtpforge.families import detect_family
+
+    config = {k: v for k, v in scaled_config(config, layers=layers).items() if k != "quantization_config"}
+    family = detect_family(config)
+    out.mkdir(parents=True)
+    expected = family.expected(config, fused_experts=fused_experts)
+    tensors = [TensorData(name, spec.dtype, spec.shape) for name, spec in expected.items()
+               if (tied_copies or not spec.optional) and not drop(name)]
     write_shards(out, tensors, shards=shards, index=True)
     (out / "config.json").write_text(json.dumps(config, indent=2))
     write_tokenizer_files(out, vocab_size=16)

@@ -1,0 +1,209 @@
+"""The DeepSeek, GLM and MiMo families against the public checkpoints they describe.
+
+Fixture sources (each config is the published file, verbatim unless said):
+- DeepSeek-V3, DeepSeek-R1, nvidia/DeepSeek-V3.1-NVFP4, zai-org/GLM-5, XiaomiMiMo/MiMo-7B-Base: the `config.json`
+  files in /work/shared/reference/public-configs/ (ai-dynamo/aiconfigurator `model_configs/`, see SOURCE.md there).
+- DeepSeek-R1's tensor inventory (91,991 tensors in 163 shards; `model.layers.61.{eh_proj, embed_tokens, enorm,
+  hnorm, shared_head.head, shared_head.norm}`; F32 `weight_scale_inv` beside every FP8 linear; BF16 `eh_proj`,
+  routers, norms and embeddings): a public model report of deepseek-ai/DeepSeek-R1 (found with the search tool,
+  find_string "model.layers.61.shared_head.head.weight").
+- GLM-5's MTP layer `model.layers.78` (no `embed_tokens`, no `shared_head.head`; the DSA indexer's `wq_b`, `wk`,
+  `k_norm.{weight,bias}`, `weights_proj`): `CHECKPOINT_LAYER78_SUBKEYS` of a public test built from the
+  zai-org/GLM-5 index (find_string "self_attn.indexer.k_norm.bias").
+- GLM-4.5-Air's `config.json` (`glm4_moe`, 46 layers, 128 experts, `attention_bias: true`, `use_qk_norm: false`,
+  `first_k_dense_replace: 1`): as printed by an ms-swift training log of zai-org/GLM-4.5-Air (find_string
+  '"model_type": "glm4_moe"'); copied below with the fields the family reads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mtpforge.checkpoint.writer import TensorData, write_safetensors
+from mtpforge.diagnosis.doctor import doctor
+from mtpforge.diagnosis.inspection import inspect_checkpoint
+from mtpforge.families import FAMILIES, MTP, TRUNK, detect_family, expected_inventory
+from mtpforge.families.base import LINEAR, NORM
+from mtpforge.testing.factory import tiny_config
+from mtpforge.testing.replica import make_family_replica
+
+PUBLIC = Path("/work/shared/reference/public-configs")
+
+GLM45_AIR = {  # zai-org/GLM-4.5-Air config.json (ms-swift log, see the module docstring)
+    "architectures": ["Glm4MoeForCausalLM"], "attention_bias": True, "first_k_dense_replace": 1, "head_dim": 128,
+    "hidden_size": 4096, "intermediate_size": 10944, "max_position_embeddings": 131072, "model_type": "glm4_moe",
+    "moe_intermediate_size": 1408, "n_group": 1, "n_routed_experts": 128, "n_shared_experts": 1, "norm_topk_prob": True,
+    "num_attention_heads": 96, "num_experts_per_tok": 8, "num_hidden_layers": 46, "num_key_value_heads": 8,
+    "num_nextn_predict_layers": 1, "partial_rotary_factor": 0.5, "rms_norm_eps": 1e-05, "rope_theta": 1000000,
+    "routed_scaling_factor": 1.0, "tie_word_embeddings": False, "topk_group": 1, "torch_dtype": "bfloat16",
+    "use_qk_norm": False, "vocab_size": 151552,
+}
+# GLM-5's `model.layers.78` as its index lists it (experts 1..255 left out, as in the source).
+GLM5_LAYER78 = [
+    "eh_proj.weight", "enorm.weight", "hnorm.weight", "input_layernorm.weight", "mlp.experts.0.down_proj.weight",
+    "mlp.experts.0.gate_proj.weight", "mlp.experts.0.up_proj.weight", "mlp.gate.e_score_correction_bias", "mlp.gate.weight",
+    "mlp.shared_experts.down_proj.weight", "mlp.shared_experts.gate_proj.weight", "mlp.shared_experts.up_proj.weight",
+    "post_attention_layernorm.weight", "self_attn.indexer.k_norm.bias", "self_attn.indexer.k_norm.weight",
+    "self_attn.indexer.weights_proj.weight", "self_attn.indexer.wk.weight", "self_attn.indexer.wq_b.weight",
+    "self_attn.kv_a_layernorm.weight", "self_attn.kv_a_proj_with_mqa.weight", "self_attn.kv_b_proj.weight",
+    "self_attn.o_proj.weight", "self_attn.q_a_layernorm.weight", "self_attn.q_a_proj.weight", "self_attn.q_b_proj.weight",
+    "shared_head.norm.weight",
+]
+
+
+def public(name: str) -> dict[str, Any]:
+    return json.loads((PUBLIC / name / "config.json").read_text())
+
+
+CONFIGS = {
+    "deepseek-v3": lambda: public("deepseek-ai--DeepSeek-V3"),
+    "deepseek-r1": lambda: public("deepseek-ai--DeepSeek-R1"),
+    "deepseek-v3.1-nvfp4": lambda: public("nvidia--DeepSeek-V3.1-NVFP4"),
+    "glm-5": lambda: public("zai-org--GLM-5"),
+    "glm-5-nvfp4": lambda: public("nvidia--GLM-5-NVFP4"),
+    "glm-4.5-air": lambda: dict(GLM45_AIR),
+    "mimo-7b": lambda: public("XiaomiMiMo--MiMo-7B-Base"),
+}
+
+
+def test_deepseek_r1_inventory_is_the_published_one() -> None:
+    config = public("deepseek-ai--DeepSeek-R1")
+    family = detect_family(config)
+    inv = family.expected(config, fused_experts=False)
+    # One F32 weight_scale_inv beside each FP8 linear: every linear but eh_proj, routers, embeddings and lm_heads.
+    fp8 = [s for s in inv.values() if s.kind == LINEAR and not s.keep_high_precision and s.block != "mtp_fc"
+           and s.group in (TRUNK, MTP) and not s.name.endswith(("shared_head.head.weight", "lm_head.weight"))]
+    assert len(inv) + len(fp8) == 91_991
+    scales = sum(-(-s.shape[0] // 128) * -(-s.shape[1] // 128) for s in fp8)  # 128 x 128 blocks (weight_block_size)
+    assert sum(s.numel for s in inv.values()) + scales == 684_531_386_000  # the report's parameter count
+    p = "model.layers.61"
+    assert family.mtp_prefix == p and family.group_of(f"{p}.mlp.experts.255.up_proj.weight") == MTP
+    assert family.group_of("model.layers.60.mlp.experts.0.up_proj.weight") == TRUNK
+    shapes = {f"{p}.eh_proj.weight": (7168, 14336), f"{p}.embed_tokens.weight": (129280, 7168),
+              f"{p}.shared_head.head.weight": (129280, 7168), f"{p}.self_attn.kv_a_proj_with_mqa.weight": (576, 7168),
+              f"{p}.self_attn.q_b_proj.weight": (24576, 1536), f"{p}.self_attn.kv_b_proj.weight": (32768, 512),
+              f"{p}.self_attn.o_proj.weight": (7168, 16384), f"{p}.mlp.experts.255.down_proj.weight": (7168, 2048),
+              "model.layers.2.mlp.down_proj.weight": (7168, 18432), "model.layers.3.mlp.gate.e_score_correction_bias": (256,)}
+    assert {n: inv[n].shape for n in shapes} == shapes
+    assert inv["model.layers.3.mlp.gate.e_score_correction_bias"].dtype == "F32"
+    # DeepSeek's RMSNorm multiplies by w (vLLM RMSNorm), unlike Qwen3.5's 1 + w: no norm carries the offset.
+    assert not any(s.norm_offset for s in inv.values() if s.kind == NORM)
+
+
+def test_glm5_mtp_layer_is_the_published_one() -> None:
+    config = public("zai-org--GLM-5")
+    family = detect_family(config)
+    stored = [f"model.layers.78.{k}" for k in GLM5_LAYER78]
+    inv = expected_inventory(family, config, stored)
+    head = {n[len("model.layers.78."):] for n, s in inv.items() if s.group == MTP and ".experts." not in n}
+    assert head == {k for k in GLM5_LAYER78 if ".experts." not in k}  # no embed_tokens / shared_head.head expected
+    assert inv["model.layers.78.self_attn.indexer.wq_b.weight"].shape == (32 * 128, 2048)
+    assert inv["model.layers.78.self_attn.kv_b_proj.weight"].shape == (64 * (192 + 256), 512)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_a_healthy_hollow_replica_is_healthy(tmp_path: Path, name: str) -> None:
+    ckpt = make_family_replica(tmp_path / name, CONFIGS[name]())
+    report = doctor(ckpt)
+    assert report.ok and [f.code for f in report.findings] == [], [f.message for f in report.findings]
+    summary = inspect_checkpoint(ckpt)
+    assert summary.mtp.present and summary.mtp.tensors == summary.mtp.expected_tensors > 10
+    assert summary.mtp.declared_layers == 1 and summary.mtp.config_key == "num_nextn_predict_layers"
+
+
+@pytest.mark.parametrize("name", ["deepseek-r1", "glm-5", "glm-4.5-air"])
+def test_tied_copies_may_be_absent(tmp_path: Path, name: str) -> None:
+    ckpt = make_family_replica(tmp_path / name, CONFIGS[name](), tied_copies=False)
+    assert doctor(ckpt).ok
+
+
+@pytest.mark.parametrize("name,prefix", [("deepseek-r1", "model.layers.4."), ("glm-5", "model.layers.4."),
+                                         ("glm-4.5-air", "model.layers.4."), ("mimo-7b", "model.mtp_layers.0.")])
+def test_a_dropped_head_is_mtp_missing(tmp_path: Path, name: str, prefix: str) -> None:
+    ckpt = make_family_replica(tmp_path / name, CONFIGS[name](), drop=lambda n: n.startswith(prefix))
+    codes = [f.code for f in doctor(ckpt).findings]
+    assert codes == ["mtp-missing"]
+
+
+def test_a_dropped_head_tensor_is_named(tmp_path: Path) -> None:
+    gone = "model.layers.4.shared_head.norm.weight"
+    ckpt = make_family_replica(tmp_path / "r1", CONFIGS["deepseek-r1"](), drop=lambda n: n == gone)
+    [finding] = doctor(ckpt).findings
+    assert finding.code == "mtp-incomplete" and list(finding.tensors) == [gone]
+
+
+def _head_in_own_shard(root: Path, config: dict[str, Any], *, indexed: bool) -> Path:
+    """GLM-4.7's layout: the MTP layer in a standalone `mtp.safetensors`, listed in the index or not."""
+    prefix = "model.layers.4."
+    ckpt = make_family_replica(root, config, drop=lambda n: n.startswith(prefix))
+    family = detect_family(json.loads((ckpt / "config.json").read_text()))
+    head = [TensorData(n, s.dtype, s.shape) for n, s in family.expected(json.loads((ckpt / "config.json").read_text()),
+                                                                       fused_experts=False).items()
+            if n.startswith(prefix) and not s.optional]
+    write_safetensors(ckpt / "mtp.safetensors", head, {"format": "pt"})
+    if indexed:
+        index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+        index["weight_map"].update({t.name: "mtp.safetensors" for t in head})
+        index["metadata"]["total_size"] += sum(t.nbytes for t in head)
+        (ckpt / "model.safetensors.index.json").write_text(json.dumps(index))
+    return ckpt
+
+
+def test_a_standalone_indexed_mtp_shard_is_healthy_and_an_unindexed_one_is_named(tmp_path: Path) -> None:
+    assert doctor(_head_in_own_shard(tmp_path / "ok", dict(GLM45_AIR), indexed=True)).ok
+    findings = doctor(_head_in_own_shard(tmp_path / "bad", dict(GLM45_AIR), indexed=False)).findings
+    unindexed = [f for f in findings if f.code == "mtp-unindexed"]
+    assert [list(f.files) for f in unindexed] == [["mtp.safetensors"]]
+
+
+def test_an_unknown_family_is_refused_before_any_shard_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from mtpforge.checkpoint import checkpoint as opening
+    from mtpforge.cli import main
+
+    ckpt = make_family_replica(tmp_path / "x", dict(GLM45_AIR))
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "model_type": "llama4", "architectures": ["Llama4ForCausalLM"]}))
+
+    def no_header(*args: Any) -> Any:
+        raise AssertionError("a shard header was read before the family was known")
+
+    monkeypatch.setattr(opening, "read_header", no_header)
+    for verb in ("doctor", "inspect"):
+        with pytest.raises(SystemExit) as exit_:
+            main([verb, str(ckpt), "--json"])
+        assert exit_.value.code == 3
+        out, err = capsys.readouterr()
+        doc = json.loads(out)
+        assert doc["schema"] == "mtpforge.error/1" and doc["exit_code"] == 3 and "'llama4'" in doc["message"]
+        assert "Llama4ForCausalLM" in err and "docs/families.md" in err
+
+
+def test_text_only_moe_keeping_the_wrapper_names_is_healthy(tmp_path: Path) -> None:
+    """vLLM's text-only Qwen3.5 class maps `model.language_model.` to `model.` (qwen3_5.py hf_to_vllm_mapper)."""
+    config = tiny_config("qwen3_5_moe", text_only_arch=True)
+    family = detect_family(config)
+    inv = family.expected(config, prefix="model.language_model")
+    root = tmp_path / "ckpt"
+    root.mkdir()
+    write_safetensors(root / "model.safetensors", [TensorData(n, s.dtype, s.shape) for n, s in inv.items()], {"format": "pt"})
+    (root / "config.json").write_text(json.dumps(config))
+    report = doctor(root)
+    assert not [f for f in report.findings if f.code.startswith(("tensor-", "mtp-"))], [f.message for f in report.findings]
+    # the wrapper class has no such mapping: there the names must be the wrapper's
+    assert FAMILIES["qwen3_5_moe"].trunk_prefixes(tiny_config("qwen3_5_moe")) == ("model.language_model",)
+
+
+def test_fused_mtp_experts_beside_a_per_expert_trunk_are_read_per_part(tmp_path: Path) -> None:
+    config = tiny_config("qwen3_5_moe", text_only_arch=True)
+    family = detect_family(config)
+    inv = family.expected(config, fused_experts=False, mtp_fused_experts=True)
+    assert "mtp.layers.0.mlp.experts.gate_up_proj" in inv and "model.layers.0.mlp.experts.0.up_proj.weight" in inv
+    assert expected_inventory(family, config, inv).keys() == inv.keys()
+    # and the other way round
+    inv = family.expected(config, fused_experts=True, mtp_fused_experts=False)
+    assert expected_inventory(family, config, inv).keys() == inv.keys()
