@@ -207,3 +207,72 @@ def test_fused_mtp_experts_beside_a_per_expert_trunk_are_read_per_part(tmp_path:
     # and the other way round
     inv = family.expected(config, fused_experts=True, mtp_fused_experts=False)
     assert expected_inventory(family, config, inv).keys() == inv.keys()
+
+
+# --- graft, strip, plan and serve for the NextN families ---------------------------------------------------------
+
+def shrunk(config: dict[str, Any]) -> dict[str, Any]:
+    """A public config with its widths divided down (names, layout and every other field as published),
+    so that a graft can copy real bytes in a test: hidden 7168 -> 64, 256 experts -> 8, ..."""
+    small = {"hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32, "vocab_size": 128,
+             "n_routed_experts": 8, "num_experts_per_tok": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+             "q_lora_rank": 32, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 8,
+             "index_n_heads": 2, "index_head_dim": 128, "head_dim": 16, "n_group": 1, "topk_group": 1}
+    return {**config, **{k: v for k, v in small.items() if k in config}}
+
+
+@pytest.mark.parametrize("name", ["deepseek-r1", "glm-5", "glm-4.5-air"])
+def test_graft_restores_a_dropped_nextn_head(tmp_path: Path, name: str) -> None:
+    from mtpforge.surgery.graft import graft
+
+    config = shrunk(CONFIGS[name]())
+    donor = make_family_replica(tmp_path / "base", config)
+    target = make_family_replica(tmp_path / "finetune", config, drop=lambda n: n.startswith("model.layers.4."))
+    assert [f.code for f in doctor(target).findings] == ["mtp-missing"]
+    graft(target, str(donor), str(tmp_path / "out"))
+    assert doctor(tmp_path / "out").findings == ()
+    out, base = inspect_checkpoint(tmp_path / "out"), inspect_checkpoint(donor)
+    assert out.mtp.tensors == base.mtp.tensors and out.mtp.bytes == base.mtp.bytes
+
+
+def test_graft_across_a_pruned_moe_names_the_tensor_and_both_counts(tmp_path: Path) -> None:
+    """A REAP-pruned GLM-5 keeps fewer routed experts (0xSero/glm-5.2-reap-504B-v2 declares 168 of 256)."""
+    from mtpforge.surgery.graft import GraftError, open_donor, plan_graft
+
+    config = public("zai-org--GLM-5")
+    donor = make_family_replica(tmp_path / "base", config)
+    pruned = make_family_replica(tmp_path / "reap", {**config, "n_routed_experts": 168},
+                                 drop=lambda n: n.startswith("model.layers.4."))
+    with pytest.raises(GraftError) as err:
+        plan_graft(pruned, open_donor(str(donor)))
+    message = str(err.value)
+    assert "model.layers.4.mlp.gate.weight holds 256 routed experts but the target has 168 (n_routed_experts" in message
+    assert "pruned" in (err.value.hint or "")
+
+
+def test_strip_says_a_text_only_family_has_nothing_to_strip(tmp_path: Path) -> None:
+    from mtpforge.surgery.strip import StripError, plan_strip
+
+    with pytest.raises(StripError, match=r"deepseek_v3 \(DeepseekV3ForCausalLM\) has no vision tower"):
+        plan_strip(make_family_replica(tmp_path / "r1", CONFIGS["deepseek-r1"]()))
+
+
+@pytest.mark.parametrize("name,per_token,block", [
+    ("deepseek-v3", (512 + 64) * 2, 64),  # MLA latent kv_lora_rank + qk_rope_head_dim, BF16, FlashMLA pages of 64
+    ("glm-5", (512 + 64) * 2 + 128 + 4, 64),  # + the DSA indexer's FP8 key cache (128 values, one F32 scale)
+    ("glm-4.5-air", 2 * 8 * 128 * 2, 16),  # GQA: K and V of 8 KV heads x 128
+    ("mimo-7b", 2 * 8 * 128 * 2, 16),
+])
+def test_plan_and_serve_an_attention_only_family(tmp_path: Path, name: str, per_token: int, block: int) -> None:
+    from mtpforge.engine.launch import ServeOptions, launch_line
+    from mtpforge.engine.memory import PlanRequest, plan
+    from mtpforge.units import GIB
+
+    ckpt = make_family_replica(tmp_path / name, CONFIGS[name]())
+    m = plan(ckpt, PlanRequest(gpu_memory=141 * GIB, kv_dtype="bfloat16", max_model_len=32768))
+    assert (m.kv_bytes_per_token_per_layer, m.block_size, m.gdn_layers) == (per_token, block, 0)
+    assert m.attention_layers == 4 + 1  # the trunk's layers and the MTP layer (drafting with k = 3)
+    assert m.num_blocks == (m.kv_pool // (per_token * block * 5)) and m.ok
+    assert json.loads(launch_line(ckpt, ServeOptions()).args[-1]) == {"method": "mtp", "num_speculative_tokens": 3}
+    legacy = {"deepseek-v3": "deepseek_mtp", "glm-5": "deepseek_mtp", "glm-4.5-air": "glm4_moe_mtp", "mimo-7b": "mimo_mtp"}
+    assert json.loads(launch_line(ckpt, ServeOptions(engine_version="0.10.1")).args[-1])["method"] == legacy[name]

@@ -30,7 +30,7 @@ from mtpforge.checkpoint.quant_config import MODELOPT_METHOD
 from mtpforge.engine.bounds import COUNT, FRACTION, PORT, POSITIVE, check
 from mtpforge.engine.parsers import choose_parsers
 from mtpforge.errors import CheckpointError, UsageError
-from mtpforge.families import MTP, VISION, detect_family
+from mtpforge.families import FAMILIES, MTP, VISION, detect_family
 
 ENGINES = ("vllm", "sglang")
 SERVER_MODULE = {"vllm": "vllm.entrypoints.openai.api_server", "sglang": "sglang.launch_server"}
@@ -209,9 +209,11 @@ def _vllm_mtp_method(version: str | None, family_name: str) -> str:
         raise UsageError(f"--engine-version {version!r} is not a version", hint="--engine-version 0.19.1") from None
     if parsed >= VLLM_GENERIC_MTP_SINCE:
         return "mtp"
-    if family_name != "qwen3_next":
+    # Before the generic `mtp`, each family had its own method (deepseek_mtp, glm4_moe_mtp, mimo_mtp, qwen3_next_mtp).
+    legacy = FAMILIES[family_name].vllm_legacy_method if family_name in FAMILIES else ""
+    if not legacy:
         raise UsageError(f"vLLM {version} predates {family_name} support", hint="use vLLM 0.17 or later for Qwen3.5/3.6")
-    return "qwen3_next_mtp"
+    return legacy
 
 
 def _sglang_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, quant: str | None,

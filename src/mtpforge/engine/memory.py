@@ -137,6 +137,11 @@ def plan(path: CheckpointLike, request: PlanRequest) -> MemoryPlan:
     ckpt = as_checkpoint(path)
     config = ckpt.config
     family = detect_family(config)
+    if not family.hybrid:  # attention only (DeepSeek, GLM, MiMo): no GDN state to plan
+        from mtpforge.engine.attention_memory import attention_plan
+
+        return attention_plan(ckpt, family, request, path=str(path), kv_dtype_bytes=KV_DTYPE_BYTES,
+                              default_reserve=SGLANG_RESERVE if request.engine == "sglang" else DEFAULT_RESERVE)
     dims = read_dims(family, config)
     tp = request.tensor_parallel
     _check_request(request, dims.lin_v_heads, dims.lin_k_heads)

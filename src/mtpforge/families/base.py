@@ -80,6 +80,11 @@ class Family:
     vision_prefix = "model.visual"  # the vision tower's module path
     hybrid = True  # Gated DeltaNet + attention (engine/memory.py plans GDN state); False: attention only
     vllm_legacy_method = ""  # the `--speculative-config` method vLLM releases before the generic `mtp` used
+    expert_config_key = "num_experts"  # routed experts per MoE layer
+    kv_block_size = 16  # tokens per KV block of the attention kernel vLLM picks (FlashAttention: multiples of 16)
+    # Config fields a grafted head must share with its trunk (families/ override with derived dimensions).
+    head_dim_keys: tuple[str, ...] = ("hidden_size", "vocab_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                                      "intermediate_size")
 
     def bind(self, config: dict[str, Any]) -> Family:
         """The rules for this one config. Families whose MTP layers sit after the trunk's
@@ -146,11 +151,24 @@ class Family:
 
     def expert_count(self, config: dict[str, Any]) -> int:
         """Routed experts per MoE layer (0: dense); what a head grafted across a pruned MoE must match."""
-        return int(self.setting(config, "num_experts", 0) or 0)
+        value = self.setting(config, self.expert_config_key, 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def head_dims(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The dimensions a grafted MTP head must share with the trunk it runs on (name -> value)."""
+        return {key: self.setting(config, key) for key in self.head_dim_keys}
 
     def attention_layers(self, config: dict[str, Any]) -> int:
         """Trunk layers that hold a KV cache (all of them, unless the family is hybrid)."""
         return int(self.setting(config, "num_hidden_layers") or 0)
+
+    def mtp_layer_index(self, name: str) -> int | None:
+        """Which MTP layer (0-based) a tensor of the head belongs to; None outside the head's layers."""
+        rest = name[len(self.mtp_prefix) + 1:] if name.startswith(self.mtp_prefix + ".") else ""
+        parts = rest.split(".")
+        if parts[0] == "layers" and len(parts) > 1 and parts[1].isdigit():
+            return int(parts[1])
+        return None
 
     def group_of(self, name: str) -> str:
         """The group of a tensor by its name alone (for tensors the inventory does not expect)."""

@@ -102,6 +102,13 @@ def read_dims(family: Family, config: dict[str, Any], *, default_interval: int =
     )
 
 
+def head_dims(d: TextDims) -> dict[str, int]:
+    """The hybrids' dimensions a grafted MTP head must share with its trunk (docs/domain.md §2)."""
+    names = ("hidden", "vocab", "heads", "kv_heads", "head_dim", "intermediate", "num_experts", "moe_intermediate",
+             "shared_intermediate")
+    return {n: getattr(d, n) for n in names}
+
+
 def norm(inv: Inventory, name: str, size: int, *, offset: bool = True, **role: Any) -> None:
     """An RMSNorm weight; Gemma-style ones (`offset`) store `w` and compute `x * (1 + w)`."""
     inv.add(name, (size,), kind=NORM, keep_high_precision=True, norm_offset=offset, **role)

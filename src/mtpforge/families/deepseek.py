@@ -30,6 +30,7 @@ class DeepSeekFamily(NextnFamily):
     """MLA attention, DeepSeek MoE, NextN MTP layers; `indexer` adds GLM-5's / V3.2's DSA indexer."""
 
     vllm_legacy_method = "deepseek_mtp"
+    kv_block_size = 64  # FlashMLA's only page size (vllm/v1/attention/backends/mla/flashmla.py)
 
     def __init__(self, name: str, model_types: tuple[str, ...], *, indexer: bool) -> None:
         self.name = name
@@ -83,7 +84,12 @@ class DeepSeekFamily(NextnFamily):
 
     def kv_bytes_per_token(self, config: dict[str, Any], kv_bytes: int, tensor_parallel: int) -> int:
         m = self.mla(config)
-        return (m["kv_lora"] + m["rope"]) * kv_bytes  # one latent per token, replicated on every GPU
+        latent = (m["kv_lora"] + m["rope"]) * kv_bytes  # one latent per token, replicated on every GPU
+        if not self.indexer:
+            return latent
+        # the indexer's key cache: FP8 values + one F32 scale per 128 (DeepseekV32IndexerCache, uint8)
+        head_dim = self.require(config, "index_head_dim", self.setting(config, "index_head_dim"))
+        return latent + head_dim + head_dim // 128 * 4
 
 
 DEEPSEEK_V3 = DeepSeekFamily("deepseek_v3", ("deepseek_v3",), indexer=False)

@@ -26,6 +26,10 @@ class MimoFamily(Family):
     hybrid = False
     vllm_legacy_method = "mimo_mtp"
 
+    def mtp_layer_index(self, name: str) -> int | None:
+        parts = name.split(".")  # model.mtp_layers.{j}.*
+        return int(parts[2]) if name.startswith(self.mtp_prefix + ".") and len(parts) > 2 and parts[2].isdigit() else None
+
     def expected(self, config: dict[str, Any], *, fused_experts: bool = True, vision: bool | None = None,
                  mtp_fused_experts: bool | None = None, prefix: str | None = None) -> Inventory:
         get, req = self.setting, self.require

@@ -62,6 +62,12 @@ class NextnFamily(Family):
 
     mtp_config_key = "num_nextn_predict_layers"
     hybrid = False
+    expert_config_key = "n_routed_experts"
+    # num_hidden_layers too: the head's names carry the trunk's depth (`model.layers.{num_hidden_layers}`)
+    head_dim_keys = ("num_hidden_layers", "hidden_size", "vocab_size", "num_attention_heads", "num_key_value_heads",
+                     "head_dim", "intermediate_size", "moe_intermediate_size", "n_routed_experts", "n_shared_experts",
+                     "first_k_dense_replace", "moe_layer_freq", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                     "qk_rope_head_dim", "v_head_dim", "index_n_heads", "index_head_dim", "attention_bias", "use_qk_norm")
     mtp_start: int | None = None  # num_hidden_layers of the bound config
 
     def bind(self, config: dict[str, Any]) -> Family:
@@ -76,6 +82,12 @@ class NextnFamily(Family):
                 and int(parts[2]) >= self.mtp_start):
             return MTP
         return super().group_of(name)
+
+    def mtp_layer_index(self, name: str) -> int | None:
+        parts = name.split(".")
+        if self.group_of(name) != MTP or self.mtp_start is None:
+            return None
+        return int(parts[2]) - self.mtp_start
 
     def dims(self, config: dict[str, Any]) -> MoeDims:
         get, req = self.setting, self.require
@@ -159,6 +171,3 @@ class NextnFamily(Family):
                     blocks.linear(inv, f"{experts}.{e}.{proj}.weight", *shape, fused=experts, expert=True, **role)
         if d.shared_experts:
             blocks.dense_mlp(inv, f"{p}.shared_experts", d.hidden, d.moe_intermediate * d.shared_experts, **role)
-
-    def expert_count(self, config: dict[str, Any]) -> int:
-        return int(self.setting(config, "n_routed_experts", 0) or 0)

@@ -45,6 +45,9 @@ class Qwen35Family(Family):
         # text-only export that kept the wrapper's names loads as it is. The wrapper class has no such mapping.
         return ("model.language_model",) if self.is_wrapper(config) else ("model", "model.language_model")
 
+    def head_dims(self, config: dict[str, Any]) -> dict[str, Any]:
+        return dict(blocks.head_dims(blocks.read_dims(self, config)))
+
     def expected(self, config: dict[str, Any], *, fused_experts: bool = True, vision: bool | None = None,
                  mtp_fused_experts: bool | None = None, prefix: str | None = None) -> Inventory:
         d = blocks.read_dims(self, config)

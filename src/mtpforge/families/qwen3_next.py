@@ -27,6 +27,9 @@ class Qwen3NextFamily(Family):
             return 1
         return super().mtp_layers(config)
 
+    def head_dims(self, config: dict[str, Any]) -> dict[str, Any]:
+        return dict(blocks.head_dims(blocks.read_dims(self, config)))
+
     def expected(self, config: dict[str, Any], *, fused_experts: bool = True, vision: bool | None = None,
                  mtp_fused_experts: bool | None = None, prefix: str | None = None) -> Inventory:
         d = blocks.read_dims(self, config)

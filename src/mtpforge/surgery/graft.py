@@ -4,11 +4,16 @@ quantization and declared, so that the engines load it and it drafts.
 Everything is checked before a byte is written: the donor's family and
 dimensions must match the target's, its head must be complete and in the
 target's expert layout, and its norms must be in the target trunk's
-convention. The donor may be a local checkpoint or a hub repository, of which
-only the index, the headers of the shards holding `mtp.*` and the head's bytes
-are fetched. The head's file (`--shard-name`) is a plain, not hidden
-`.safetensors` name that no kept shard has, and neither the target nor a local
-donor may overlap `--out` (`surgery.publish`).
+convention. Across a pruned MoE (a target that kept fewer routed experts than
+its base), the donor head's router and experts are counted first: a head that
+routes over 256 experts cannot run on a trunk of 128, and the error names the
+tensor and both counts. The dimensions compared are the family's
+(`Family.head_dims`: MLA ranks and the trunk depth for DeepSeek / GLM). The
+donor may be a local checkpoint or a hub repository, of which only the index,
+the headers of the shards holding the head and the head's bytes are fetched.
+The head's file (`--shard-name`) is a plain, not hidden `.safetensors` name
+that no kept shard has, and neither the target nor a local donor may overlap
+`--out` (`surgery.publish`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from mtpforge.checkpoint.remote import RemoteRepo, is_repo_id
 from mtpforge.diagnosis.norms import SHIFT_THRESHOLD, norm_shift
 from mtpforge.errors import CheckpointError, MtpforgeError
 from mtpforge.families import MTP, Family, TensorSpec, detect_family, expected_inventory
-from mtpforge.families.blocks import read_dims
 from mtpforge.formats.stored import resolve
 from mtpforge.formats.values import decode
 from mtpforge.surgery.output import make_plan
@@ -38,10 +42,6 @@ from mtpforge.surgery.rebuild import hf_quant_config, rebuild
 from mtpforge.surgery.sources import FileRange
 from mtpforge.surgery.stage import apply_plan, check_destination
 from mtpforge.surgery.writeplan import ByteSource, NewShard, TensorCopy, WritePlan, check_file_name
-
-# Dimensions that must agree for a head to run on a trunk (docs/domain.md §2).
-COMPATIBLE_DIMS = ("hidden", "vocab", "heads", "kv_heads", "head_dim", "intermediate",
-                   "num_experts", "moe_intermediate", "shared_intermediate")
 
 
 class GraftError(MtpforgeError):
@@ -98,9 +98,10 @@ def plan_graft(target: CheckpointLike, donor: Donor, *, shard_name: str = "mtp.s
     if donor_family.name != family.name:
         raise GraftError(f"donor {donor.name} is {donor_family.name} but the target is {family.name}",
                          hint="graft from the target's own base model")
-    _check_dims(family, ckpt.config, donor)
     layers = donor_family.mtp_layers(donor.config)
     head = {n: w for n, w in resolve(donor.tensors).items() if donor_family.group_of(n) == MTP}
+    check_expert_count(family, ckpt.config, donor, donor_family, sorted(head))
+    _check_dims(family, ckpt.config, donor)
     quantized = sorted(n for n, w in head.items() if w.quantized)
     if quantized:
         raise GraftError(f"donor {donor.name}'s MTP head is quantized ({head[quantized[0]].format}, {len(quantized)} weights): "
@@ -108,10 +109,13 @@ def plan_graft(target: CheckpointLike, donor: Donor, *, shard_name: str = "mtp.s
                          hint="graft from the BF16 base, whose head graft copies as stored")
     head_names = sorted(head)
     if not head_names:
-        raise GraftError(f"donor {donor.name} has no mtp.* tensor: there is nothing to graft",
+        raise GraftError(f"donor {donor.name} has no {donor_family.mtp_prefix}.* tensor: there is nothing to graft",
                          hint="use the base model that shipped the MTP head (e.g. Qwen/Qwen3.6-27B)")
     config = family.with_setting(ckpt.config, family.mtp_config_key, layers)
-    expected = {n: s for n, s in expected_inventory(family, config, ckpt.tensors).items() if s.group == MTP}
+    # The head's layout is read from the donor's names (a fused head beside a per-expert trunk is a real layout;
+    # tied copies of the embedding / lm_head are copied when the donor ships them), the trunk's from the target's.
+    layout = [n for n in ckpt.tensors if family.group_of(n) != MTP] + head_names
+    expected = {n: s for n, s in expected_inventory(family, config, layout).items() if s.group == MTP}
     _check_head(donor, expected, head_names)
     _check_norms(ckpt, donor, family, config)
 
@@ -125,9 +129,10 @@ def plan_graft(target: CheckpointLike, donor: Donor, *, shard_name: str = "mtp.s
                f"{' @ ' + donor.revision if donor.revision else ''} into {shard_name}",
                f"declare {family.mtp_config_key} = {layers} in config.json"]
     if drop:
-        actions.append(f"remove {len(drop)} old mtp.* tensors")
+        actions.append(f"remove {len(drop)} old {family.mtp_prefix}.* tensors")
     if excluded:
-        actions.append("exclude the head from quantization as the engines read it (re:^mtp.* / mtp*)")
+        actions.append(f"exclude the head from quantization as the engines read it (re:^{family.mtp_prefix}.* / "
+                       f"{family.mtp_prefix}*)")
     return make_plan("graft", ckpt.root, rb, config, hf_quant, actions, _provenance_warnings(ckpt, donor))
 
 
@@ -155,10 +160,47 @@ def graft(target: CheckpointLike, donor: str, out: str, *, revision: str = "main
     return plan
 
 
+def check_expert_count(family: Family, config: dict[str, Any], donor: Donor, donor_family: Family,
+                       head_names: list[str]) -> None:
+    """Refuse a head whose routed experts are not the target's: what a graft across a pruned MoE gets wrong.
+
+    The stored head is counted (its router's rows, a fused expert tensor's first dimension, or the
+    per-expert indices) as well as the donor's config, so the error names the tensor and both counts.
+    """
+    want = family.expert_count(config)
+    key = family.expert_config_key
+    hint = ("the target's MoE was pruned (or the donor's was): graft the head of the checkpoint the target was pruned "
+            "from after pruning its experts the same way, or a donor with the target's experts")
+    for name, count in _head_expert_counts(donor, donor_family, head_names):
+        if count != want:
+            raise GraftError(f"donor {donor.name}'s MTP tensor {name} holds {count} routed experts but the target has "
+                             f"{want} ({key} in config.json)", hint=hint)
+    declared = donor_family.expert_count(donor.config)
+    if declared != want:
+        raise GraftError(f"donor {donor.name} declares {declared} routed experts ({key}) but the target has {want}",
+                         hint=hint)
+
+
+def _head_expert_counts(donor: Donor, family: Family, head_names: list[str]) -> list[tuple[str, int]]:
+    """(tensor, experts it holds) for the head's routers, fused expert tensors and per-expert weights."""
+    counts: list[tuple[str, int]] = []
+    per_expert: dict[str, int] = {}  # the experts module -> highest index + 1
+    for name in head_names:
+        shape = donor.tensors[name].shape if name in donor.tensors else None
+        if name.endswith(".mlp.gate.weight") and shape:
+            counts.append((name, shape[0]))
+        elif name.endswith((".experts.gate_up_proj", ".experts.down_proj")) and shape:
+            counts.append((name, shape[0]))
+        elif ".experts." in name and (index := name.split(".experts.")[1].split(".")[0]).isdigit():
+            module = name.split(".experts.")[0] + ".experts"
+            per_expert[module] = max(per_expert.get(module, 0), int(index) + 1)
+    counts += [(f"{module}.*", n) for module, n in sorted(per_expert.items())]
+    return counts
+
+
 def _check_dims(family: Family, config: dict[str, Any], donor: Donor) -> None:
-    mine, theirs = read_dims(family, config), read_dims(family, donor.config)
-    wrong = [f"{d}: target {getattr(mine, d)} vs donor {getattr(theirs, d)}"
-             for d in COMPATIBLE_DIMS if getattr(mine, d) != getattr(theirs, d)]
+    mine, theirs = family.head_dims(config), family.head_dims(donor.config)
+    wrong = [f"{d}: target {mine[d]} vs donor {theirs[d]}" for d in mine if mine[d] != theirs.get(d)]
     if family.dtype(config) != family.dtype(donor.config):
         wrong.append(f"dtype: target {family.dtype(config)} vs donor {family.dtype(donor.config)}")
     if wrong:

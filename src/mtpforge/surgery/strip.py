@@ -36,7 +36,8 @@ def plan_strip(target: CheckpointLike) -> WritePlan:
     family = detect_family(ckpt.config)
     if not family.has_vision(ckpt.config):
         arch = (ckpt.config.get("architectures") or ["?"])[0]
-        raise StripError(f"{ckpt.root}: {family.name} ({arch}) has no vision tower to strip")
+        raise StripError(f"{ckpt.root}: {family.name} ({arch}) has no vision tower to strip",
+                         hint="a text-only architecture is served as it is; mtpforge inspect shows its groups")
     vision = {n for n in list(ckpt.tensors) + list(ckpt.unindexed) if family.group_of(n) == VISION}
     declared = family.language_model_only(ckpt.config)
     if not vision and declared:
