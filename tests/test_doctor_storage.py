@@ -82,7 +82,8 @@ def test_quant_config_invalid(make: Make, breakage: str) -> None:
 
 def test_foreign_quant_method_is_reported_not_misjudged(make: Make) -> None:
     ckpt = make()
-    set_config(ckpt, lambda c: c.update(quantization_config={"quant_method": "gptq", "bits": 4}))
+    # gptq, awq, auto-round, quark, fp8 and MLX are analysed (tests/test_formats_real.py); bitsandbytes is not
+    set_config(ckpt, lambda c: c.update(quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True}))
     r = report(ckpt)
     assert codes(r) == {"quant-method-unsupported"} and r["ok"]
 

@@ -88,7 +88,8 @@ class Checkpoint:
     @cached_property
     def stored(self) -> dict[str, StoredWeight]:
         """Loaded tensors grouped into logical weights (quantized ones with their companions)."""
-        return resolve(self.tensors, self.read_ints)
+        mlx = [c.schemes[0].weight_bits for c in self.quant_configs if c.method == qc.MLX_METHOD]
+        return resolve(self.tensors, self.read_ints, mlx_bits=mlx[0] if mlx else None)
 
     def read(self, info: StoredTensor, *, max_bytes: int = 1 << 26) -> np.ndarray:
         """Read one tensor's data (bfloat16 widened to float32); refuses tensors over `max_bytes`."""
@@ -188,16 +189,13 @@ def _list_files(root: Path) -> tuple[frozenset[str], dict[str, str]]:
 
 
 def _read_quant_configs(ckpt: Checkpoint) -> None:
-    doc = ckpt.config.get("quantization_config")
+    key = "quantization_config" if "quantization_config" in ckpt.config else "quantization"  # MLX writes `quantization`
+    doc = ckpt.config.get(key)
     if doc is not None:
-        method = doc.get("quant_method") if isinstance(doc, dict) else None
-        parser = {qc.CT_METHOD: qc.parse_ct, qc.MODELOPT_METHOD: qc.parse_modelopt}.get(method or "")
-        if parser is not None:
-            _try(ckpt, "config.json", lambda: parser(doc, "config.json quantization_config"))
-        elif method in qc.FOREIGN_METHODS:
-            ckpt.foreign_quant_method = method
+        if qc.method_of(doc) in qc.FOREIGN_METHODS:
+            ckpt.foreign_quant_method = qc.method_of(doc)
         else:
-            ckpt.quant_errors.append(("config.json", f"config.json quantization_config: unknown quant_method {method!r}"))
+            _try(ckpt, "config.json", lambda: qc.parse(doc, f"config.json {key}"))
     if HF_QUANT_CONFIG in ckpt.files:
         try:
             doc = read_json(ckpt.root / HF_QUANT_CONFIG, ckpt.root)

@@ -1,34 +1,42 @@
-"""Quantization configs as the engines read them: compressed-tensors and modelopt.
+"""Quantization configs as the engines read them, one `QuantConfig` per file.
 
 Two sources may describe one checkpoint: `config.json`'s `quantization_config`
-and modelopt's `hf_quant_config.json`. Each is parsed into a `QuantConfig`
-that answers the one question the rest of mtpforge asks: which scheme, if
-any, does the engine apply to this module?
+(MLX: `quantization`) and modelopt's `hf_quant_config.json`. Each is parsed
+into a `QuantConfig` that answers the one question the rest of mtpforge asks:
+which scheme, if any, does the engine apply to this module?
 
-Matching follows vLLM: compressed-tensors `ignore` entries are exact module
-names or `re:` regexes applied with `re.match` (anchored at the start), and
-targets may also be a module class name (`Linear`); modelopt
-`exclude_modules` are `fnmatch` wildcards. A fused module (`qkv_proj`,
-`gate_up_proj`) is checked by its fused name, which is exactly why per-module
-MTP ignore entries fail (docs/domain.md F3).
+Parsed here: compressed-tensors and modelopt (NVFP4, FP8, W4A16_NVFP4 and
+MIXED_PRECISION's per-layer `quantized_layers`). GPTQ, AWQ, AutoRound, Quark,
+fp8 and MLX affine: `quant_readers`. Name rules (`ignore`, `exclude_modules`,
+...) follow vLLM and are compiled once (`quant_match`): compressed-tensors
+entries are exact names or `re:` regexes applied with `re.match`, modelopt's
+are `fnmatch` wildcards. A fused module (`qkv_proj`, `gate_up_proj`) is
+checked by its fused name, which is exactly why per-module MTP ignore entries
+fail (docs/domain.md F3).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
+
+from mtpforge.checkpoint.quant_match import NameRules, ct_rules, wildcard_rules
 
 CT_METHOD = "compressed-tensors"
 MODELOPT_METHOD = "modelopt"
+GPTQ_METHOD, AWQ_METHOD, AUTOROUND_METHOD, QUARK_METHOD, FP8_METHOD, MLX_METHOD = (
+    "gptq", "awq", "auto-round", "quark", "fp8", "mlx")
 # Methods the engines know but whose storage mtpforge does not analyse.
-FOREIGN_METHODS = frozenset({"gptq", "awq", "fp8", "auto-round", "bitsandbytes", "mxfp4", "quark", "gguf", "hqq"})
+FOREIGN_METHODS = frozenset({"bitsandbytes", "mxfp4", "gguf", "hqq", "fbgemm_fp8", "experts_int8", "torchao"})
 CT_FORMATS = frozenset({
     "pack-quantized", "nvfp4-pack-quantized", "float-quantized", "int-quantized",
     "naive-quantized", "mixed-precision", "dense", "marlin-24", "mxfp4-pack-quantized",
 })
 MODELOPT_ALGOS = {"NVFP4": 4, "FP8": 8, "W4A16_NVFP4": 4, "NVFP4_AWQ": 4}
+MIXED_PRECISION = "MIXED_PRECISION"
 
 
 class QuantConfigInvalid(ValueError):
@@ -61,28 +69,74 @@ class QuantScheme:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """A parsed quantization config from one file."""
+    """A parsed quantization config from one file.
 
-    method: str  # CT_METHOD or MODELOPT_METHOD
+    `skip` holds the "not quantized" rules (ignore, exclude_modules, ...); `targets` the schemes and the
+    modules each applies to (`None`: every Linear). A format whose decision is more than that
+    (GPTQ `dynamic`, MIXED_PRECISION, AutoRound `extra_config`, MLX overrides) brings its own `decide`.
+    """
+
+    method: str  # CT_METHOD, MODELOPT_METHOD, GPTQ_METHOD, ...
     source: str  # the file it came from
     schemes: tuple[QuantScheme, ...]
-    ignore: tuple[str, ...]
+    ignore: tuple[str, ...]  # the "not quantized" entries as written, for display and for --fix
+    skip: NameRules = field(default_factory=NameRules, compare=False, repr=False)
+    targets: tuple[tuple[QuantScheme, NameRules | None], ...] = field(default=(), compare=False, repr=False)
+    decide: Callable[[str], QuantScheme | None] | None = field(default=None, compare=False, repr=False)
+    stored_decides: bool = False  # MLX: a module without an override is quantized exactly when its scales are stored
 
     def ignores(self, module: str) -> bool:
         """True when the ignore / exclude list covers `module` by name."""
-        if self.method == MODELOPT_METHOD:
-            return any(fnmatchcase(module, p) for p in self.ignore)
-        return any(_ct_match(entry, module) for entry in self.ignore)
+        return self.skip.matches(module)
 
     def scheme_for(self, module: str, *, is_linear: bool = True) -> QuantScheme | None:
         """The scheme the engine applies to `module`, or None when it stays unquantized."""
+        key = (module, is_linear)
+        memo = self._memo
+        if key not in memo:
+            memo[key] = self._scheme_for(module, is_linear)
+        return memo[key]
+
+    def has_override(self, module: str) -> bool:
+        """MLX: does config.json name `module` itself (as False or with its own bits)?"""
+        return module in self.ignore
+
+    @cached_property
+    def _memo(self) -> dict[tuple[str, bool], QuantScheme | None]:
+        return {}
+
+    def _scheme_for(self, module: str, is_linear: bool) -> QuantScheme | None:
+        if self.decide is not None:
+            return self.decide(module)
         if self.ignores(module):
             return None
-        for scheme in self.schemes:
-            for target in scheme.targets:
-                if (target == "Linear" and is_linear) or _ct_match(target, module):
-                    return scheme
+        for scheme, rules in self.targets:
+            if (rules is None and is_linear) or (rules is not None and rules.matches(module)):
+                return scheme
         return None
+
+
+def parse(doc: Any, source: str) -> QuantConfig:
+    """Parse a `quantization_config` (or MLX `quantization`) object (`FOREIGN_METHODS` are refused: check first)."""
+    from mtpforge.checkpoint import quant_readers
+
+    method = method_of(doc)
+    parser = {CT_METHOD: parse_ct, MODELOPT_METHOD: parse_modelopt, **quant_readers.PARSERS}.get(method or "")
+    if parser is None:
+        raise QuantConfigInvalid(f"{source}: unknown quant_method {method!r}")
+    return parser(doc, source)
+
+
+def method_of(doc: Any) -> str | None:
+    """The quant_method of a config object, with the aliases writers use; MLX has none, only bits and group_size."""
+    if not isinstance(doc, dict):
+        return None
+    method = doc.get("quant_method")
+    if method is None and "bits" in doc and "group_size" in doc:
+        return MLX_METHOD
+    if not isinstance(method, str):
+        return None
+    return {"intel/auto-round": AUTOROUND_METHOD, "auto_round": AUTOROUND_METHOD, "inc": AUTOROUND_METHOD}.get(method, method)
 
 
 def parse_ct(doc: Any, source: str) -> QuantConfig:
@@ -97,7 +151,9 @@ def parse_ct(doc: Any, source: str) -> QuantConfig:
         fmt = group.get("format") or top_format
         _require(fmt in CT_FORMATS, source, f"config_groups.{name}: unknown format {fmt!r}")
         schemes.append(_scheme(group, fmt, source, f"config_groups.{name}"))
-    return QuantConfig(CT_METHOD, source, tuple(schemes), _ignore_list(doc.get("ignore"), source, "ignore"))
+    ignore = _ignore_list(doc.get("ignore"), source, "ignore")
+    targets = tuple((scheme, None if "Linear" in scheme.targets else ct_rules(scheme.targets)) for scheme in schemes)
+    return QuantConfig(CT_METHOD, source, tuple(schemes), ignore, skip=ct_rules(ignore), targets=targets)
 
 
 def parse_modelopt(doc: Any, source: str) -> QuantConfig:
@@ -106,18 +162,79 @@ def parse_modelopt(doc: Any, source: str) -> QuantConfig:
     quant = doc.get("quantization", doc)  # hf_quant_config nests it; config.json does not
     _require(isinstance(quant, dict), source, "'quantization' must be an object")
     algo = quant.get("quant_algo")
-    _require(algo in MODELOPT_ALGOS, source, f"unknown quant_algo {algo!r} (known: {', '.join(MODELOPT_ALGOS)})")
+    excludes = _ignore_list(quant.get("exclude_modules", quant.get("ignore", [])), source, "exclude_modules")
+    skip = wildcard_rules(excludes)
+    if algo == MIXED_PRECISION:
+        return _modelopt_mixed(quant, source, excludes, skip)
+    scheme = _modelopt_scheme(algo, quant.get("group_size"), source, "quant_algo")
+    return QuantConfig(MODELOPT_METHOD, source, (scheme,), excludes, skip=skip, targets=((scheme, None),))
+
+
+def _modelopt_scheme(algo: Any, group_size: Any, source: str, where: str) -> QuantScheme:
+    _require(algo in MODELOPT_ALGOS, source, f"{where}: unknown quant_algo {algo!r} "
+             f"(known: {', '.join([*MODELOPT_ALGOS, MIXED_PRECISION])})")
     bits = MODELOPT_ALGOS[algo]
-    group_size = quant.get("group_size", 16 if bits == 4 else None)
-    _require(group_size is None or _is_pos_int(group_size), source, f"group_size must be a positive integer, got {group_size!r}")
-    excludes = quant.get("exclude_modules", quant.get("ignore", []))
-    scheme = QuantScheme(
+    group_size = group_size if group_size is not None else (16 if bits == 4 else None)
+    _require(group_size is None or _is_pos_int(group_size), source, f"{where}: group_size must be a positive integer, "
+             f"got {group_size!r}")
+    return QuantScheme(
         format="modelopt-nvfp4" if bits == 4 else "modelopt-fp8",
         weight_bits=bits, weight_type="float", strategy="tensor_group" if bits == 4 else "tensor",
         group_size=group_size, symmetric=True,
         activations=None if algo == "W4A16_NVFP4" else f"A{bits}", targets=("Linear",),
     )
-    return QuantConfig(MODELOPT_METHOD, source, (scheme,), _ignore_list(excludes, source, "exclude_modules"))
+
+
+def _modelopt_mixed(quant: dict[str, Any], source: str, excludes: tuple[str, ...], skip: NameRules) -> QuantConfig:
+    """MIXED_PRECISION: each module's algorithm is its own entry of `quantized_layers` (vLLM
+    `ModelOptMixedPrecisionConfig`); a module listed nowhere stays unquantized."""
+    layers = _object(quant.get("quantized_layers"), source, "MIXED_PRECISION needs a non-empty quantized_layers object")
+    _require(bool(layers), source, "MIXED_PRECISION needs a non-empty quantized_layers object")
+    per_layer: dict[str, QuantScheme] = {}
+    kinds: dict[tuple[Any, Any], QuantScheme] = {}
+    for name, entry in layers.items():
+        _require(isinstance(entry, dict), source, f"quantized_layers.{name} must be an object")
+        key = (entry.get("quant_algo"), entry.get("group_size"))
+        if key not in kinds:
+            kinds[key] = _modelopt_scheme(key[0], key[1], source, f"quantized_layers.{name}")
+        per_layer[name] = kinds[key]
+    parents = _parents_of(per_layer)
+
+    def decide(module: str) -> QuantScheme | None:
+        if skip.matches(module):
+            return None
+        names = _spellings(module)
+        for name in names:
+            if name in per_layer:
+                return per_layer[name]
+            if name in parents:  # the parent of listed modules: fused experts listed one by one
+                return parents[name]
+        for name in names:  # a module under a listed one: one expert of a listed `mlp.experts`
+            parts = name.split(".")
+            for i in range(len(parts) - 1, 0, -1):
+                if ".".join(parts[:i]) in per_layer:
+                    return per_layer[".".join(parts[:i])]
+        return None
+
+    return QuantConfig(MODELOPT_METHOD, source, tuple(kinds.values()), excludes, skip=skip, decide=decide)
+
+
+def _parents_of(per_layer: dict[str, QuantScheme]) -> dict[str, QuantScheme]:
+    """Every dotted ancestor of a listed module -> the scheme of its first listed child."""
+    parents: dict[str, QuantScheme] = {}
+    for name, scheme in per_layer.items():
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            parents.setdefault(".".join(parts[:i]), scheme)
+    return parents
+
+
+def _spellings(module: str) -> list[str]:
+    """`module` in both `model.language_model.` and `language_model.model.` spellings, as vLLM tries them."""
+    for a, b in (("model.language_model.", "language_model.model."), ("language_model.model.", "model.language_model.")):
+        if module.startswith(a):
+            return [module, b + module[len(a):]]
+    return [module]
 
 
 def _scheme(group: dict[str, Any], fmt: str, source: str, where: str) -> QuantScheme:
@@ -150,12 +267,6 @@ def _ignore_list(value: Any, source: str, field: str) -> tuple[str, ...]:
             except re.error as e:
                 raise QuantConfigInvalid(f"{source}: {field} entry {entry!r} is not a valid regex: {e}") from None
     return tuple(value)
-
-
-def _ct_match(entry: str, module: str) -> bool:
-    if entry.startswith("re:"):
-        return re.match(entry[3:], module) is not None
-    return entry == module
 
 
 def _is_pos_int(x: Any) -> bool:

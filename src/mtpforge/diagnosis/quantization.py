@@ -12,7 +12,17 @@ from __future__ import annotations
 from collections import defaultdict
 
 from mtpforge.checkpoint.header import FLOAT_DTYPES
-from mtpforge.checkpoint.quant_config import QuantConfig
+from mtpforge.checkpoint.quant_config import (
+    AUTOROUND_METHOD,
+    AWQ_METHOD,
+    CT_METHOD,
+    FP8_METHOD,
+    GPTQ_METHOD,
+    MLX_METHOD,
+    MODELOPT_METHOD,
+    QUARK_METHOD,
+    QuantConfig,
+)
 from mtpforge.diagnosis.context import Context
 from mtpforge.diagnosis.findings import Finding, finding
 from mtpforge.families import MTP, TensorSpec
@@ -82,6 +92,10 @@ def _coverage(ctx: Context, qc: QuantConfig) -> list[Finding]:
         w = ctx.stored.get(name)
         if spec.kind != LINEAR or w is None or w.format == BROKEN:
             continue
+        if not w.quantized and spec.keep_high_precision:
+            continue  # routers: engines build them unquantized whatever the config says
+        if qc.stored_decides and not qc.has_override(spec.module):
+            continue  # MLX: a module config.json does not name is loaded as it is stored
         scheme = qc.scheme_for(spec.module)
         if w.quantized and (scheme is None or scheme.format not in DECLARED_AS.get(w.format, ())):
             said = "leaves it unquantized" if scheme is None else f"declares {scheme.format}"
@@ -94,16 +108,44 @@ def _coverage(ctx: Context, qc: QuantConfig) -> list[Finding]:
     source_file = _file_of(qc)
     out = []
     if uncovered:
-        entry = "'mtp*' in exclude_modules" if qc.method == "modelopt" else "'re:^mtp.*' in ignore"
-        out.append(finding("mtp-quant-uncovered", f"{len(uncovered)} MTP weights are stored unquantized but {qc.source} would "
-                           f"quantize them (no {entry}): the engine crashes or reads them as the wrong type",
+        shards = sorted({ctx.ckpt.tensors[n].shard for n in uncovered if n in ctx.ckpt.tensors})
+        out.append(finding("mtp-quant-uncovered", f"{len(uncovered)} MTP weights ({_where(uncovered, shards)}) are stored "
+                           f"unquantized but {qc.source} would quantize them: the engine crashes or reads them as the wrong "
+                           f"type; fix: {exclude_hint(qc.method, ctx.family.mtp_prefix)}",
                            tensors=uncovered, files=[source_file]))
-    if mismatched:
-        out.append(finding("quant-declared-mismatch", f"{len(mismatched)} weights are not stored as {qc.source} says: "
-                           f"{'; '.join(why for _, why in mismatched[:2])}",
-                           tensors=[n for n, _ in mismatched], files=[source_file]))
+    mtp_mismatched = [(n, why) for n, why in mismatched if ctx.expected[n].group == MTP]
+    if mtp_mismatched:
+        out.append(finding("quant-declared-mismatch", f"{len(mtp_mismatched)} MTP weights are not stored as {qc.source} "
+                           f"says, so the engine builds the head for other tensors than it loads: "
+                           f"{'; '.join(why for _, why in mtp_mismatched[:2])}; fix: re-quantize or graft the head as the "
+                           "config declares it, or make the config declare the head as stored",
+                           tensors=[n for n, _ in mtp_mismatched], files=[source_file]))
+    trunk_mismatched = [(n, why) for n, why in mismatched if ctx.expected[n].group != MTP]
+    if trunk_mismatched:
+        out.append(finding("quant-declared-mismatch", f"{len(trunk_mismatched)} weights are not stored as {qc.source} says: "
+                           f"{'; '.join(why for _, why in trunk_mismatched[:2])}",
+                           tensors=[n for n, _ in trunk_mismatched], files=[source_file]))
     out += _fused_unsafe(ctx, qc)
     return out
+
+
+def exclude_hint(method: str, prefix: str) -> str:
+    """How `method`'s config keeps the modules under `prefix` unquantized, in its own syntax."""
+    return {
+        CT_METHOD: f"add 're:^{prefix}.*' to quantization_config.ignore",
+        MODELOPT_METHOD: f"add '{prefix}*' to exclude_modules (hf_quant_config.json and config.json ignore)",
+        GPTQ_METHOD: f"add '-:^{prefix}\\.' first in quantization_config.dynamic",
+        AWQ_METHOD: f"add '{prefix}.' to quantization_config.modules_to_not_convert",
+        AUTOROUND_METHOD: f"add '{prefix}' with bits 16 to quantization_config.extra_config",
+        QUARK_METHOD: f"add 're:^{prefix}.*' to quantization_config.exclude",
+        FP8_METHOD: f"list every {prefix} module by its exact name in quantization_config.ignored_layers",
+        MLX_METHOD: "store the head's scales and biases, or name each head module false in config.json quantization",
+    }.get(method, "exclude the head from quantization in the config")
+
+
+def _where(tensors: list[str], shards: list[str]) -> str:
+    head = ", ".join(tensors[:2]) + (f" and {len(tensors) - 2} more" if len(tensors) > 2 else "")
+    return f"{head}, in {', '.join(shards[:3])}{' ...' if len(shards) > 3 else ''}" if shards else head
 
 
 def _file_of(qc: QuantConfig) -> str:

@@ -169,7 +169,7 @@ def _vllm_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, qu
         args.append("--trust-remote-code")
     if o.tensor_parallel > 1:
         args += ["--tensor-parallel-size", str(o.tensor_parallel)]
-    if quant:
+    if quant in VLLM_QUANTIZATION:  # gptq, awq, auto-round, quark, fp8: vLLM reads the method from config.json
         args += ["--quantization", VLLM_QUANTIZATION[quant]]
     if o.max_model_len:
         args += ["--max-model-len", str(o.max_model_len)]

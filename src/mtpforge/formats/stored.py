@@ -7,8 +7,9 @@ weight spread over a main tensor and its companions.
   companions `weight_scale` F8_E4M3 `[out, in/16]`, `weight_global_scale` F32 `[1]`, optional `input_global_scale`.
 - modelopt NVFP4: main tensor `X.weight` U8 `[out, in/2]`;
   companions `weight_scale` F8_E4M3 `[out, in/16]`, `weight_scale_2` F32, optional `input_scale`.
-- FP8 (compressed-tensors `float-quantized`, modelopt FP8): main tensor `X.weight` F8_E4M3;
-  companions `weight_scale`, optional `input_scale`.
+- FP8 (compressed-tensors `float-quantized`, modelopt FP8, `quant_method: fp8`): main tensor `X.weight` F8_E4M3;
+  companions `weight_scale` (DeepSeek's block FP8: `weight_scale_inv`), optional `input_scale`.
+- GPTQ, AWQ, MXFP4 and MLX affine: `formats.foreign`.
 
 The logical shape of an INT-packed weight is read from `weight_shape` (two
 integers) when a reader is given; the others follow from the packed shape.
@@ -19,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from mtpforge.formats import foreign
 
 
 class StoredTensor(Protocol):
@@ -45,27 +48,36 @@ class StoredTensor(Protocol):
 # Parameter suffixes that only ever accompany a quantized weight.
 COMPANION_SUFFIXES = (
     "weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx",
-    "weight_global_scale", "input_global_scale", "weight_scale_2", "input_scale",
+    "weight_global_scale", "input_global_scale", "weight_scale_2", "input_scale", "weight_scale_inv",
+    *foreign.INT_SUFFIXES,
 )
+# Every suffix that groups stored tensors into one logical weight.
+_GROUPED = frozenset((*COMPANION_SUFFIXES, *foreign.MLX_SUFFIXES))
 DENSE = "dense"
 CT_INT = "pack-quantized"
 CT_NVFP4 = "nvfp4-pack-quantized"
 MODELOPT_NVFP4 = "modelopt-nvfp4"
 FP8 = "fp8"
 BROKEN = "unrecognised"
+GPTQ, AWQ, MXFP4, MLX_AFFINE = foreign.GPTQ, foreign.AWQ, foreign.MXFP4, foreign.MLX_AFFINE
 
 # Stored format -> the config formats that declare it (compressed-tensors `format`, or modelopt's algorithm as parsed).
 DECLARED_AS = {
     CT_INT: ("pack-quantized",),
     CT_NVFP4: ("nvfp4-pack-quantized",),
     MODELOPT_NVFP4: ("modelopt-nvfp4",),
-    FP8: ("float-quantized", "naive-quantized", "modelopt-fp8"),
+    FP8: ("float-quantized", "naive-quantized", "modelopt-fp8", "fp8"),
+    GPTQ: ("gptq",),
+    AWQ: ("awq",),
+    MXFP4: ("mxfp4", "mxfp4-pack-quantized"),
+    MLX_AFFINE: ("mlx-affine",),
 }
 _REQUIRED = {
     CT_INT: ("weight_packed", "weight_scale", "weight_shape"),
     CT_NVFP4: ("weight_packed", "weight_scale", "weight_global_scale"),
     MODELOPT_NVFP4: ("weight", "weight_scale", "weight_scale_2"),
-    FP8: ("weight", "weight_scale"),
+    FP8: ("weight",),  # and a scale: `weight_scale`, or `weight_scale_inv` for block FP8
+    **foreign.REQUIRED,
 }
 
 
@@ -79,6 +91,7 @@ class StoredWeight:
     parts: dict[str, StoredTensor]  # param suffix (or "" for a dense tensor) -> stored tensor
     missing: tuple[str, ...] = ()
     problems: tuple[str, ...] = field(default=())
+    bits_hint: int | None = None  # MLX: the bits config.json declares (its shapes do not tell them)
 
     @property
     def quantized(self) -> bool:
@@ -99,18 +112,22 @@ class StoredWeight:
         if self.format == CT_INT and self.shape and "weight_packed" in self.parts:
             cols = self.parts["weight_packed"].shape[-1]
             return round(cols * 32 / self.shape[-1]) if self.shape[-1] else None
+        if self.format in foreign.REQUIRED:
+            return foreign.layout(self.format, self.parts, self.bits_hint)[1]
         return {CT_NVFP4: 4, MODELOPT_NVFP4: 4, FP8: 8}.get(self.format)
 
 
 def resolve(
     tensors: Mapping[str, StoredTensor],
     read_ints: Callable[[StoredTensor], list[int]] | None = None,
+    mlx_bits: int | None = None,
 ) -> dict[str, StoredWeight]:
     """Group stored tensors into logical tensors, keyed by logical name.
 
     Args:
         tensors: every stored tensor of the checkpoint, by name.
         read_ints: reads a small integer tensor (for `weight_shape`); optional.
+        mlx_bits: the bits of an MLX affine checkpoint, from its config (the shapes leave them open).
 
     Returns:
         One `StoredWeight` per logical tensor: `X.weight` for a quantized module,
@@ -120,16 +137,16 @@ def resolve(
     out: dict[str, StoredWeight] = {}
     for name, info in tensors.items():
         module, _, suffix = name.rpartition(".")
-        if suffix in COMPANION_SUFFIXES and module:
+        if suffix in _GROUPED and module:
             modules.setdefault(module, {})[suffix] = info
     for module, parts in modules.items():
         weight = tensors.get(f"{module}.weight")
         if weight is not None:
             parts = {**parts, "weight": weight}
-        out[f"{module}.weight"] = _classify(f"{module}.weight", parts, read_ints)
+        out[f"{module}.weight"] = _classify(f"{module}.weight", parts, read_ints, mlx_bits)
     for name, info in tensors.items():
         module, _, suffix = name.rpartition(".")
-        if suffix in COMPANION_SUFFIXES and module:
+        if suffix in _GROUPED and module:
             continue
         if name in out:  # the main tensor of a modelopt / FP8 weight
             continue
@@ -138,14 +155,21 @@ def resolve(
 
 
 def _classify(
-    name: str, parts: dict[str, StoredTensor], read_ints: Callable[[StoredTensor], list[int]] | None
+    name: str, parts: dict[str, StoredTensor], read_ints: Callable[[StoredTensor], list[int]] | None,
+    mlx_bits: int | None = None,
 ) -> StoredWeight:
-    fmt = _format_of(parts)
+    fmt = foreign.format_of(parts) or _format_of(parts)
     if fmt == BROKEN:
         found = ", ".join(sorted(parts))
         return StoredWeight(name, BROKEN, None, parts, ("weight_packed or weight",),
                             (f"companions ({found}) without a recognisable quantized weight",))
     missing = tuple(s for s in _REQUIRED[fmt] if s not in parts)
+    if fmt in foreign.REQUIRED:
+        bits = mlx_bits if fmt == MLX_AFFINE else None
+        shape, _, problems = foreign.layout(fmt, parts, bits)
+        return StoredWeight(name, fmt, shape, parts, missing, tuple(problems), bits_hint=bits)
+    if fmt == FP8 and "weight_scale" not in parts and "weight_scale_inv" not in parts:
+        missing = ("weight_scale",)
     shape = _logical_shape(fmt, parts, read_ints)
     return StoredWeight(name, fmt, shape, parts, missing, tuple(_shape_problems(fmt, parts, shape)))
 
