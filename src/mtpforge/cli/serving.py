@@ -206,15 +206,19 @@ def bench(url: str, compare_url: str | None, concurrency: tuple[int, ...], num_r
 @click.option("--gpu", "gpus", multiple=True, help="Add a planned memory row for this GPU size (repeatable).")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="fp8", show_default=True, help="KV dtype of the memory rows.")
 @click.option("--max-model-len", type=POSITIVE, default=None, help="Context of the memory rows (default: the config's maximum).")
+@click.option("--util", type=FRACTION, default=0.9, show_default=True, help="--gpu-memory-utilization of the memory rows.")
+@click.option("--k", "--num-speculative-tokens", "spec_tokens", type=COUNT, default=None,
+              help="MTP draft tokens of the memory rows (default: 3 with a head).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Write the card here (default: stdout).")
 def card(path: str, name: str | None, base_model: str | None, verify_file: str | None, bench_file: str | None,
-         gpus: tuple[str, ...], kv_dtype: str, max_model_len: int | None, out: str | None) -> int:
+         gpus: tuple[str, ...], kv_dtype: str, max_model_len: int | None, util: float, spec_tokens: int | None,
+         out: str | None) -> int:
     """Write a model card (README.md) from the checkpoint and the measurements given; every figure says how it was obtained."""
     from mtpforge.publish.card import card as make_card
 
     text = make_card(path, name=name, base_model=base_model, verify_file=verify_file, bench_file=bench_file, gpus=gpus,
-                     kv_dtype=kv_dtype, max_model_len=max_model_len)
+                     kv_dtype=kv_dtype, max_model_len=max_model_len, util=util, spec_tokens=spec_tokens)
     if out is None:
         click.echo(text, nl=False)
         return EXIT_OK

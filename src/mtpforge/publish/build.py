@@ -7,6 +7,8 @@ Steps, each a verb mtpforge already has:
            in the same pass as the trunk;
 2. quantize with the recipe's scheme, scope and MTP policy; `strip.vision`
            drops the tower in the same pass;
+   layout  the recipe's `[publish]` file layout (publish/layout.py): shard count or size, names, the head's and
+           the tower's own files, indexed; the bytes are copied unchanged;
 3. doctor  on the result: any error fails the build;
 4. verify  against the base: below the recipe's acceptance floor, or above its
            KLD ceiling, fails the build;
@@ -111,6 +113,10 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
     source = _graft_if_headless(work, base_dir, donor or recipe.donor)
     options = recipe.quantize_options()
     quantized = work.step("quantize", {"source": str(source), **options}, lambda t: _quantize(source, t, options))
+    if recipe.publish:
+        laid_out = quantized
+        quantized = work.step("layout", {"source": str(laid_out), "key": work.state.get("quantize"), **recipe.publish},
+                              lambda t: _layout(laid_out, t, recipe.publish))
     _doctor(quantized, report)
     _verify(quantized, base_dir, recipe, min_acceptance, work)
     _card(quantized, recipe, base_dir, out, work)
@@ -138,6 +144,13 @@ def _quantize(source: Path, target: Path, options: dict[str, Any]) -> None:
     from mtpforge.quant import quantize
 
     quantize(str(source), str(target), **options)
+
+
+def _layout(source: Path, target: Path, layout: dict[str, Any]) -> None:
+    from mtpforge.publish.layout import layout_plan
+    from mtpforge.surgery.stage import apply_plan
+
+    apply_plan(layout_plan(open_checkpoint(source), layout), target)
 
 
 def _doctor(quantized: Path, report: BuildReport) -> None:
@@ -175,7 +188,9 @@ def _card(quantized: Path, recipe: Recipe, base: Path, out: str, work: Workspace
     scope = recipe.quantize_options()["scope"]
     text = card(quantized, built_with=recipe.provenance(SCOPES[scope]), name=recipe.name or Path(out).name,
                 base_model=c.get("base_model"), verify_file=str(work.root / "verify.json"), gpus=tuple(c.get("gpus", ())),
-                max_model_len=c.get("max_model_len"), shown_path=out)
+                max_model_len=c.get("max_model_len"), shown_path=out, kv_dtype=c.get("kv_dtype", "fp8"),
+                util=c.get("util", recipe.serve.get("util", 0.9)), spec_tokens=c.get("k", recipe.serve.get("spec_tokens")),
+                serve=recipe.serve)
     write_atomically(quantized / "README.md", text.encode())
     (quantized / "mtpforge-build.json").write_text(json.dumps({"recipe": recipe.doc, "base": str(base)}, indent=2))
     work.report.steps.append({"step": "card"})

@@ -16,17 +16,21 @@ from typing import Any
 from mtpforge.checkpoint import Checkpoint, CheckpointLike, as_checkpoint, paths
 from mtpforge.diagnosis.doctor import doctor
 from mtpforge.diagnosis.inspection import InspectReport, inspect_checkpoint
-from mtpforge.engine.launch import ServeOptions, launch_line
+from mtpforge.engine.gpus import gpu_memory
+from mtpforge.engine.launch import launch_line, serve_options
 from mtpforge.engine.memory import PlanRequest, plan
 from mtpforge.errors import CheckpointError, UsageError
-from mtpforge.units import GIB, gib, human, parse_size
+from mtpforge.units import gib, human
 
 
 def card(path: CheckpointLike, *, name: str | None = None, base_model: str | None = None, verify_file: str | None = None,
          bench_file: str | None = None, gpus: tuple[str, ...] = (), kv_dtype: str = "fp8", max_model_len: int | None = None,
-         shown_path: str | None = None, built_with: str | None = None) -> str:
+         shown_path: str | None = None, built_with: str | None = None, util: float = 0.9, spec_tokens: int | None = None,
+         serve: dict[str, Any] | None = None) -> str:
     """The card's markdown for the checkpoint at `path` (a directory or an open `Checkpoint`; `shown_path`: the path the commands
     in the card name, e.g. a build's OUT). The checkpoint's headers are read once, whatever the sections ask.
+    `util` and `spec_tokens` set the memory rows (a recipe's `[card]`); `serve` is a recipe's `[serve]` table: the
+    Usage section leads with that launch line, for the engine it names.
 
     Raises:
         UsageError: a measurement file is unreadable or not the document it should be.
@@ -44,8 +48,8 @@ def card(path: CheckpointLike, *, name: str | None = None, base_model: str | Non
         f"# {name}\n\n{_summary(info, base_model)}" + (f"\n\n{built_with}" if built_with else ""),
         _quantization(info, shown),
         _mtp(info, verify, verify_file),
-        _memory(ckpt, shown, gpus, kv_dtype, max_model_len),
-        _usage(os.fspath(path), shown, name),
+        _memory(ckpt, shown, gpus, kv_dtype, max_model_len, util, spec_tokens, (serve or {}).get("engine", "vllm")),
+        _usage(os.fspath(path), shown, name, serve or {}),
         _throughput(bench, bench_file),
         _files(ckpt.root, info.shards.count),
         _health(ckpt),
@@ -127,27 +131,40 @@ def _mtp(info: InspectReport, verify: dict[str, Any] | None, verify_file: str | 
                    f"{verify['new_tokens']} greedy tokens each), from `{Path(verify_file or '').name}`.")
 
 
-def _memory(ckpt: Checkpoint, shown: str, gpus: tuple[str, ...], kv_dtype: str, max_model_len: int | None) -> str:
+def _memory(ckpt: Checkpoint, shown: str, gpus: tuple[str, ...], kv_dtype: str, max_model_len: int | None, util: float,
+            spec_tokens: int | None, engine: str) -> str:
     if not gpus:
         return ""
     rows = ["| GPU memory | weights loaded | KV pool | KV tokens | concurrent requests at full context |",
             "|---|---:|---:|---:|---:|"]
+    reserve = 0
+    k = 0
     for gpu in gpus:
-        p = plan(ckpt, PlanRequest(gpu_memory=parse_size(gpu, option="--gpu"), kv_dtype=kv_dtype, max_model_len=max_model_len,
-                                   language_model_only=True))
+        p = plan(ckpt, PlanRequest(gpu_memory=gpu_memory(gpu, option="--gpu"), kv_dtype=kv_dtype, max_model_len=max_model_len,
+                                   language_model_only=True, util=util, spec_tokens=spec_tokens, engine=engine))
+        reserve, k = p.request["reserve"], p.request["spec_tokens"]
         fits = f"{p.max_concurrency:.2f}" if p.ok else "does not fit"
         rows.append(f"| {gpu} | {gib(p.weights_loaded)} | {gib(max(0, p.kv_pool))} | {p.kv_tokens:,} | {fits} |")
+    arithmetic = "vLLM's hybrid KV arithmetic" if engine == "vllm" else "SGLang's Mamba-slot and token-pool arithmetic"
     return ("## Memory (planned)\n\n" + "\n".join(rows) +
-            f"\n\nComputed, not measured: `mtpforge plan {shown} --gpu-memory GPU --kv-dtype {kv_dtype} --language-model-only`, "
-            f"vLLM's hybrid KV arithmetic at {max_model_len or 'the config' + chr(39) + 's maximum'} tokens, util 0.9, "
-            f"{gib(3 * GIB)} reserve.")
+            f"\n\nComputed, not measured: `mtpforge plan {shown} --gpu-memory GPU --engine {engine} --util {util} "
+            f"--kv-dtype {kv_dtype} --num-speculative-tokens {k} --language-model-only`, {arithmetic} at "
+            f"{max_model_len or 'the config' + chr(39) + 's maximum'} tokens, util {util}, MTP k={k}, {gib(reserve)} reserve.")
 
 
-def _usage(path: str, shown: str, name: str) -> str:
-    vllm = launch_line(path, ServeOptions(served_name=name)).shell().replace(str(path), name, 1)
-    sglang = launch_line(path, ServeOptions(engine="sglang", served_name=name)).shell().replace(str(path), name, 1)
-    return (f"## Usage\n\n```bash\n{vllm}\n```\n\nSGLang:\n\n```bash\n{sglang}\n```\n\n"
-            f"From `mtpforge serve {shown}` (add `--gpu-memory` for a memory-safe `--max-num-seqs`).")
+def _usage(path: str, shown: str, name: str, serve: dict[str, Any]) -> str:
+    """The recipe's launch line first (the engine it names), then the other engine's line from the checkpoint alone."""
+    engine = str(serve.get("engine", "vllm"))
+    other = "sglang" if engine == "vllm" else "vllm"
+    first = launch_line(path, serve_options(serve, served_name=serve.get("served_name") or name))
+    second = launch_line(path, serve_options({}, engine=other, served_name=name))
+    titles = {"vllm": "vLLM", "sglang": "SGLang"}
+    text = "## Usage\n\n"
+    for title, line in ((titles[engine], first), (titles[other], second)):
+        text += f"{title}:\n\n```bash\n{line.shell().replace(str(path), name, 1)}\n```\n\n"
+    return text + (f"From `mtpforge serve {shown}`" + (" (the recipe's [serve] settings, recorded in mtpforge-build.json; "
+                                                        "flags override them)" if serve else "")
+                   + "; add `--gpu-memory` for a memory-safe `--max-num-seqs`.")
 
 
 def _throughput(bench: dict[str, Any] | None, bench_file: str | None) -> str:

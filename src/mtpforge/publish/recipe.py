@@ -2,7 +2,10 @@
 
 A recipe names what the seeds' cards did by hand: a donor for a missing head,
 the quantization (the `quantize` verb's options, spelled as on the command
-line), whether to strip the vision tower, verify thresholds and card settings.
+line), whether to strip the vision tower, verify thresholds and card settings,
+the file layout (`[publish]`, publish/layout.py) and the launch settings the
+card prints and `mtpforge serve` starts from (`[serve]`: `ServeOptions`
+fields, e.g. `tool_parser`, `attention_backend`, `chat_template_kwargs`).
 The five seeds' recipes ship in `mtpforge/recipes/`.
 """
 
@@ -17,7 +20,9 @@ from typing import Any
 
 from mtpforge.errors import UsageError
 
-RECIPE_SECTIONS = {"name": str, "source": str, "quantize": dict, "graft": dict, "strip": dict, "verify": dict, "card": dict}
+RECIPE_SECTIONS = {"name": str, "source": str, "quantize": dict, "graft": dict, "strip": dict, "verify": dict, "card": dict,
+                   "serve": dict, "publish": dict}
+CARD_KEYS = {"gpus", "max_model_len", "base_model", "kv_dtype", "util", "k"}
 QUANTIZE_KEYS = {"method", "scheme", "format", "group_size", "scope", "include", "exclude", "mtp", "actorder", "calibration",
                  "samples"}
 
@@ -48,6 +53,16 @@ class Recipe:
     @property
     def card(self) -> dict[str, Any]:
         return dict(self.doc.get("card", {}))
+
+    @property
+    def serve(self) -> dict[str, Any]:
+        """The `[serve]` table: `ServeOptions` fields (checked by `load_recipe`)."""
+        return dict(self.doc.get("serve", {}))
+
+    @property
+    def publish(self) -> dict[str, Any]:
+        """The `[publish]` table: the output's file layout (publish/layout.py)."""
+        return dict(self.doc.get("publish", {}))
 
     def quantize_options(self) -> dict[str, Any]:
         """The `quantize` verb's keyword arguments, with its defaults where the recipe is silent."""
@@ -94,4 +109,16 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     if unknown:
         raise UsageError(f"recipe {path}: unknown [quantize] keys {sorted(unknown)}",
                          hint=f"keys: {', '.join(sorted(QUANTIZE_KEYS))}")
+    unknown_card = set(doc.get("card", {})) - CARD_KEYS
+    if unknown_card:
+        raise UsageError(f"recipe {path}: unknown [card] keys {sorted(unknown_card)}",
+                         hint=f"keys: {', '.join(sorted(CARD_KEYS))}")
+    from mtpforge.engine.launch import serve_options
+    from mtpforge.publish.layout import check_layout
+
+    try:
+        serve_options(doc.get("serve", {}))
+        check_layout(doc.get("publish", {}))
+    except UsageError as e:
+        raise UsageError(f"recipe {path}: {e}", hint=e.hint) from e
     return Recipe(Path(path), doc)
