@@ -13,6 +13,9 @@ Fixture sources (each config is the published file, verbatim unless said):
 - GLM-4.5-Air's `config.json` (`glm4_moe`, 46 layers, 128 experts, `attention_bias: true`, `use_qk_norm: false`,
   `first_k_dense_replace: 1`): as printed by an ms-swift training log of zai-org/GLM-4.5-Air (find_string
   '"model_type": "glm4_moe"'); copied below with the fields the family reads.
+- GLM-4.5's (355B; GLM-4.6 / 4.7 share the architecture) `config.json` (92 layers, 160 experts, `use_qk_norm: true`,
+  `first_k_dense_replace: 3`): the GLM45Bridge test fixture of NVIDIA's Megatron-Bridge, which copies zai-org/GLM-4.5's
+  fields (find_string '"num_hidden_layers": 92'); its `model_type` is the real `glm4_moe` here, and the MTP depth 1.
 """
 
 from __future__ import annotations
@@ -42,6 +45,14 @@ GLM45_AIR = {  # zai-org/GLM-4.5-Air config.json (ms-swift log, see the module d
     "routed_scaling_factor": 1.0, "tie_word_embeddings": False, "topk_group": 1, "torch_dtype": "bfloat16",
     "use_qk_norm": False, "vocab_size": 151552,
 }
+GLM45 = {  # zai-org/GLM-4.5 config.json (Megatron-Bridge fixture, see the module docstring)
+    "architectures": ["Glm4MoeForCausalLM"], "attention_bias": True, "first_k_dense_replace": 3, "head_dim": 128,
+    "hidden_size": 5120, "intermediate_size": 12288, "max_position_embeddings": 131072, "model_type": "glm4_moe",
+    "moe_intermediate_size": 1536, "n_routed_experts": 160, "n_shared_experts": 1, "num_attention_heads": 96,
+    "num_experts_per_tok": 8, "num_hidden_layers": 92, "num_key_value_heads": 8, "num_nextn_predict_layers": 1,
+    "partial_rotary_factor": 0.5, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "routed_scaling_factor": 2.5,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_qk_norm": True, "vocab_size": 151552,
+}
 # GLM-5's `model.layers.78` as its index lists it (experts 1..255 left out, as in the source).
 GLM5_LAYER78 = [
     "eh_proj.weight", "enorm.weight", "hnorm.weight", "input_layernorm.weight", "mlp.experts.0.down_proj.weight",
@@ -66,6 +77,7 @@ CONFIGS = {
     "glm-5": lambda: public("zai-org--GLM-5"),
     "glm-5-nvfp4": lambda: public("nvidia--GLM-5-NVFP4"),
     "glm-4.5-air": lambda: dict(GLM45_AIR),
+    "glm-4.5": lambda: dict(GLM45),
     "mimo-7b": lambda: public("XiaomiMiMo--MiMo-7B-Base"),
 }
 
@@ -94,6 +106,22 @@ def test_deepseek_r1_inventory_is_the_published_one() -> None:
     assert not any(s.norm_offset for s in inv.values() if s.kind == NORM)
 
 
+def test_glm45_head_sits_after_92_layers_with_qk_norms_and_biases() -> None:
+    family = detect_family(GLM45)
+    inv = family.expected(GLM45, fused_experts=False)
+    p = "model.layers.92"
+    assert family.mtp_prefix == p and family.mtp_layer_index(f"{p}.eh_proj.weight") == 0
+    shapes = {f"{p}.self_attn.q_proj.weight": (96 * 128, 5120), f"{p}.self_attn.q_proj.bias": (96 * 128,),
+              f"{p}.self_attn.k_proj.weight": (8 * 128, 5120), f"{p}.self_attn.q_norm.weight": (128,),
+              f"{p}.self_attn.o_proj.weight": (5120, 96 * 128), f"{p}.mlp.experts.159.down_proj.weight": (5120, 1536),
+              f"{p}.mlp.shared_experts.up_proj.weight": (1536, 5120), "model.layers.2.mlp.up_proj.weight": (12288, 5120),
+              "model.layers.3.mlp.gate.weight": (160, 5120), "model.layers.3.mlp.gate.e_score_correction_bias": (160,)}
+    assert {n: inv[n].shape for n in shapes} == shapes
+    assert "model.layers.2.mlp.gate.weight" not in inv  # first_k_dense_replace: 3 dense layers
+    # zai-org's model card: "355 billion total parameters"
+    assert sum(s.numel for s in inv.values() if s.group != MTP) == pytest.approx(355e9, rel=0.01)
+
+
 def test_glm5_mtp_layer_is_the_published_one() -> None:
     config = public("zai-org--GLM-5")
     family = detect_family(config)
@@ -113,6 +141,15 @@ def test_a_healthy_hollow_replica_is_healthy(tmp_path: Path, name: str) -> None:
     summary = inspect_checkpoint(ckpt)
     assert summary.mtp.present and summary.mtp.tensors == summary.mtp.expected_tensors > 10
     assert summary.mtp.declared_layers == 1 and summary.mtp.config_key == "num_nextn_predict_layers"
+
+
+@pytest.mark.slow
+def test_a_full_size_deepseek_v3_replica_is_healthy(tmp_path: Path) -> None:
+    """All 61 layers and 256 experts: 46,183 tensors in 163 shards, as the published checkpoint (less its FP8 scales)."""
+    ckpt = make_family_replica(tmp_path / "v3", public("deepseek-ai--DeepSeek-V3"), layers=61, shards=163)
+    report = doctor(ckpt)
+    assert report.ok and report.findings == ()
+    assert inspect_checkpoint(ckpt).parameters == 684_489_845_504
 
 
 @pytest.mark.parametrize("name", ["deepseek-r1", "glm-5", "glm-4.5-air"])
