@@ -13,6 +13,9 @@ Fixture sources (each config is the published file, verbatim unless said):
 - GLM-4.5-Air's `config.json` (`glm4_moe`, 46 layers, 128 experts, `attention_bias: true`, `use_qk_norm: false`,
   `first_k_dense_replace: 1`): as printed by an ms-swift training log of zai-org/GLM-4.5-Air (find_string
   '"model_type": "glm4_moe"'); copied below with the fields the family reads.
+- DeepSeek-V3.2-Exp's `config.json` (`deepseek_v32`: V3 plus `index_n_heads: 64`, `index_head_dim: 128`,
+  `index_topk: 2048`): the abridged fixture of a public Rust test (find_string '"model_type": "deepseek_v32"'), with
+  the 61 layers and MTP depth 1 of the published V3 family.
 - GLM-4.5's (355B; GLM-4.6 / 4.7 share the architecture) `config.json` (92 layers, 160 experts, `use_qk_norm: true`,
   `first_k_dense_replace: 3`): the GLM45Bridge test fixture of NVIDIA's Megatron-Bridge, which copies zai-org/GLM-4.5's
   fields (find_string '"num_hidden_layers": 92'); its `model_type` is the real `glm4_moe` here, and the MTP depth 1.
@@ -53,6 +56,15 @@ GLM45 = {  # zai-org/GLM-4.5 config.json (Megatron-Bridge fixture, see the modul
     "partial_rotary_factor": 0.5, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "routed_scaling_factor": 2.5,
     "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_qk_norm": True, "vocab_size": 151552,
 }
+DEEPSEEK_V32 = {  # deepseek-ai/DeepSeek-V3.2-Exp config.json fields (see the module docstring)
+    "architectures": ["DeepseekV32ForCausalLM"], "model_type": "deepseek_v32", "hidden_size": 7168,
+    "intermediate_size": 18432, "moe_intermediate_size": 2048, "num_hidden_layers": 61, "num_attention_heads": 128,
+    "num_key_value_heads": 128, "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+    "v_head_dim": 128, "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8, "first_k_dense_replace": 3,
+    "moe_layer_freq": 1, "n_group": 8, "topk_group": 4, "topk_method": "noaux_tc", "scoring_func": "sigmoid",
+    "norm_topk_prob": True, "routed_scaling_factor": 2.5, "index_topk": 2048, "index_n_heads": 64, "index_head_dim": 128,
+    "vocab_size": 129280, "torch_dtype": "bfloat16", "num_nextn_predict_layers": 1, "max_position_embeddings": 163840,
+}
 # GLM-5's `model.layers.78` as its index lists it (experts 1..255 left out, as in the source).
 GLM5_LAYER78 = [
     "eh_proj.weight", "enorm.weight", "hnorm.weight", "input_layernorm.weight", "mlp.experts.0.down_proj.weight",
@@ -74,6 +86,7 @@ CONFIGS = {
     "deepseek-v3": lambda: public("deepseek-ai--DeepSeek-V3"),
     "deepseek-r1": lambda: public("deepseek-ai--DeepSeek-R1"),
     "deepseek-v3.1-nvfp4": lambda: public("nvidia--DeepSeek-V3.1-NVFP4"),
+    "deepseek-v3.2-exp": lambda: dict(DEEPSEEK_V32),
     "glm-5": lambda: public("zai-org--GLM-5"),
     "glm-5-nvfp4": lambda: public("nvidia--GLM-5-NVFP4"),
     "glm-4.5-air": lambda: dict(GLM45_AIR),
@@ -297,6 +310,7 @@ def test_strip_says_a_text_only_family_has_nothing_to_strip(tmp_path: Path) -> N
 @pytest.mark.parametrize("name,per_token,block", [
     ("deepseek-v3", (512 + 64) * 2, 64),  # MLA latent kv_lora_rank + qk_rope_head_dim, BF16, FlashMLA pages of 64
     ("glm-5", (512 + 64) * 2 + 128 + 4, 64),  # + the DSA indexer's FP8 key cache (128 values, one F32 scale)
+    ("deepseek-v3.2-exp", (512 + 64) * 2 + 128 + 4, 64),  # "roughly 132 B per token per layer" for the indexer
     ("glm-4.5-air", 2 * 8 * 128 * 2, 16),  # GQA: K and V of 8 KV heads x 128
     ("mimo-7b", 2 * 8 * 128 * 2, 16),
 ])
@@ -311,5 +325,6 @@ def test_plan_and_serve_an_attention_only_family(tmp_path: Path, name: str, per_
     assert m.attention_layers == 4 + 1  # the trunk's layers and the MTP layer (drafting with k = 3)
     assert m.num_blocks == (m.kv_pool // (per_token * block * 5)) and m.ok
     assert json.loads(launch_line(ckpt, ServeOptions()).args[-1]) == {"method": "mtp", "num_speculative_tokens": 3}
-    legacy = {"deepseek-v3": "deepseek_mtp", "glm-5": "deepseek_mtp", "glm-4.5-air": "glm4_moe_mtp", "mimo-7b": "mimo_mtp"}
+    legacy = {"deepseek-v3": "deepseek_mtp", "glm-5": "deepseek_mtp", "deepseek-v3.2-exp": "deepseek_mtp",
+              "glm-4.5-air": "glm4_moe_mtp", "mimo-7b": "mimo_mtp"}
     assert json.loads(launch_line(ckpt, ServeOptions(engine_version="0.10.1")).args[-1])["method"] == legacy[name]

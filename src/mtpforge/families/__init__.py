@@ -16,14 +16,15 @@ from typing import Any
 
 from mtpforge.errors import UnsupportedFamilyError
 from mtpforge.families.base import EMBEDDINGS, GROUPS, MTP, TRUNK, VISION, Family, Inventory, TensorSpec
-from mtpforge.families.deepseek import DEEPSEEK_V3
+from mtpforge.families.deepseek import DEEPSEEK_V3, DEEPSEEK_V32
 from mtpforge.families.glm import GLM4_MOE, GLM_MOE_DSA
 from mtpforge.families.limits import check_config
 from mtpforge.families.mimo import MIMO
 from mtpforge.families.qwen3_5 import QWEN3_5, QWEN3_5_MOE
 from mtpforge.families.qwen3_next import QWEN3_NEXT
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN3_5, QWEN3_5_MOE, QWEN3_NEXT, DEEPSEEK_V3, GLM4_MOE, GLM_MOE_DSA, MIMO)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN3_5, QWEN3_5_MOE, QWEN3_NEXT, DEEPSEEK_V3, DEEPSEEK_V32, GLM4_MOE,
+                                                   GLM_MOE_DSA, MIMO)}
 
 __all__ = ["EMBEDDINGS", "FAMILIES", "GROUPS", "MTP", "TRUNK", "VISION", "Family", "Inventory", "TensorSpec",
            "detect_family", "expected_inventory"]
@@ -46,7 +47,7 @@ def detect_family(config: dict[str, Any]) -> Family:
     arch = f" ({archs[0]})" if isinstance(archs, list) and archs and isinstance(archs[0], str) else ""
     raise UnsupportedFamilyError(
         f"config.json: model_type {model_type!r}{arch} is not a family mtpforge knows (known: {known})",
-        hint="mtpforge has rules for Qwen3.5 / Qwen3.6 / Qwen3-Next, DeepSeek-V3 / R1 / V3.1, GLM-4.5 / 4.6 / 4.7, "
+        hint="mtpforge has rules for Qwen3.5 / Qwen3.6 / Qwen3-Next, DeepSeek-V3 / R1 / V3.1 / V3.2, GLM-4.5 / 4.6 / 4.7, "
              "GLM-5 and MiMo (docs/families.md); no shard was read",
     )
 

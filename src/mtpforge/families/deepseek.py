@@ -1,4 +1,5 @@
-"""DeepSeek-V3 / R1 / V3.1 (`deepseek_v3`) and, with the DSA indexer, GLM-5 (`glm_moe_dsa`, families/glm.py).
+"""DeepSeek-V3 / R1 / V3.1 (`deepseek_v3`) and, with the DSA indexer, DeepSeek-V3.2 (`deepseek_v32`) and GLM-5
+(`glm_moe_dsa`, families/glm.py).
 
 Multi-head latent attention (MLA), as vLLM's `DeepseekV2MLAAttention` builds it
 (vllm/model_executor/models/deepseek_v2.py) and DeepSeek-R1's checkpoint stores it:
@@ -93,3 +94,5 @@ class DeepSeekFamily(NextnFamily):
 
 
 DEEPSEEK_V3 = DeepSeekFamily("deepseek_v3", ("deepseek_v3",), indexer=False)
+# DeepSeek-V3.2-Exp: V3 plus the DSA indexer (index_n_heads 64, index_head_dim 128); vLLM drafts with DeepSeekMTP too.
+DEEPSEEK_V32 = DeepSeekFamily("deepseek_v32", ("deepseek_v32",), indexer=True)
