@@ -86,3 +86,17 @@ def test_bad_recipes_and_outputs_are_usage_errors(cli, tmp_path: Path) -> None: 
     assert r.code == 3 and not (tmp_path / "o").exists()
     nowhere = str(tmp_path / "nowhere")
     assert f"Error: donor {nowhere!r} is neither a local directory nor a hub repository id (org/name)\n" in r.err
+
+
+def test_a_modelopt_build_names_its_real_producer(tmp_path: Path) -> None:
+    # Seed 002's card names "nvidia-modelopt 0.43.0", the tool it ran; mtpforge writes the format itself, so the files
+    # say mtpforge and its installed version (never a modelopt release that did not run).
+    from importlib.metadata import version
+
+    from mtpforge.publish.recipe import load_recipe
+    from mtpforge.quant import quantize
+
+    plan = quantize(str(BASE), str(tmp_path / "out"), dry_run=True, **load_recipe("seed-002-nvfp4-text-mtp").quantize_options())
+    producer = {"name": "mtpforge", "version": version("mtpforge")}
+    assert plan.json_files["hf_quant_config.json"]["producer"] == producer
+    assert plan.json_files["config.json"]["quantization_config"]["producer"] == producer

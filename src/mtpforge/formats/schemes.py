@@ -10,6 +10,7 @@ Torch-free: `Scheme.quantize` imports the arithmetic when a weight is quantized.
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,8 @@ CHECKPOINT_FORMATS = (COMPRESSED_TENSORS, MODELOPT)
 INT, FP4 = "int", "fp4"
 NVFP4_GROUP = 16
 CT_VERSION = "0.19.0"
-MODELOPT_PRODUCER = {"name": "modelopt", "version": "0.39.0"}
+# The producer is who wrote the file: mtpforge (its own NVFP4 writer), not an nvidia-modelopt release it never ran.
+MODELOPT_PRODUCER = {"name": "mtpforge", "version": importlib.metadata.version("mtpforge")}
 
 
 @dataclass(frozen=True)
