@@ -26,18 +26,38 @@ _CACHE = 1 << 20
 
 
 class NameRules:
-    """Does a module name match any entry of a rule list? Exact names, regexes (re.match) and wildcards."""
+    """Does a module name match any entry of a rule list? Exact names, prefixes, suffixes, regexes (re.match),
+    wildcards and substrings; the plain kinds are answered by a set and `str.startswith` / `endswith` on tuples."""
 
     def __init__(self, exact: Iterable[str] = (), regexes: Iterable[str] = (), wildcards: Iterable[str] = (),
                  substrings: Iterable[str] = ()) -> None:
         self.exact = frozenset(exact)
-        patterns = [f"(?:{r})" for r in regexes] + [translate(w) for w in wildcards]
-        patterns += [f"(?s:.*{re.escape(s)})" for s in substrings]
+        kinds: dict[str, list[str]] = {"prefix": [], "suffix": [], "contains": list(substrings), "general": []}
+        for w in wildcards:
+            kind, text = _wildcard_kind(w)
+            kinds[kind].append(text)
+        self._prefixes, self._suffixes, self._contains = tuple(kinds["prefix"]), tuple(kinds["suffix"]), tuple(kinds["contains"])
+        patterns = [f"(?:{r})" for r in regexes] + [translate(w) for w in kinds["general"]]
         self._regex = _compile_any(patterns)
         self.matches = lru_cache(maxsize=_CACHE)(self._matches)
 
     def _matches(self, name: str) -> bool:
-        return name in self.exact or (self._regex is not None and self._regex(name) is not None)
+        return (name in self.exact or name.startswith(self._prefixes) or name.endswith(self._suffixes)
+                or any(c in name for c in self._contains) or (self._regex is not None and self._regex(name) is not None))
+
+
+def _wildcard_kind(pattern: str) -> tuple[str, str]:
+    """`P*` is a prefix, `*S` a suffix, `*X*` a substring (P, S, X free of wildcards); anything else a regex."""
+    def plain(text: str) -> bool:
+        return not any(c in text for c in "*?[")
+
+    if len(pattern) > 1 and pattern[0] == pattern[-1] == "*" and plain(pattern[1:-1]):
+        return "contains", pattern[1:-1]
+    if pattern.endswith("*") and plain(pattern[:-1]):
+        return "prefix", pattern[:-1]
+    if pattern.startswith("*") and plain(pattern[1:]):
+        return "suffix", pattern[1:]
+    return "general", pattern
 
 
 def ct_rules(entries: Iterable[str]) -> NameRules:
