@@ -142,11 +142,18 @@ def test_corrupt_shard_is_a_finding_not_a_traceback(make: Make, damage: str) -> 
 
 def test_tensor_shape_dtype_missing_and_unexpected(make: Make) -> None:
     o_proj = f"{FULL}.self_attn.o_proj.weight"
-    ckpt = make(shards=2)
+    ckpt = make()
     rewrite_shard(shard_of(ckpt, o_proj), lambda ts: [
-        TensorData(t.name, "F16", t.shape, t.data) if t.name == o_proj else t for t in ts])
+        TensorData(t.name, t.dtype, (t.shape[0], t.shape[1] // 2), t.data[: len(t.data) // 2]) if t.name == o_proj else t
+        for t in ts])
     r = report(ckpt)
-    assert codes(r) == {"tensor-shape-mismatch"} and "dtype F16, expected BF16" in r["findings"][0]["message"]
+    assert codes(r) == {"tensor-shape-mismatch"} and "expected [64, 64]" in r["findings"][0]["message"]
+
+    cast = make("f16", shards=2)  # a float stored in another float dtype: the engine casts it (a note, exit 0)
+    rewrite_shard(shard_of(cast, o_proj), lambda ts: [
+        TensorData(t.name, "F16", t.shape, t.data) if t.name == o_proj else t for t in ts])
+    r = report(cast)
+    assert codes(r) == {"dtype-cast"} and r["ok"] and "stored F16 where config.json says BF16" in r["findings"][0]["message"]
 
     ckpt2 = make("missing", shards=2)
     drop_tensors(ckpt2, {"lm_head.weight"})

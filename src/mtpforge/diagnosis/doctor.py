@@ -7,7 +7,7 @@ themselves, so a 27B checkpoint is diagnosed in well under a second.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mtpforge.checkpoint import CheckpointLike, as_checkpoint
@@ -67,6 +67,26 @@ def doctor(path: CheckpointLike) -> DoctorReport:
     """
     ckpt = as_checkpoint(path)
     ctx = Context(ckpt, detect_family(ckpt.config))
-    findings = [f for check in CHECKS for f in check(ctx)]
+    findings = [_located(ctx, f) for check in CHECKS for f in check(ctx)]
     findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], f.code))
     return DoctorReport(os.fspath(path), ctx.family.name, tuple(findings))
+
+
+def _located(ctx: Context, f: Finding) -> Finding:
+    """`f` naming the files its tensors live in, when its check named none: every finding says where to look.
+
+    A tensor that is not stored anywhere (missing) is implied by config.json, so that is its file.
+    """
+    if f.files or not f.tensors:
+        return f
+    files: set[str] = set()
+    for name in f.tensors:
+        weight = ctx.stored.get(name)
+        info = ctx.ckpt.tensors.get(name) or ctx.ckpt.unindexed.get(name)
+        if weight is not None:
+            files.update(part.shard for part in weight.parts.values())
+        elif info is not None:
+            files.add(info.shard)
+        else:
+            files.add("config.json")
+    return replace(f, files=tuple(sorted(files)))

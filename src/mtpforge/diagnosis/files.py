@@ -12,10 +12,14 @@ with a device_map, the Hub's size) does not see it.
 
 from __future__ import annotations
 
+import re
+
 from mtpforge.checkpoint.index import INDEX_NAME
 from mtpforge.diagnosis.context import Context
 from mtpforge.diagnosis.findings import Finding, finding
 from mtpforge.families import MTP
+
+_NUMBERED_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")  # what save_pretrained names the shards it writes
 
 
 def check_files(ctx: Context) -> list[Finding]:
@@ -35,9 +39,11 @@ def check_files(ctx: Context) -> list[Finding]:
     if ckpt.index is not None:
         out += _index_findings(ctx)
     if not ckpt.has_tokenizer:
-        out.append(finding("tokenizer-missing", "no tokenizer.json, tokenizer.model or vocab.json in the checkpoint"))
+        out.append(finding("tokenizer-missing", "no tokenizer.json, tokenizer.model or vocab.json in the checkpoint",
+                           files=["tokenizer.json"]))
     if ckpt.chat_template is None:
-        out.append(finding("chat-template-missing", "no chat_template.jinja and no chat_template in tokenizer_config.json"))
+        out.append(finding("chat-template-missing", "no chat_template.jinja and no chat_template in tokenizer_config.json",
+                           files=["chat_template.jinja"]))
     return out
 
 
@@ -61,11 +67,8 @@ def _index_findings(ctx: Context) -> list[Finding]:
                                f"{INDEX_NAME} maps {len(absent)} tensors to {shard}, which does not hold them",
                                tensors=absent, files=[shard]))
     complete = not any(f.code in ("index-missing-shard", "index-missing-tensor") for f in out) and not ckpt.header_errors
-    actual = sum(ckpt.headers[shard].tensors[name].nbytes for name, shard in index.weight_map.items()) if complete else None
-    if actual is not None and index.total_size is not None and index.total_size != actual:
-        out.append(finding("index-total-size",
-                           f"metadata.total_size is {index.total_size:,} but the indexed tensors hold {actual:,} bytes",
-                           files=[INDEX_NAME]))
+    if complete and index.total_size is not None:
+        out += _total_size(ctx, by_shard, index.total_size)
     unlisted = ckpt.unlisted
     if unlisted:
         mtp = sum(1 for n in unlisted if ctx.family.group_of(n) == MTP)
@@ -86,3 +89,39 @@ def _index_findings(ctx: Context) -> list[Finding]:
             out.append(finding("shard-orphan", f"{shard} ({len(header.tensors)} tensors) is not referenced by {INDEX_NAME}",
                                files=[shard]))
     return out
+
+
+def _total_size(ctx: Context, by_shard: dict[str, list[str]], total: int) -> list[Finding]:
+    """index-total-size, naming the shards the declared total leaves out when their bytes explain the gap.
+
+    AutoRound's export writes the tensors the quantized model lacks (the MTP head) to
+    `model_extra_tensors.safetensors` and adds them to weight_map without touching total_size
+    (or writes 0 for a single-file model): the total then misses exactly that sidecar.
+    """
+    headers = ctx.ckpt.headers
+    per_shard = {shard: sum(headers[shard].tensors[n].nbytes for n in names) for shard, names in by_shard.items()}
+    actual = sum(per_shard.values())
+    if total == actual:
+        return []
+    message = f"metadata.total_size is {total:,} but the indexed tensors hold {actual:,} bytes"
+    files = [INDEX_NAME]
+    left_out = _explaining_shards(per_shard, actual - total)
+    if left_out:
+        mtp = sum(1 for s in left_out for n in by_shard[s] if ctx.family.group_of(n) == MTP)
+        what = f", {mtp} of them mtp.*" if mtp else ""
+        message += (f": it leaves out {', '.join(left_out)} ({sum(len(by_shard[s]) for s in left_out)} tensors{what}, "
+                    f"{sum(per_shard[s] for s in left_out):,} bytes), a side file added to weight_map after the total "
+                    "was written; engines load it, tools that size the download by total_size do not count it")
+        files += left_out
+    return [finding("index-total-size", message, files=files)]
+
+
+def _explaining_shards(per_shard: dict[str, int], gap: int) -> list[str]:
+    """The one shard, or else the set of side files (names outside the `model-0000i-of-0000n` pattern), whose bytes are `gap`."""
+    if gap <= 0:
+        return []
+    single = sorted(s for s, n in per_shard.items() if n == gap)
+    if single:
+        return single[:1] if len(single) == 1 else []
+    side = sorted(s for s in per_shard if not _NUMBERED_SHARD.fullmatch(s))
+    return side if side and sum(per_shard[s] for s in side) == gap else []

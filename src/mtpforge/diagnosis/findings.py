@@ -1,9 +1,10 @@
 """The finding catalogue (docs/domain.md §8): stable codes, default severities, fixes.
 
-Codes never change meaning once released. mtpforge adds seven to the shared
+Codes never change meaning once released. mtpforge adds eight to the shared
 catalogue, for defects it leaves implicit: `tensor-missing`,
 `tensor-unexpected`, `quant-declared-mismatch`, `quant-method-unsupported`,
-`file-outside-checkpoint`, `tensor-duplicated` and `index-unlisted-tensor`.
+`file-outside-checkpoint`, `tensor-duplicated`, `index-unlisted-tensor` and
+`dtype-cast` (a note, not a defect: a float tensor the engine casts on load).
 Unsafe paths in the index, and shards that are symlinks leaving the directory
 or not regular files, are not findings: they are refused outright (exit 3),
 because nothing read through them can be trusted. Any other such file (a
@@ -65,6 +66,8 @@ CATALOGUE: dict[str, Rule] = {
     "file-outside-checkpoint": Rule(ERROR, "replace the link (or FIFO, device, socket) with the regular file it stands for, "
                                     "copied into the checkpoint directory", None),
     "tensor-duplicated": Rule(ERROR, "keep each tensor in exactly one shard (remove the stale copy) and re-index", None),
+    "dtype-cast": Rule(INFO, "nothing to do: the engine casts these float tensors to the config's dtype on load; "
+                       "re-export them in that dtype to save the conversion", None),
     "index-unlisted-tensor": Rule(WARNING, "add the tensors to weight_map (or remove them from the shard) and recompute "
                                   "total_size", None),
 }

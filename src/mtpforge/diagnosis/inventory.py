@@ -40,6 +40,7 @@ def check_inventory(ctx: Context) -> list[Finding]:
     missing = {"trunk": [], MTP: [], "other": []}  # type: dict[str, list[str]]
     bad_shape: list[str] = []
     bad_mtp: list[str] = []
+    cast: dict[tuple[str, str], list[str]] = {}  # (stored, expected) float dtypes -> tensors the engine casts on load
     vision_absent = not vision_stored
     for name, spec in expected.items():
         weight = stored.get(name)
@@ -55,6 +56,8 @@ def check_inventory(ctx: Context) -> list[Finding]:
         problem = _mismatch(spec, weight)
         if problem:
             (bad_mtp if spec.group == MTP else bad_shape).append(f"{name}: {problem}")
+        elif _is_cast(spec, weight):
+            cast.setdefault((weight.dtype, spec.dtype), []).append(name)
     if missing["trunk"]:
         out.append(finding("tensor-missing",
                            f"{len(missing['trunk'])} tensors the config implies are not stored: {_head(missing['trunk'])}",
@@ -67,6 +70,10 @@ def check_inventory(ctx: Context) -> list[Finding]:
                 ([f"{len(bad_mtp)} wrong ({_head(bad_mtp)})"] if bad_mtp else [])
         out.append(finding("mtp-incomplete", "the MTP head is incomplete: " + "; ".join(parts),
                            tensors=missing[MTP] + [b.split(":")[0] for b in bad_mtp]))
+    for (stored_dtype, dtype), names in sorted(cast.items()):
+        out.append(finding("dtype-cast", f"{len(names)} tensors are stored {stored_dtype} where config.json says {dtype} "
+                           f"({_head(names)}): vLLM and SGLang cast them to {dtype} on load, so the head works as stored",
+                           tensors=names))
     reported = {MTP} if undeclared else set()
     if lm_only:
         reported.add(VISION)  # vision-present-text-only says it
@@ -79,19 +86,33 @@ def check_inventory(ctx: Context) -> list[Finding]:
 
 
 def _mismatch(spec: TensorSpec, weight: StoredWeight) -> str | None:
+    """A shape, or a dtype no engine turns into the expected one; None when the tensor loads as it should."""
     if weight.shape is not None and tuple(weight.shape) != spec.shape:
         return f"shape {list(weight.shape)}, expected {list(spec.shape)}"
     if weight.quantized:
         return None  # checked by the quantization checks
     dtype = weight.dtype
-    if dtype == spec.dtype:
+    if dtype == spec.dtype or _is_cast(spec, weight):
         return None
-    # Norms and GDN parameters are legitimately kept in float32 by some exporters.
     if spec.kind in (NORM, PARAM) and dtype == "F32":
-        return None
+        return None  # norms and GDN parameters are legitimately kept in float32 by some exporters
     if spec.kind == LINEAR and dtype not in FLOAT_DTYPES:
         return None  # an unpaired quantized dtype: the quantization checks name it
     return f"dtype {dtype}, expected {spec.dtype}"
+
+
+def _is_cast(spec: TensorSpec, weight: StoredWeight) -> bool:
+    """A float tensor stored in another float dtype than the config's, which the engine casts on load.
+
+    vLLM's default weight loader copies each checkpoint tensor into a parameter of the model
+    dtype (`param.data.copy_(loaded_weight)`, a casting copy), as does SGLang's: an F16 head in a
+    BF16 checkpoint loads and drafts. Norms and GDN parameters kept in F32 are the exporters'
+    common choice and not even worth a note.
+    """
+    dtype = weight.dtype
+    if weight.quantized or dtype == spec.dtype or dtype not in FLOAT_DTYPES or spec.dtype not in FLOAT_DTYPES:
+        return False
+    return not (spec.kind in (NORM, PARAM) and dtype == "F32")
 
 
 def _head(items: list[str], n: int = 3) -> str:

@@ -2,29 +2,37 @@
 
 Fixed here: an unindexed head (indexed), ignore / exclude lists that miss the
 head or name it module by module (`re:^mtp.*`, `mtp*`), a wrong `total_size`
-(always recomputed), an undeclared head (declared with the layer count found)
-and a missing `language_model_only` on a build without vision tensors.
+(always recomputed: an AutoRound sidecar left out of it included), an undeclared
+head (declared with the layer count found), a missing `language_model_only` on a
+build without vision tensors, and MTP norms stored in the wrong convention (each
+shifted key restored by subtracting its shift; the others untouched).
 Everything else is listed with the command that fixes it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from mtpforge.checkpoint import CheckpointLike, as_checkpoint
+from mtpforge.checkpoint import Checkpoint, CheckpointLike, as_checkpoint
+from mtpforge.checkpoint.header import TensorInfo
+from mtpforge.diagnosis.context import Context
 from mtpforge.diagnosis.doctor import DoctorReport, Finding, doctor
+from mtpforge.diagnosis.norms import shifted_norms
 from mtpforge.families import MTP, detect_family
+from mtpforge.formats.values import encode
 from mtpforge.surgery.output import make_plan
 from mtpforge.surgery.quant_lists import edit_lists, exclude_prefix
 from mtpforge.surgery.rebuild import hf_quant_config, rebuild
-from mtpforge.surgery.sources import FileRange
+from mtpforge.surgery.sources import Computed, FileRange
 from mtpforge.surgery.stage import apply_plan, check_destination
 from mtpforge.surgery.writeplan import NewShard, TensorCopy, WritePlan
 
 FIXABLE = frozenset({"mtp-unindexed", "mtp-quant-uncovered", "mtp-ignore-fused-unsafe", "index-total-size",
-                     "mtp-undeclared", "vision-missing-undeclared"})
+                     "mtp-undeclared", "vision-missing-undeclared", "mtp-norm-convention"})
 
 
 @dataclass(frozen=True)
@@ -71,8 +79,21 @@ def plan_fix(path: CheckpointLike, report: DoctorReport) -> WritePlan | None:
         actions.append("declare language_model_only: true (no vision tensors are shipped)")
     if "index-total-size" in codes:
         actions.append("recompute metadata.total_size from the tensors' bytes")
-    rb = rebuild(ckpt, drop=drop, add=tuple(add))
+    replace: dict[str, Callable[[TensorInfo], list[TensorCopy]]] = {}
+    if "mtp-norm-convention" in codes:
+        shifts = shifted_norms(Context(ckpt, family))
+        replace = {name: partial(_unshifted, ckpt, shift) for name, shift in shifts.items()}
+        actions += [f"restore the offset convention of {name} (stored values {-shift:+d})"
+                    for name, shift in sorted(shifts.items())]
+    rb = rebuild(ckpt, drop=drop, add=tuple(add), replace=replace)
     return make_plan("doctor-fix", ckpt.root, rb, config, hf_quant, actions, [])
+
+
+def _unshifted(ckpt: Checkpoint, shift: int, t: TensorInfo) -> list[TensorCopy]:
+    """`t` with `shift` subtracted from every value, in its own dtype: computed when the writer reaches it."""
+    def compute() -> bytes:
+        return encode(t.dtype, ckpt.read(t).astype("float64") - shift)
+    return [TensorCopy(t.name, t.dtype, t.shape, Computed(f"{t.name} {-shift:+d}", compute, t.nbytes))]
 
 
 def fix(path: CheckpointLike, out: str, *, overwrite: bool = False, dry_run: bool = False) -> FixResult:

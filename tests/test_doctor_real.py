@@ -1,0 +1,163 @@
+"""doctor on checkpoints laid out as the field publishes them: no false alarm on a healthy export, every
+real defect one finding that names its files, tensors and fix, and `--fix` repairing what it claims.
+
+Fixtures:
+- the hollow Qwen3.6-27B replica: the real config and the real 1199 tensor names, shapes and dtypes of the
+  public Qwen/Qwen3.6-27B checkpoint (../shared/reference/qwen3.6-27b, shipped in mtpforge/testing/data);
+- AutoRound's side file: auto-round's export writes the tensors the quantized model lacks (the MTP head) to
+  `model_extra_tensors.safetensors`, adds them to weight_map and leaves metadata.total_size as it was (intel/
+  auto-round, the missing-tensors export helper; Intel/Qwen3.6-27B-int4-AutoRound and -35B-A3B ship that file);
+- GLM-4.7's standalone `mtp.safetensors` (issue 13), here under the Qwen head's names;
+- the pre-fc norm values of a trained head: effective scales 0.2734 (embedding) and 0.4937 (hidden) on
+  Qwen3.6-35B-A3B (jundot/omlx#3742, docs DOMAIN §2.4), stored as offsets -0.7266 and -0.5063.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mtpforge.checkpoint.header import read_header
+from mtpforge.checkpoint.index import INDEX_NAME
+from mtpforge.checkpoint.writer import TensorData, write_safetensors
+from mtpforge.diagnosis.doctor import doctor
+from mtpforge.formats.values import decode, encode
+from mtpforge.surgery.fix import fix
+from mtpforge.testing.factory import write_shards, write_tokenizer_files
+from mtpforge.testing.replica import reference_inventory
+
+from .conftest import read_all, rewrite_shard
+
+Make = Callable[..., Path]
+PRE_FC = {"mtp.pre_fc_norm_embedding.weight": -0.7266, "mtp.pre_fc_norm_hidden.weight": -0.5063}  # offsets of 0.2734, 0.4937
+SIDECAR = "model_extra_tensors.safetensors"
+
+
+def hollow_27b(out: Path, *, dtype: Callable[[str], str] = lambda name: "BF16",
+               values: dict[str, float] | None = None, side: str | None = None, stale_total: bool = False) -> Path:
+    """The Qwen3.6-27B replica in 6 shards, with `dtype(name)` per tensor, constant `values` for some tensors
+    (the rest a hole of zeros), and the head in the side file `side` (indexed) when given."""
+    config, inventory = reference_inventory()
+    out.mkdir()
+    values = values or {}
+
+    def tensor(t: dict) -> TensorData:
+        name, shape, dt = t["name"], tuple(t["shape"]), dtype(t["name"])
+        data = encode(dt, np.full(shape, values[name])) if name in values else None
+        return TensorData(name, dt, shape, data)
+
+    tensors = [tensor(t) for t in inventory]
+    head = [t for t in tensors if side and t.name.startswith("mtp.")]
+    write_shards(out, [t for t in tensors if t not in head], shards=6, index=True)
+    if side:
+        write_safetensors(out / side, head, {"format": "pt"})
+        doc = json.loads((out / INDEX_NAME).read_text())
+        doc["weight_map"].update({t.name: side for t in head})
+        if not stale_total:
+            doc["metadata"]["total_size"] += sum(t.nbytes for t in head)
+        (out / INDEX_NAME).write_text(json.dumps(doc))
+    (out / "config.json").write_text(json.dumps(config))
+    write_tokenizer_files(out, vocab_size=16)
+    return out
+
+
+def found(path: Path) -> dict[str, dict]:
+    return {f["code"]: f for f in doctor(path).to_dict()["findings"]}
+
+
+# ---- healthy exports ------------------------------------------------------------------------------------
+
+def test_an_f16_head_in_a_bf16_checkpoint_is_healthy_with_a_note(tmp_path: Path) -> None:
+    ckpt = hollow_27b(tmp_path / "f16-head", dtype=lambda n: "F16" if n.startswith("mtp.") else "BF16")
+    report = doctor(ckpt)
+    assert report.ok and [f.code for f in report.findings] == ["dtype-cast"]
+    note = report.to_dict()["findings"][0]
+    assert note["severity"] == "info" and len(note["tensors"]) == 15 and all(n.startswith("mtp.") for n in note["tensors"])
+    assert "stored F16 where config.json says BF16" in note["message"] and note["files"] and note["fix"]
+
+
+@pytest.mark.parametrize("side", [SIDECAR, "mtp.safetensors"])
+def test_a_head_in_an_indexed_side_file_is_healthy(tmp_path: Path, side: str) -> None:
+    assert doctor(hollow_27b(tmp_path / "side", side=side)).findings == ()
+
+
+def test_the_norm_values_of_a_trained_head_are_healthy(tmp_path: Path) -> None:
+    assert doctor(hollow_27b(tmp_path / "trained", values=PRE_FC)).findings == ()
+
+
+# ---- index total_size -------------------------------------------------------------------------------------
+
+def test_a_total_size_that_leaves_out_the_autoround_side_file_is_named_and_fixed(tmp_path: Path) -> None:
+    ckpt = hollow_27b(tmp_path / "autoround", side=SIDECAR, stale_total=True)
+    f = found(ckpt)
+    assert set(f) == {"index-total-size"}
+    stale = f["index-total-size"]
+    assert stale["files"] == [INDEX_NAME, SIDECAR] and stale["command"]
+    assert f"leaves out {SIDECAR} (15 tensors, 15 of them mtp.*" in stale["message"]
+
+    result = fix(ckpt, str(tmp_path / "fixed"))
+    assert result.after is not None and result.after.findings == ()
+    index = json.loads((tmp_path / "fixed" / INDEX_NAME).read_text())
+    held = sum(t.nbytes for s in set(index["weight_map"].values()) for t in read_header(tmp_path / "fixed" / s).tensors.values())
+    assert index["metadata"]["total_size"] == held
+
+
+# ---- norm convention ----------------------------------------------------------------------------------------
+
+def test_a_head_that_lost_the_offset_only_on_the_pre_fc_norms_is_caught(tmp_path: Path) -> None:
+    absolute = {name: 1 + w for name, w in PRE_FC.items()}  # the published effective scales, stored as such
+    f = found(hollow_27b(tmp_path / "pre-fc", values=absolute))
+    assert set(f) == {"mtp-norm-convention"}
+    bad = f["mtp-norm-convention"]
+    assert bad["severity"] == "error" and sorted(bad["tensors"]) == sorted(PRE_FC)
+    assert "mix conventions" in bad["message"] and "shifted by +1" in bad["message"]
+    assert "in the trunk's convention: norm.weight, layers.0.input_layernorm.weight" in bad["message"]
+    assert bad["files"] and all(name.endswith(".safetensors") for name in bad["files"])
+
+
+def test_a_mixed_convention_names_the_shifted_and_the_unshifted_keys(make: Make) -> None:
+    ckpt = make()
+    shift(ckpt, lambda n: n.startswith("mtp.") and n.endswith(("q_norm.weight", "k_norm.weight")), +1.0)
+    bad = found(ckpt)["mtp-norm-convention"]
+    assert sorted(bad["tensors"]) == ["mtp.layers.0.self_attn.k_norm.weight", "mtp.layers.0.self_attn.q_norm.weight"]
+    assert "shifted by +1 (stored as 1 + w, or shifted twice): layers.0.self_attn.q_norm.weight, " \
+           "layers.0.self_attn.k_norm.weight" in bad["message"]
+    assert "in the trunk's convention: pre_fc_norm_embedding.weight, pre_fc_norm_hidden.weight, norm.weight" in bad["message"]
+
+
+def test_a_uniform_shift_is_reported_as_one(make: Make) -> None:
+    ckpt = make()
+    shift(ckpt, lambda n: n.startswith("mtp.") and "norm" in n, -1.0)
+    bad = found(ckpt)["mtp-norm-convention"]
+    assert bad["message"].startswith("the MTP norms are shifted by -1") and len(bad["tensors"]) == 7
+
+
+@pytest.mark.parametrize("delta", [+1.0, -1.0])
+def test_fix_restores_the_shifted_keys_only_and_the_result_passes(tmp_path: Path, make: Make, delta: float) -> None:
+    ckpt = make(shards=2)
+    before = norms(ckpt)
+    shift(ckpt, lambda n: "pre_fc_norm" in n, delta)
+    assert set(found(ckpt)) == {"mtp-norm-convention"}
+    result = fix(ckpt, str(tmp_path / "fixed"))
+    assert result.after is not None and result.after.findings == ()
+    after = norms(tmp_path / "fixed")
+    assert after.keys() == before.keys()
+    for name, value in before.items():  # BF16 rounding of x + 1 - 1 is within one step of 2 ** -7
+        np.testing.assert_allclose(after[name], value, atol=2 ** -7, err_msg=name)
+    assert any("restore the offset convention of mtp.pre_fc_norm_embedding.weight" in a for a in result.plan.actions)
+
+
+def shift(ckpt: Path, which: Callable[[str], bool], delta: float) -> None:
+    for shard in ckpt.glob("*.safetensors"):
+        rewrite_shard(shard, lambda ts: [
+            TensorData(t.name, t.dtype, t.shape, encode(t.dtype, decode(t.dtype, t.shape, t.data) + delta))
+            if which(t.name) else t for t in ts])
+
+
+def norms(ckpt: Path) -> dict[str, np.ndarray]:
+    return {t.name: decode(t.dtype, t.shape, t.data) for s in ckpt.glob("*.safetensors") for t in read_all(s)
+            if t.name.startswith("mtp.") and "norm" in t.name}
