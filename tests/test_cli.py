@@ -100,7 +100,7 @@ def test_input_errors_exit_3_with_a_message_not_a_traceback(tmp_path: Path, make
     llama = make("llama")
     edit_json(llama / "config.json", lambda c: c.update(model_type="llama"))
     cases["unknown family"] = llama, ["Error: config.json: model_type 'llama' is not a family mtpforge knows (known: qwen3_5, ",
-                                      "hint: mtpforge handles Qwen3.5 / Qwen3.6 / Qwen3-Next hybrids with MTP heads\n"]
+                                      "hint: mtpforge has rules for Qwen3.5 / Qwen3.6 / Qwen3-Next, DeepSeek-V3 "]
     bad_index = make("badindex", shards=2)
     (bad_index / INDEX_NAME).write_text('{"weight_map": [1, 2]}')
     cases["bad index"] = bad_index, [f"Error: {bad_index / INDEX_NAME}: 'weight_map' must map tensor names to shard file names\n"]

@@ -44,9 +44,9 @@ def detect_family(config: dict[str, Any]) -> Family:
             return family.bind(config)
     known = ", ".join(t for f in FAMILIES.values() for t in f.model_types)
     archs = config.get("architectures")
-    arch = f" ({archs[0]})" if isinstance(archs, list) and archs and isinstance(archs[0], str) else ""
+    arch = f" (architecture {archs[0]})" if isinstance(archs, list) and archs and isinstance(archs[0], str) else ""
     raise UnsupportedFamilyError(
-        f"config.json: model_type {model_type!r}{arch} is not a family mtpforge knows (known: {known})",
+        f"config.json: model_type {model_type!r} is not a family mtpforge knows (known: {known}){arch}",
         hint="mtpforge has rules for Qwen3.5 / Qwen3.6 / Qwen3-Next, DeepSeek-V3 / R1 / V3.1 / V3.2, GLM-4.5 / 4.6 / 4.7, "
              "GLM-5 and MiMo (docs/families.md); no shard was read",
     )
