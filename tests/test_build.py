@@ -36,7 +36,13 @@ def test_each_seed_recipe_builds_a_checkpoint_that_passes(cli, tmp_path: Path, r
     r = cli("build", recipe, "--base", str(base), "--out", str(out), "--json", *donor)
     assert r.code == 0, r.err
     report = json.loads(r.out)
-    assert [s["step"] for s in report["steps"]][-3:] == ["quantize", "doctor", "card"]
+    layout = json.loads((out / "mtpforge-build.json").read_text())["recipe"].get("publish", {})
+    assert [s["step"] for s in report["steps"]][-3:] == ["layout" if layout else "quantize", "doctor", "card"]
+    shards = sorted(p.name for p in out.glob("*.safetensors"))
+    expected = {"seed-001": ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"],
+                "seed-003": ["model.safetensors", "visual_mtp.safetensors"],
+                "seed-004": [f"model-0000{i}-of-00005.safetensors" for i in range(1, 6)] + ["mtp.safetensors"]}
+    assert shards == expected.get(recipe[:8], shards)  # the card's files (tests/test_publish_layout.py: at full scale)
     assert doctor(out).ok and not (tmp_path / "out.build").exists()
     ckpt = open_checkpoint(out)
     assert any(n.startswith("mtp.") for n in ckpt.tensors)  # never lose the head
@@ -100,3 +106,39 @@ def test_a_modelopt_build_names_its_real_producer(tmp_path: Path) -> None:
     producer = {"name": "mtpforge", "version": version("mtpforge")}
     assert plan.json_files["hf_quant_config.json"]["producer"] == producer
     assert plan.json_files["config.json"]["quantization_config"]["producer"] == producer
+
+
+FIXED_TEMPLATE = ("{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                  "{%- for tool_call in m.tool_calls or [] %}<tool_call>\n<function={{ tool_call.name }}>\n</function>\n"
+                  "</tool_call>{%- endfor %}<|im_end|>\n{%- endfor %}")
+
+
+def test_the_chat_template_step_ships_the_recipes_template_and_only_it(tmp_path: Path) -> None:
+    import os
+
+    from mtpforge.engine.parsers import chat_template, tool_call_format
+    from mtpforge.publish.template import apply_template, read_template
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for f in BASE.iterdir():  # as a build step holds them: hard links to the base's files
+        os.link(f, out / f.name)
+    (tmp_path / "t.json").write_text(json.dumps({"chat_template": "{{ old }}", "model_max_length": 4096}))
+    os.replace(tmp_path / "t.json", out / "tokenizer_config.json")
+    (tmp_path / "v9.jinja").write_text(FIXED_TEMPLATE)
+    base_files = {f.name: f.read_bytes() for f in BASE.iterdir()}
+
+    apply_template(out, read_template(tmp_path / "v9.jinja"))
+    assert (out / "chat_template.jinja").read_text() == FIXED_TEMPLATE
+    assert "chat_template" not in json.loads((out / "tokenizer_config.json").read_text())
+    assert chat_template(out) == FIXED_TEMPLATE and tool_call_format(out) == "xml"  # serve picks qwen3_xml from it
+    assert {f.name: f.read_bytes() for f in BASE.iterdir()} == base_files  # never written through a link
+
+
+def test_a_broken_chat_template_stops_the_build_before_any_work(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "broken.jinja").write_text("line one\n{% for m in messages %}{{ m.content }}\n")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[quantize]\nscheme = "w8a16"\n\n[publish]\nchat_template = "broken.jinja"\n')
+    r = cli("build", str(recipe), "--base", str(BASE), "--out", str(tmp_path / "out"))
+    assert r.code == 2 and f"Error: chat template {tmp_path / 'broken.jinja'}, line 2: " in r.err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.build").exists()

@@ -325,3 +325,16 @@ def test_sglang_plan_splits_the_pool_between_gdn_slots_and_tokens(cli, qwen36_27
     # SGLang pages hold one token: the pool divided by 2 x 4 KV heads x 256 x 1 B for each of the 16 attention layers.
     assert d["kv_tokens"] == (rest - d["gdn_state_slots"] * d["gdn_state_per_sequence"]) // (2048 * 16)
     assert d["max_concurrency"] == round(min(d["kv_tokens"] / 131072, d["gdn_state_slots"] // 3), 2)
+
+
+def test_a_recorded_tool_parser_the_tokenizer_cannot_use_is_left_out_with_a_note(cli, make) -> None:  # type: ignore[no-untyped-def]
+    plain = make("plain")  # no <tool_call> tokens; its build record names qwen3_xml (as seed 001's recipe does)
+    (plain / "mtpforge-build.json").write_text(json.dumps({"recipe": {"serve": {"tool_parser": "qwen3_xml", "util": 0.95}}}))
+    argv, doc = serve_line(cli, plain)
+    assert "--tool-call-parser" not in argv and flag(argv, "--gpu-memory-utilization") == "0.95"
+    assert NO_TOOLS in doc["notes"] and "from the [serve] settings recorded in mtpforge-build.json: tool_parser, util" \
+        in doc["notes"]
+    r = cli("serve", str(plain), "--tool-call-parser", "qwen3_xml")  # typed by the user: refused
+    assert r.code == 2
+    argv, _ = serve_line(cli, plain, "--ignore-build-settings")
+    assert "--gpu-memory-utilization" not in argv

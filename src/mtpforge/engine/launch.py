@@ -67,6 +67,7 @@ class ServeOptions:
     mamba_scheduler_strategy: str | None = None  # SGLang only
     trust_remote_code: bool = False
     extra: tuple[str, ...] = ()
+    recorded_tool_parser: bool = False  # tool_parser came from a recipe: dropped with a note if the tokenizer cannot use it
 
     def __post_init__(self) -> None:
         """The ranges `mtpforge serve` enforces (engine/bounds.py), so the Python API refuses the same values."""
@@ -148,7 +149,8 @@ def launch_line(path: CheckpointLike, options: ServeOptions) -> LaunchLine:
         notes.append(f"vision tower declared but its {' and '.join(vision_missing)} are missing: text-only serving is required")
     if text_only and options.engine == "sglang" and not family.language_model_only(config):
         notes.append("SGLang has no --language-model-only: declare it in config.json (mtpforge strip --vision does)")
-    parsers, parser_notes = choose_parsers(Path(path), options.engine, options.tool_parser)
+    parsers, parser_notes = choose_parsers(Path(path), options.engine, options.tool_parser,
+                                           recorded=options.recorded_tool_parser)
     notes += parser_notes
     if options.engine == "sglang":
         notes += [f"SGLang has no {flag}: not passed" for flag, value in (
@@ -270,7 +272,7 @@ def _flag_groups(args: list[str]) -> list[str]:
 
 BUILD_RECORD = "mtpforge-build.json"
 JSON_SETTINGS = ("limit_mm_per_prompt", "chat_template_kwargs")
-SETTING_NAMES = tuple(f for f in ServeOptions.__dataclass_fields__ if f != "device")
+SETTING_NAMES = tuple(f for f in ServeOptions.__dataclass_fields__ if f not in ("device", "recorded_tool_parser"))
 
 
 def serve_options(settings: dict[str, object], **given: object) -> ServeOptions:
@@ -284,6 +286,7 @@ def serve_options(settings: dict[str, object], **given: object) -> ServeOptions:
     if unknown:
         raise UsageError(f"unknown [serve] settings {sorted(unknown)}", hint=f"settings: {', '.join(SETTING_NAMES)}")
     merged: dict[str, object] = {**settings, **{k: v for k, v in given.items() if v is not None}}
+    merged["recorded_tool_parser"] = "tool_parser" in settings and given.get("tool_parser") is None
     for name in JSON_SETTINGS:
         if isinstance(merged.get(name), dict):
             merged[name] = json.dumps(merged[name], separators=(", ", ": "))

@@ -61,9 +61,11 @@ def tool_call_format(root: Path) -> str | None:
     return "xml" if "<function=" in template else "json"
 
 
-def choose_parsers(root: Path, engine: str, tool_parser: str | None) -> tuple[dict[str, str], list[str]]:
+def choose_parsers(root: Path, engine: str, tool_parser: str | None, *,
+                   recorded: bool = False) -> tuple[dict[str, str], list[str]]:
     """The parsers for `engine` (`{"reasoning": name, "tool": name}`, each only when it can work) and notes on
-    what was left out or assumed. `tool_parser`: None chooses from the template, `none` leaves it out, a name forces it.
+    what was left out or assumed. `tool_parser`: None chooses from the template, `none` leaves it out, a name forces it
+    (`recorded`: a name from a recipe's [serve], left out with a note, not refused, when the tokenizer lacks its tokens).
 
     Raises:
         UsageError: a Qwen tool parser was asked for by name and the tokenizer lacks its tokens.
@@ -80,6 +82,9 @@ def choose_parsers(root: Path, engine: str, tool_parser: str | None) -> tuple[di
     has_tool_tokens = set(PARSER_TOKENS["tool"]) <= present
     if tool_parser is not None:
         if tool_parser in QWEN_TOOL_PARSERS and not has_tool_tokens:
+            if recorded:
+                notes.append(_missing("tool", tool_parser))
+                return parsers, notes
             raise UsageError(f"--tool-call-parser {tool_parser} splits on <tool_call> and </tool_call>, which the tokenizer "
                              f"in {root} does not have as tokens", hint="leave --tool-call-parser out (or pass none)")
         parsers["tool"] = tool_parser

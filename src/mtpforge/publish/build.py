@@ -14,6 +14,8 @@ Steps, each a verb mtpforge already has:
            KLD ceiling, fails the build;
 5. card    README.md from the checkpoint and the verify document.
 
+`[publish] chat_template` replaces the chat template after quantizing (publish/template.py).
+
 Work happens in `OUT.build/`; each step's output and a state file with the
 step's inputs live there. A rerun reuses every step whose inputs are
 unchanged (an interrupted or failed build resumes where it stopped) and
@@ -34,6 +36,7 @@ from typing import Any
 from mtpforge.checkpoint import open_checkpoint
 from mtpforge.errors import ChecksFailed, UsageError
 from mtpforge.families import MTP, detect_family
+from mtpforge.publish.layout import LAYOUT_KEYS
 from mtpforge.publish.recipe import Recipe, bundled_recipes, load_recipe
 
 __all__ = ["BuildReport", "build", "bundled_recipes", "load_recipe"]
@@ -103,6 +106,7 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
         ChecksFailed: doctor found errors, or verify is below the recipe's floor (the work directory is kept).
     """
     recipe = load_recipe(recipe_path)
+    template = _template(recipe)  # checked before any work
     out_dir = Path(out)
     if out_dir.exists():
         raise UsageError(f"{out} exists", hint="choose a new --out; build never overwrites a finished build")
@@ -113,10 +117,15 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
     source = _graft_if_headless(work, base_dir, donor or recipe.donor)
     options = recipe.quantize_options()
     quantized = work.step("quantize", {"source": str(source), **options}, lambda t: _quantize(source, t, options))
-    if recipe.publish:
+    if set(recipe.publish) & LAYOUT_KEYS:
         laid_out = quantized
         quantized = work.step("layout", {"source": str(laid_out), "key": work.state.get("quantize"), **recipe.publish},
                               lambda t: _layout(laid_out, t, recipe.publish))
+    if template is not None:
+        from mtpforge.publish.template import apply_template
+
+        apply_template(quantized, template)
+        report.steps.append({"step": "chat_template", "file": recipe.publish["chat_template"]})
     _doctor(quantized, report)
     _verify(quantized, base_dir, recipe, min_acceptance, work)
     _card(quantized, recipe, base_dir, out, work)
@@ -144,6 +153,16 @@ def _quantize(source: Path, target: Path, options: dict[str, Any]) -> None:
     from mtpforge.quant import quantize
 
     quantize(str(source), str(target), **options)
+
+
+def _template(recipe: Recipe) -> str | None:
+    """The recipe's chat template, read and parsed (a path relative to the recipe file)."""
+    name = recipe.publish.get("chat_template")
+    if name is None:
+        return None
+    from mtpforge.publish.template import read_template
+
+    return read_template(recipe.path.parent / str(name))
 
 
 def _layout(source: Path, target: Path, layout: dict[str, Any]) -> None:

@@ -36,15 +36,16 @@ from mtpforge.surgery.writeplan import NewShard, TensorCopy, WritePlan, check_fi
 from mtpforge.units import parse_size
 
 LAYOUT_KEYS = {"shards", "shard_size", "shard_name", "head", "vision"}
+PUBLISH_KEYS = LAYOUT_KEYS | {"chat_template"}  # the template step: publish/template.py
 DEFAULT_PATTERN = "model-{index:05d}-of-{count:05d}.safetensors"
 PLACES = ("trunk", "next")
 
 
 def check_layout(layout: dict[str, Any]) -> None:
     """Refuse a `[publish]` table with unknown keys or values (UsageError naming the key)."""
-    unknown = set(layout) - LAYOUT_KEYS
+    unknown = set(layout) - PUBLISH_KEYS
     if unknown:
-        raise UsageError(f"unknown [publish] keys {sorted(unknown)}", hint=f"keys: {', '.join(sorted(LAYOUT_KEYS))}")
+        raise UsageError(f"unknown [publish] keys {sorted(unknown)}", hint=f"keys: {', '.join(sorted(PUBLISH_KEYS))}")
     if "shards" in layout and "shard_size" in layout:
         raise UsageError("[publish] gives both shards and shard_size", hint="give one: a count, or a size per file")
     shards = layout.get("shards", 1)
