@@ -338,3 +338,14 @@ def test_a_recorded_tool_parser_the_tokenizer_cannot_use_is_left_out_with_a_note
     assert r.code == 2
     argv, _ = serve_line(cli, plain, "--ignore-build-settings")
     assert "--gpu-memory-utilization" not in argv
+
+
+def test_seed_004_from_the_builds_own_weights_within_two_percent(cli, qwen36_27b: Path, tmp_path: Path) -> None:
+    # Seed 004: one L40S ("46 GiB": 46,068 MiB as the driver reports it), util 0.95, FP8 KV, MTP 2, 200K, vision loaded
+    # (its line has no --language-model-only): "21.79 GiB -> 166K tokens at 200K max".
+    built = hollow_build(qwen36_27b, "seed-004-w4a16-g128", tmp_path / "w4a16-g128")
+    code, d = plan_json(cli, built, "--gpu-memory", "l40s", "--util", "0.95", "--kv-dtype", "fp8", "--max-model-len", "200000",
+                        "--num-speculative-tokens", "2")
+    assert code == 0 and d["weights"]["vision"] > 0 and not d["request"]["language_model_only"]
+    assert abs(d["kv_tokens"] - 166_000) / 166_000 < 0.02
+    assert abs(d["kv_pool"] - 21.79 * GIB) / (21.79 * GIB) < 0.02
