@@ -64,8 +64,11 @@ class Checkpoint:
     @cached_property
     def duplicated(self) -> dict[str, tuple[str, ...]]:
         """Tensors that more than one loaded shard holds, with those shards: engines load one copy arbitrarily."""
+        loaded = self._loaded_shards(True)
+        if sum(len(self.headers[s].tensors) for s in loaded) == len(self.tensors):
+            return {}  # every name once: the merge kept them all (the common case, in O(shards))
         seen: dict[str, list[str]] = {}
-        for shard in self._loaded_shards(True):
+        for shard in loaded:
             for name in self.headers[shard].tensors:
                 seen.setdefault(name, []).append(shard)
         return {name: tuple(shards) for name, shards in sorted(seen.items()) if len(shards) > 1}
@@ -75,8 +78,9 @@ class Checkpoint:
         """Tensors of indexed shards that `weight_map` does not list (tensor -> shard): vLLM loads them anyway."""
         if self.index is None:
             return {}
-        wm = self.index.weight_map
-        return {name: shard for shard in self._loaded_shards(True) for name in self.headers[shard].tensors if name not in wm}
+        wm = self.index.weight_map  # a dict: set.difference looks each shard name up in it, in C
+        return {name: shard for shard in self._loaded_shards(True)
+                for name in sorted(set(self.headers[shard].tensors).difference(wm))}
 
     def _loaded_headers(self, loaded: bool) -> list[ShardHeader]:
         return [self.headers[name] for name in self._loaded_shards(loaded)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+from mtpforge.checkpoint.header import ShardHeader
 from mtpforge.checkpoint.index import INDEX_NAME
 from mtpforge.diagnosis.context import Context
 from mtpforge.diagnosis.findings import Finding, finding
@@ -61,7 +62,7 @@ def _index_findings(ctx: Context) -> list[Finding]:
             out.append(finding("index-missing-shard", f"{INDEX_NAME} maps {len(names)} tensors to {shard}, which does not exist",
                                tensors=names, files=[shard]))
             continue
-        absent = [n for n in names if n not in ckpt.headers[shard].tensors]
+        absent = sorted(set(names).difference(ckpt.headers[shard].tensors))
         if absent:
             out.append(finding("index-missing-tensor",
                                f"{INDEX_NAME} maps {len(absent)} tensors to {shard}, which does not hold them",
@@ -99,7 +100,7 @@ def _total_size(ctx: Context, by_shard: dict[str, list[str]], total: int) -> lis
     (or writes 0 for a single-file model): the total then misses exactly that sidecar.
     """
     headers = ctx.ckpt.headers
-    per_shard = {shard: sum(headers[shard].tensors[n].nbytes for n in names) for shard, names in by_shard.items()}
+    per_shard = {shard: _indexed_bytes(headers[shard], names) for shard, names in by_shard.items()}
     actual = sum(per_shard.values())
     if total == actual:
         return []
@@ -114,6 +115,14 @@ def _total_size(ctx: Context, by_shard: dict[str, list[str]], total: int) -> lis
                     "was written; engines load it, tools that size the download by total_size do not count it")
         files += left_out
     return [finding("index-total-size", message, files=files)]
+
+
+def _indexed_bytes(header: ShardHeader, names: list[str]) -> int:
+    """The bytes of `names` in `header`: its whole data buffer when they are all its tensors (a validated header's
+    tensors tile the buffer exactly), so a 400K-tensor index is summed per shard, not per tensor."""
+    if len(names) == len(header.tensors):
+        return header.file_bytes - header.data_start
+    return sum(header.tensors[n].nbytes for n in names)
 
 
 def _explaining_shards(per_shard: dict[str, int], gap: int) -> list[str]:

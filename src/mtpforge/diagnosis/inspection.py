@@ -135,9 +135,11 @@ def inspect_checkpoint(path: CheckpointLike) -> InspectReport:
 
     groups = {g: GroupSize() for g in GROUPS}
     linear_q = {g: [0, 0] for g in GROUPS}  # quantized, total linear weights
+    members: dict[str, list[str]] = {g: [] for g in GROUPS}  # each weight's group, decided once
     for name, w in stored.items():
         spec = expected.get(name)
         group = spec.group if spec else family.group_of(name)
+        members[group].append(name)
         row = groups[group]
         row.tensors += 1
         row.parameters += math.prod(w.shape) if w.shape is not None else 0
@@ -153,10 +155,10 @@ def inspect_checkpoint(path: CheckpointLike) -> InspectReport:
                     if s.group == TRUNK and s.layer is not None and s.layer_kind is not None}
     layer_kinds = Counter(kind for _, kind in trunk_layers)
 
-    mtp_stored = [n for n in stored if family.group_of(n) == MTP]
+    mtp_stored = members[MTP]
     mtp_expected = [n for n, s in expected.items() if s.group == MTP]
     unindexed_mtp = [n for n in ckpt.unindexed if family.group_of(n) == MTP and n not in ckpt.tensors]
-    vision_stored = [n for n in stored if family.group_of(n) == VISION]
+    vision_stored = members[VISION]
 
     return InspectReport(
         path=str(path if not isinstance(path, Checkpoint) else ckpt.root),

@@ -25,7 +25,7 @@ def check_inventory(ctx: Context) -> list[Finding]:
     if ctx.mtp_layers and not loaded_mtp:
         out.append(finding("mtp-missing", f"config.json declares {ctx.mtp_layers} MTP layer(s) but no mtp.* tensor is loaded: "
                            "speculative decoding would draft from absent weights (0% acceptance)", files=["config.json"]))
-    vision_stored = [n for n in ctx.ckpt.tensors if ctx.family.is_vision(n)]
+    vision_stored = ctx.stored_in(VISION)
     lm_only = ctx.family.language_model_only(ctx.config)
     if ctx.family.has_vision(ctx.config) and not lm_only and not vision_stored:
         out.append(finding("vision-missing-undeclared",
@@ -77,7 +77,7 @@ def check_inventory(ctx: Context) -> list[Finding]:
     reported = {MTP} if undeclared else set()
     if lm_only:
         reported.add(VISION)  # vision-present-text-only says it
-    unexpected = [n for n in stored if n not in expected and ctx.family.group_of(n) not in reported]
+    unexpected = [n for n, group in ctx.groups.items() if n not in expected and group not in reported]
     if unexpected:
         out.append(finding("tensor-unexpected",
                            f"{len(unexpected)} stored tensors are not part of the model config.json describes: "
