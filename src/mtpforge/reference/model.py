@@ -42,6 +42,11 @@ class ReferenceModel:
         return self.trunk.lm_head.weight.device
 
     @torch.no_grad()
+    def hidden_states(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """Post-final-norm hidden states [1, T, H] of each token sequence (the streamed runtime has the same method)."""
+        return [self.trunk.model(input_ids=torch.tensor([seq], device=self.device)).last_hidden_state for seq in sequences]
+
+    @torch.no_grad()
     def trunk_forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Post-final-norm hidden states [B, T, H] and logits [B, T, V] for token ids [B, T]."""
         hidden = self.trunk.model(input_ids=ids.to(self.device)).last_hidden_state

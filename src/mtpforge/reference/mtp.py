@@ -52,7 +52,7 @@ class MtpHead(nn.Module):
         return DynamicCache(config=self.config)
 
     def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, *, step: int = 0,
-                cache: DynamicCache | None = None) -> torch.Tensor:
+                cache: DynamicCache | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """One draft step for a run of positions.
 
         Args:
@@ -61,6 +61,8 @@ class MtpHead(nn.Module):
             positions: the positions t, [B, T] (vLLM runs the head at the target's positions).
             step: the draft step; selects `layers[step % n]`.
             cache: this layer's KV cache of earlier positions, extended in place.
+            attention_mask: which cached and new keys each query sees, bool [B, 1, T, cached + T] (True: attends);
+                default causal. Teacher-forced verify runs many draft chains at once with it.
 
         Returns:
             The head's post-norm hidden state [B, T, H]; `lm_head` of it gives the draft logits.
@@ -69,6 +71,6 @@ class MtpHead(nn.Module):
         rope_positions = positions[None].expand(3, *positions.shape) if self.mrope else positions  # text: t = h = w
         position_embeddings = self.rotary_emb(x, rope_positions)
         layer = self.layers[step % len(self.layers)]
-        x = layer(x, position_embeddings=position_embeddings, attention_mask=None, position_ids=positions, past_key_values=cache,
-                  use_cache=cache is not None)
+        x = layer(x, position_embeddings=position_embeddings, attention_mask=attention_mask, position_ids=positions,
+                  past_key_values=cache, use_cache=cache is not None)
         return self.norm(x)
