@@ -112,3 +112,37 @@ def test_bad_layouts_are_usage_errors(layout: dict, error: str) -> None:
 def test_a_part_cannot_take_a_trunk_files_name() -> None:
     with pytest.raises(UsageError, match="is also a trunk file"):
         layout_plan(open_checkpoint(TINY), {"shards": 1, "shard_name": "model.safetensors", "head": "model.safetensors"})
+
+
+def test_an_fp32_vision_tower_stays_fp32_through_quantize_and_layout(tmp_path: Path) -> None:
+    # Seed 003 keeps its vision encoder in FP32 ("Original precision preserved") in visual_mtp.safetensors.
+    import shutil
+
+    import numpy as np
+
+    from mtpforge.checkpoint.writer import TensorData
+    from mtpforge.quant import quantize
+    from tests.conftest import rewrite_shard
+
+    base = tmp_path / "fp32-vision"
+    shutil.copytree(TINY, base)
+
+    def widen(tensors: list[TensorData]) -> list[TensorData]:  # BF16 -> F32 exactly: the 16 bits become the high half
+        return [TensorData(t.name, "F32", t.shape, (np.frombuffer(t.data or b"", np.uint16).astype(np.uint32) << 16).tobytes())
+                if t.name.startswith("model.visual.") and t.dtype == "BF16" else t for t in tensors]
+
+    for shard in base.glob("*.safetensors"):
+        rewrite_shard(shard, widen)
+    quantize(str(base), str(tmp_path / "q"), scheme="w4a16", group_size=128, scope="mlp-skip-first", mtp="keep")
+    out = apply_plan(layout_plan(open_checkpoint(tmp_path / "q"), load_recipe("seed-003-w4a16-mlp-skip-first").publish),
+                     tmp_path / "out")
+    ckpt, stored = open_checkpoint(out), open_checkpoint(base)
+    vision = {n: t for n, t in ckpt.tensors.items() if n.startswith("model.visual.")}
+    assert vision and {t.dtype for t in vision.values()} == {"F32"}
+    assert {ckpt.index.weight_map[n] for n in vision} == {"visual_mtp.safetensors"}
+    for name, t in vision.items():
+        assert raw(out / "visual_mtp.safetensors", t) == raw(base / stored.tensors[name].shard, stored.tensors[name])
+    report = doctor(out)
+    errors = {f.code for f in report.findings if f.severity == "error"}
+    assert errors <= {f.code for f in doctor(TINY).findings if f.severity == "error"}  # nothing the base does not have
+    assert any(f.code == "dtype-cast" and f.severity == "info" for f in report.findings)  # said, not refused
