@@ -161,3 +161,35 @@ def shift(ckpt: Path, which: Callable[[str], bool], delta: float) -> None:
 def norms(ckpt: Path) -> dict[str, np.ndarray]:
     return {t.name: decode(t.dtype, t.shape, t.data) for s in ckpt.glob("*.safetensors") for t in read_all(s)
             if t.name.startswith("mtp.") and "norm" in t.name}
+
+
+# ---- the largest public MoE export, at full size ------------------------------------------------------------
+# nvidia/Qwen3.5-397B-A17B-NVFP4's real config.json and hf_quant_config.json (../shared/reference/public-configs,
+# as kept by ai-dynamo/aiconfigurator), per-expert ModelOpt NVFP4 names and packed shapes: 371,447 tensors in 51
+# shards, as issue 13 counted on the public index (mtpforge/testing/hollow_moe.py). Timed in bench/doctor_scale.py.
+
+@pytest.mark.slow
+def test_the_397b_nvfp4_export_at_full_size_is_healthy(tmp_path: Path) -> None:
+    from mtpforge.testing.hollow_moe import make_hollow_moe, shared_reference
+
+    ckpt = make_hollow_moe(tmp_path / "q397", shared_reference())
+    report = doctor(ckpt)
+    # its exclude list names mtp.layers.0* but not mtp.fc, so the head's fc is declared (and stored) NVFP4: a warning
+    assert report.ok, [f.message for f in report.findings]
+    assert [(f.code, f.tensors) for f in report.findings] == [("mtp-quantized", ("mtp.fc.weight",))]
+
+
+@pytest.mark.slow
+def test_a_defect_in_a_whole_layer_of_experts_is_one_finding(tmp_path: Path) -> None:
+    from mtpforge.testing.hollow_moe import make_hollow_moe, shared_reference
+
+    layer = "model.language_model.layers.7.mlp.experts."  # 512 experts x 3 projections left BF16 by a partial export
+    ckpt = make_hollow_moe(tmp_path / "q397", shared_reference(),
+                           stored_as=lambda module, declared: declared and not module.startswith(layer))
+    report = doctor(ckpt).to_dict()
+    bad = [f for f in report["findings"] if f["code"] == "quant-declared-mismatch"]
+    assert len(bad) == 1 and not report["ok"]
+    f = bad[0]
+    assert len(f["tensors"]) == 1536 and all(t.startswith(layer) for t in f["tensors"])
+    assert "1536 weights" in f["message"] and f"{layer}0.gate_proj.weight" in f["message"]  # a count and examples
+    assert f["fix"] and set(f["files"]) >= {"config.json", "hf_quant_config.json"}

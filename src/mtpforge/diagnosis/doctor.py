@@ -67,7 +67,7 @@ def doctor(path: CheckpointLike) -> DoctorReport:
     """
     ckpt = as_checkpoint(path)
     ctx = Context(ckpt, detect_family(ckpt.config))
-    findings = [_located(ctx, f) for check in CHECKS for f in check(ctx)]
+    findings = _merged([_located(ctx, f) for check in CHECKS for f in check(ctx)])
     findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], f.code))
     return DoctorReport(os.fspath(path), ctx.family.name, tuple(findings))
 
@@ -90,3 +90,22 @@ def _located(ctx: Context, f: Finding) -> Finding:
         else:
             files.add("config.json")
     return replace(f, files=tuple(sorted(files)))
+
+
+def _merged(findings: list[Finding]) -> list[Finding]:
+    """One finding per cause: the same code on the same tensors, found through several files (config.json's
+    quantization_config and hf_quant_config.json declare one scheme twice), is one finding naming every file."""
+    by_cause: dict[tuple[str, tuple[str, ...]], Finding] = {}
+    out: list[Finding] = []
+    for f in findings:
+        key = (f.code, f.tensors)
+        first = by_cause.get(key)
+        if not f.tensors or first is None:
+            by_cause.setdefault(key, f)
+            out.append(f)
+            continue
+        extra = [name for name in f.files if name not in first.files]
+        merged = replace(first, files=tuple(sorted({*first.files, *f.files})),
+                         message=first.message + (f" (and the same in {', '.join(extra)})" if extra else ""))
+        out[out.index(first)] = by_cause[key] = merged
+    return out
