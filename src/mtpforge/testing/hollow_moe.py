@@ -3,8 +3,8 @@
 The real `config.json` and `hf_quant_config.json` (../shared/reference/public-configs/, as kept by
 ai-dynamo/aiconfigurator), the real tensor names of a per-expert ModelOpt export (512 routed experts in
 each of 60 layers and in the MTP layer, `model.language_model.*`, `model.visual.*`, `mtp.*`), the real
-packed shapes of ModelOpt NVFP4 (`weight` U8 [out, in/2], `weight_scale` F8_E4M3 [out, in/16], 0-d F32
-`weight_scale_2` and `input_scale`), split into 51 shards with an index: about 371,000 tensors, as the
+packed tensors and shapes of ModelOpt NVFP4 (formats/schemes.py: four stored tensors per quantized
+weight), split into 51 shards with an index: about 371,000 tensors, as the
 issue measured on the public index. Which Linear weights are stored NVFP4 is what the quantization config
 says of each module (an engine's reading), except the routers, which no engine quantizes. Every tensor
 is a hole: the shards hold headers and nothing else on disk.
