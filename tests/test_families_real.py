@@ -328,3 +328,32 @@ def test_plan_and_serve_an_attention_only_family(tmp_path: Path, name: str, per_
     legacy = {"deepseek-v3": "deepseek_mtp", "glm-5": "deepseek_mtp", "deepseek-v3.2-exp": "deepseek_mtp",
               "glm-4.5-air": "glm4_moe_mtp", "mimo-7b": "mimo_mtp"}
     assert json.loads(launch_line(ckpt, ServeOptions(engine_version="0.10.1")).args[-1])["method"] == legacy[name]
+
+
+def _fp8_block_replica(root: Path, config: dict[str, Any]) -> Path:
+    """DeepSeek-R1's own storage (its published inventory): every linear vLLM quantizes is F8_E4M3 with an F32
+    `weight_scale_inv` per 128 x 128 block; `eh_proj`, routers, norms, embeddings and lm_heads stay BF16."""
+    from mtpforge.testing.factory import write_shards, write_tokenizer_files
+    from mtpforge.testing.replica import scaled_config
+
+    config = scaled_config(config, layers=4)
+    tensors = []
+    for name, spec in detect_family(config).expected(config, fused_experts=False).items():
+        if spec.kind == LINEAR and not spec.keep_high_precision and not name.endswith("lm_head.weight"):
+            blocks = tuple(-(-d // 128) for d in spec.shape)
+            tensors += [TensorData(name, "F8_E4M3", spec.shape), TensorData(f"{name}_scale_inv", "F32", blocks)]
+        else:
+            tensors.append(TensorData(name, spec.dtype, spec.shape))
+    root.mkdir()
+    write_shards(root, tensors, shards=3, index=True)
+    (root / "config.json").write_text(json.dumps(config))
+    write_tokenizer_files(root, vocab_size=16)
+    return root
+
+
+def test_deepseek_r1_fp8_storage_has_no_error(tmp_path: Path) -> None:
+    """eh_proj is a plain nn.Linear in vLLM's DeepSeekMTP and shared_head.head an lm_head: stored BF16 under an FP8
+    quantization_config they are not 'uncovered'."""
+    report = doctor(_fp8_block_replica(tmp_path / "r1", public("deepseek-ai--DeepSeek-R1")))
+    assert report.ok, [f.message for f in report.findings]
+    assert "mtp-quant-uncovered" not in {f.code for f in report.findings}

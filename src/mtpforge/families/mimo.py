@@ -50,7 +50,9 @@ class MimoFamily(Family):
             role: dict[str, Any] = {"group": MTP, "dtype": dtype, "layer": j, "layer_kind": FULL_ATTENTION}
             blocks.norm(inv, f"{p}.token_layernorm.weight", hidden, offset=False, **role)
             blocks.norm(inv, f"{p}.hidden_layernorm.weight", hidden, offset=False, **role)
-            blocks.linear(inv, f"{p}.input_proj.weight", hidden, 2 * hidden, block=MTP_FC_BLOCK, **role)
+            # a plain `nn.Linear` in vLLM (mimo_mtp.py): never quantized, whatever the config says
+            blocks.linear(inv, f"{p}.input_proj.weight", hidden, 2 * hidden, block=MTP_FC_BLOCK, keep_high_precision=True,
+                          **role)
             self.decoder_layer(inv, p, config, hidden, inter, **role)
             blocks.norm(inv, f"{p}.final_layernorm.weight", hidden, offset=False, **role)
         return inv

@@ -133,9 +133,13 @@ class NextnFamily(Family):
             role: dict[str, Any] = {"group": MTP, "dtype": dtype, "layer": j}
             blocks.norm(inv, f"{p}.enorm.weight", d.hidden, offset=False, **role)
             blocks.norm(inv, f"{p}.hnorm.weight", d.hidden, offset=False, **role)
-            blocks.linear(inv, f"{p}.eh_proj.weight", d.hidden, 2 * d.hidden, block=MTP_FC_BLOCK, **role)
+            # vLLM builds eh_proj as a plain `nn.Linear` (deepseek_mtp.py, glm4_moe_mtp.py): no scheme ever applies
+            # to it, so it is stored and loaded unquantized (DeepSeek-R1's FP8 checkpoint stores it BF16).
+            blocks.linear(inv, f"{p}.eh_proj.weight", d.hidden, 2 * d.hidden, block=MTP_FC_BLOCK, keep_high_precision=True,
+                          **role)
             blocks.norm(inv, f"{p}.shared_head.norm.weight", d.hidden, offset=False, **role)
-            inv.add(f"{p}.shared_head.head.weight", (d.vocab, d.hidden), kind=LINEAR, optional=True, **role)
+            # the layer's own lm_head (a ParallelLMHead, quantized only as an lm_head is): an output embedding
+            inv.add(f"{p}.shared_head.head.weight", (d.vocab, d.hidden), kind=EMBEDDING, optional=True, **role)
             inv.add(f"{p}.embed_tokens.weight", (d.vocab, d.hidden), kind=EMBEDDING, optional=True, **role)
             self.decoder_layer(inv, p, i, config, d, role, fused_experts=head_fused)
         return inv
