@@ -20,8 +20,9 @@ KV_DTYPES = ["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"]
               help="Memory of one GPU: a size (46GiB, 80GB) or a GPU name (rtx-pro-6000, l40s, h100: what the driver reports).")
 @click.option("--engine", type=click.Choice(["vllm", "sglang"]), default="vllm", show_default=True,
               help="Whose memory arithmetic: vLLM's hybrid KV blocks, or SGLang's Mamba slots and token pool.")
-@click.option("--util", "--mem-fraction-static", "util", type=FRACTION, default=0.9, show_default=True,
+@click.option("--util", type=FRACTION, default=0.9, show_default=True,
               help="vLLM's --gpu-memory-utilization, SGLang's --mem-fraction-static.")
+@click.option("--mem-fraction-static", "mem_fraction", type=FRACTION, default=None, help="SGLang's name for --util.")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default="auto", show_default=True, help="vLLM's --kv-cache-dtype.")
 @click.option("--max-model-len", type=POSITIVE, default=None,
               help="Context per request (default: the config's max_position_embeddings).")
@@ -35,7 +36,8 @@ KV_DTYPES = ["auto", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2"]
 @click.option("--kv-cache-memory", default=None, help="Plan from this KV pool instead (vLLM's --kv-cache-memory-bytes).")
 @click.option("--language-model-only", is_flag=True, help="Vision tower not loaded (vLLM's --language-model-only).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
-def plan(path: str, gpu_memory: str, engine: str, util: float, kv_dtype: str, max_model_len: int | None,
+def plan(path: str, gpu_memory: str, engine: str, util: float, mem_fraction: float | None, kv_dtype: str,
+         max_model_len: int | None,
          spec_tokens: int | None, max_num_seqs: int | None, tp: int, reserve: str | None, kv_cache_memory: str | None,
          language_model_only: bool, as_json: bool) -> int:
     """Weights, KV per token, GDN state per sequence: how much context and concurrency fit on one GPU in vLLM or SGLang
@@ -45,7 +47,7 @@ def plan(path: str, gpu_memory: str, engine: str, util: float, kv_dtype: str, ma
     from mtpforge.engine.memory import PlanRequest
     from mtpforge.engine.memory import plan as run_plan
 
-    request = PlanRequest(gpu_memory=gpu_bytes(gpu_memory), util=util, kv_dtype=kv_dtype,
+    request = PlanRequest(gpu_memory=gpu_bytes(gpu_memory), util=mem_fraction or util, kv_dtype=kv_dtype,
                           max_model_len=max_model_len, spec_tokens=spec_tokens, max_num_seqs=max_num_seqs, tensor_parallel=tp,
                           reserve=parse_size(reserve, option="--reserve") if reserve else None,
                           language_model_only=language_model_only, engine=engine,
@@ -72,8 +74,9 @@ def plan(path: str, gpu_memory: str, engine: str, util: float, kv_dtype: str, ma
 @click.option("--max-model-len", type=POSITIVE, default=None)
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None, help="[default: auto]")
 @click.option("--gpu-memory", default=None, help="Plan on this GPU and set --max-num-seqs to what fits at full context.")
-@click.option("--util", "--mem-fraction-static", "util", type=FRACTION, default=None,
+@click.option("--util", type=FRACTION, default=None,
               help="vLLM's --gpu-memory-utilization, SGLang's --mem-fraction-static (default: the engine's; 0.9 for planning).")
+@click.option("--mem-fraction-static", "mem_fraction", type=FRACTION, default=None, help="SGLang's name for --util.")
 @click.option("--max-num-seqs", type=POSITIVE, default=None)
 @click.option("--tensor-parallel-size", "tensor_parallel", type=POSITIVE, default=None, help="[default: 1]")
 @click.option("--text-only", is_flag=True, default=None, help="Do not load the vision tower (--language-model-only).")
@@ -94,7 +97,7 @@ def plan(path: str, gpu_memory: str, engine: str, util: float, kv_dtype: str, ma
 @click.option("--engine-python", default="python", show_default=True, help="The Python of the engine's environment, for --run.")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 def serve(path: str, gpu_memory: str | None, device: str, ignore_build_settings: bool, run_it: bool, engine_python: str,
-          as_json: bool, **flags: object) -> int:
+          as_json: bool, mem_fraction: float | None, **flags: object) -> int:
     """Print the launch line PATH needs (quantization, text-only, MTP, parsers, memory-safe concurrency); --run starts it.
 
     A checkpoint made by `mtpforge build` starts from its recipe's [serve] settings (the card's launch line); flags
@@ -104,6 +107,7 @@ def serve(path: str, gpu_memory: str | None, device: str, ignore_build_settings:
     from mtpforge.engine.launch import launch_line, recorded_settings, serve_options
 
     recorded = {} if ignore_build_settings else recorded_settings(Path(path))
+    flags["util"] = mem_fraction or flags["util"]
     options = serve_options(recorded, device=device, **flags)
     planned = None
     if gpu_memory:
