@@ -357,3 +357,36 @@ def test_deepseek_r1_fp8_storage_has_no_error(tmp_path: Path) -> None:
     report = doctor(_fp8_block_replica(tmp_path / "r1", public("deepseek-ai--DeepSeek-R1")))
     assert report.ok, [f.message for f in report.findings]
     assert "mtp-quant-uncovered" not in {f.code for f in report.findings}
+
+
+@pytest.mark.parametrize("name", ["nvidia--DeepSeek-V3.1-NVFP4", "nvidia--GLM-5-NVFP4"])
+def test_nvidias_nvfp4_exports_are_healthy(tmp_path: Path, name: str) -> None:
+    """The published config (all 61 / 78 layers, widths shrunk) and the verbatim hf_quant_config.json: every linear
+    that `exclude_modules` leaves in scope stored in modelopt's NVFP4 layout, the rest (attention of the listed
+    layers, the whole MTP layer `model.layers.61*` / `model.layers.78*`, lm_head) and the routers BF16."""
+    import fnmatch
+
+    from mtpforge.formats.schemes import SCHEMES
+    from mtpforge.testing.factory import write_shards, write_tokenizer_files
+
+    config = shrunk(public(name))
+    hf_quant = json.loads((PUBLIC / name / "hf_quant_config.json").read_text())
+    exclude = hf_quant["quantization"]["exclude_modules"]
+    scheme = SCHEMES["modelopt-nvfp4"]
+    tensors = []
+    for weight, spec in detect_family(config).expected(config, fused_experts=False).items():
+        if spec.kind == LINEAR and not spec.keep_high_precision and not any(fnmatch.fnmatchcase(spec.module, p) for p in exclude):
+            tensors += [TensorData(f"{spec.module}.{key}", dtype, tuple(dims))
+                        for key, (dtype, dims) in scheme.companions(*spec.shape, 16).items()]
+        else:
+            tensors.append(TensorData(weight, spec.dtype, spec.shape))
+    root = tmp_path / name
+    root.mkdir()
+    write_shards(root, tensors, shards=4, index=True)
+    (root / "config.json").write_text(json.dumps(config))
+    (root / "hf_quant_config.json").write_text(json.dumps(hf_quant))
+    write_tokenizer_files(root, vocab_size=16)
+    report = doctor(root)
+    assert report.findings == (), [f.message for f in report.findings]
+    summary = inspect_checkpoint(root)
+    assert summary.mtp.quantized == 0 and summary.mtp.present
