@@ -144,10 +144,12 @@ def render_plan(d: dict[str, Any]) -> str:
         "(MTP included when drafting)",
         f"  GDN state           {d['gdn_state_per_layer'] / 2**20:.2f} MiB x {d['gdn_layers']} layers = "
         f"{d['gdn_state_per_sequence'] / 2**20:.1f} MiB per sequence",
-        f"  blocks              {d['num_blocks']} of {d['block_size']} tokens, {d['groups']} groups of {d['group_size']} layers",
+        f"  blocks              {d['num_blocks']} of {d['block_size']} tokens, {d['groups']} groups of {d['group_size']} layers"
+        if d.get("engine", "vllm") == "vllm" else
+        f"  GDN state slots     {d['gdn_state_slots']:,} (SGLang: KV pages of 1 token, running requests <= slots / 3)",
         f"  KV tokens           {d['kv_tokens']:,}",
         f"  max concurrency     {d['max_concurrency']:.2f}x at {d['max_model_len']:,} tokens  "
-        f"->  --max-num-seqs {d['safe_max_num_seqs']}",
+        f"->  {'--max-num-seqs' if d.get('engine', 'vllm') == 'vllm' else '--max-running-requests'} {d['safe_max_num_seqs']}",
         f"  longest context     {d['longest_context_that_fits']:,} tokens for one request",
     ]
     lines += [f"  PROBLEM: {p}" for p in d["problems"]]
