@@ -359,8 +359,7 @@ def test_deepseek_r1_fp8_storage_has_no_error(tmp_path: Path) -> None:
     assert "mtp-quant-uncovered" not in {f.code for f in report.findings}
 
 
-@pytest.mark.parametrize("name", ["nvidia--DeepSeek-V3.1-NVFP4", "nvidia--GLM-5-NVFP4"])
-def test_nvidias_nvfp4_exports_are_healthy(tmp_path: Path, name: str) -> None:
+def _nvfp4_export(tmp_path: Path, name: str) -> Path:
     """The published config (all 61 / 78 layers, widths shrunk) and the verbatim hf_quant_config.json: every linear
     that `exclude_modules` leaves in scope stored in modelopt's NVFP4 layout, the rest (attention of the listed
     layers, the whole MTP layer `model.layers.61*` / `model.layers.78*`, lm_head) and the routers BF16."""
@@ -386,7 +385,30 @@ def test_nvidias_nvfp4_exports_are_healthy(tmp_path: Path, name: str) -> None:
     (root / "config.json").write_text(json.dumps(config))
     (root / "hf_quant_config.json").write_text(json.dumps(hf_quant))
     write_tokenizer_files(root, vocab_size=16)
+    return root
+
+
+@pytest.mark.parametrize("name", ["nvidia--DeepSeek-V3.1-NVFP4", "nvidia--GLM-5-NVFP4"])
+def test_nvidias_nvfp4_exports_are_healthy(tmp_path: Path, name: str) -> None:
+    root = _nvfp4_export(tmp_path, name)
     report = doctor(root)
     assert report.findings == (), [f.message for f in report.findings]
     summary = inspect_checkpoint(root)
     assert summary.mtp.quantized == 0 and summary.mtp.present
+
+
+def test_an_nvfp4_export_that_lost_its_mtp_exclusion_is_named_and_fixed(tmp_path: Path) -> None:
+    """Model-Optimizer #750's defect on DeepSeek: the BF16 MTP layer no longer excluded, so the engine would read it
+    as NVFP4. doctor names the layer's weights; --fix writes `model.layers.61*` back and the result is healthy."""
+    from mtpforge.surgery.fix import fix
+
+    root = _nvfp4_export(tmp_path, "nvidia--DeepSeek-V3.1-NVFP4")
+    hf_quant = json.loads((root / "hf_quant_config.json").read_text())
+    hf_quant["quantization"]["exclude_modules"].remove("model.layers.61*")
+    (root / "hf_quant_config.json").write_text(json.dumps(hf_quant))
+    [finding] = [f for f in doctor(root).findings if f.severity == "error"]
+    assert finding.code == "mtp-quant-uncovered" and "model.layers.61.mlp.experts.0.up_proj.weight" in finding.tensors
+    fix(root, str(tmp_path / "fixed"))
+    assert doctor(tmp_path / "fixed").findings == ()
+    fixed = json.loads((tmp_path / "fixed" / "hf_quant_config.json").read_text())
+    assert "model.layers.61*" in fixed["quantization"]["exclude_modules"]
