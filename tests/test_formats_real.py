@@ -323,8 +323,8 @@ def test_modelopt_head_left_bf16_but_not_excluded_is_fixed(tmp_path: Path, cli: 
     ckpt = build(tmp_path, "nvfp4-bf16-head", _as_397b(excludes, head=False), config=config, hf_quant=hf_quant)
     r = doctor(ckpt).to_dict()
     assert codes(r) == {"mtp-quant-uncovered"}
-    assert {f["files"][0] for f in r["findings"]} == {"config.json", "hf_quant_config.json"}  # both files say it
-    f = r["findings"][0]
+    [f] = r["findings"]
+    assert f["files"] == ["config.json", "hf_quant_config.json"]  # one cause, both files to edit
     assert set(f["tensors"]) < set(mtp_linears(ckpt)) and "mtp*" in f["message"]  # the shared expert is excluded already
     out = fix(cli, ckpt)
     assert "mtp*" in json.loads((out / "hf_quant_config.json").read_text())["quantization"]["exclude_modules"]
@@ -378,9 +378,8 @@ def test_modelopt_mixed_precision_head_quantized_but_unlisted(tmp_path: Path) ->
     ckpt = build(tmp_path, "mixed-head", _as_mixed(head=True), config=config, hf_quant=hf_quant)
     r = doctor(ckpt).to_dict()
     assert codes(r) == {"quant-declared-mismatch", "mtp-quantized"}
-    mismatches = [f for f in r["findings"] if f["code"] == "quant-declared-mismatch"]
-    assert {f["files"][0] for f in mismatches} == {"config.json", "hf_quant_config.json"}  # one per file, each whole
-    assert all(f["tensors"] == mtp_linears(ckpt) for f in mismatches)
+    [mismatch] = [f for f in r["findings"] if f["code"] == "quant-declared-mismatch"]
+    assert mismatch["files"] == ["config.json", "hf_quant_config.json"] and mismatch["tensors"] == mtp_linears(ckpt)
 
 
 # ---- speed ---------------------------------------------------------------------
@@ -402,3 +401,36 @@ def test_exclude_rules_compile_once_on_the_397b_list() -> None:
     per_name_compiled = (time.perf_counter() - t0) / len(names)
     assert fast[:5000] == slow
     assert per_name_compiled * 5 < per_name_fnmatch
+
+
+# ---- compressed-tensors: fused MTP experts (vLLM #41994) ---------------------------
+
+def test_ct_fused_mtp_experts_stored_bf16_but_not_ignored(tmp_path: Path, cli: Any) -> None:
+    """vLLM #41994: `ignore` lists mtp.fc, the head's attention and shared expert, not its fused BF16 experts;
+    vLLM builds them quantized (it asks about `mtp.layers.0.mlp.experts.0.gate_proj`) and fails to load."""
+    from mtpforge.formats.synthetic import CT_IGNORE
+
+    ckpt = make_checkpoint(tmp_path / "ct", FAMILY, quant="nvfp4", vision=False, fused_experts=True)
+    ignore = [e for e in CT_IGNORE if e not in ("re:^mtp.*", "re:.*mlp.experts.*")]
+    ignore += [r"re:^model\.language_model\.layers\.\d+\.mlp\.experts.*", "mtp.fc", r"re:^mtp\.layers\.0\.self_attn.*",
+               r"re:^mtp\.layers\.0\.mlp\.shared_expert.*"]
+    doc = json.loads((ckpt / "config.json").read_text())
+    doc["quantization_config"]["ignore"] = ignore
+    (ckpt / "config.json").write_text(json.dumps(doc))
+    r = doctor(ckpt).to_dict()
+    assert codes(r) == {"mtp-quant-uncovered"}
+    experts = "mtp.layers.0.mlp.experts"
+    assert head_modules(r, "mtp-quant-uncovered") == [f"{experts}.down_proj", f"{experts}.gate_up_proj"]
+    assert "re:^mtp.*" in config_of(fix(cli, ckpt))["ignore"]
+
+
+@pytest.mark.parametrize("pattern", ["lm_head", "*", "mtp*", "*.mlp.gate", "*shared_expert*", "model.layers.1?.self_attn*",
+                                     "model.*.experts.[0-3].*", "*mlp.experts*down_proj", "a*b*c"])
+def test_compiled_wildcards_answer_as_fnmatchcase(pattern: str) -> None:
+    from fnmatch import fnmatchcase
+
+    names = ["lm_head", "mtp.fc", "model.layers.12.self_attn.q_proj", "model.layers.1.self_attn.q_proj", "abc",
+             "model.layers.0.mlp.gate", "model.layers.0.mlp.gate_proj", "model.layers.3.mlp.shared_expert_gate",
+             "model.layers.3.mlp.experts.2.down_proj", "model.layers.3.mlp.experts.7.up_proj", "axbxc"]
+    rules = wildcard_rules([pattern])
+    assert [rules.matches(n) for n in names] == [fnmatchcase(n, pattern) for n in names]

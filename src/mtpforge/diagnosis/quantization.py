@@ -22,11 +22,12 @@ from mtpforge.checkpoint.quant_config import (
     MODELOPT_METHOD,
     QUARK_METHOD,
     QuantConfig,
+    QuantScheme,
 )
 from mtpforge.diagnosis.context import Context
 from mtpforge.diagnosis.findings import Finding, finding
 from mtpforge.families import MTP, TensorSpec
-from mtpforge.families.base import LINEAR
+from mtpforge.families.base import EXPERTS, LINEAR
 from mtpforge.formats.stored import BROKEN, DECLARED_AS, StoredWeight
 
 
@@ -90,13 +91,13 @@ def _coverage(ctx: Context, qc: QuantConfig) -> list[Finding]:
     mismatched: list[tuple[str, str]] = []  # (tensor, why)
     for name, spec in ctx.expected.items():
         w = ctx.stored.get(name)
-        if spec.kind != LINEAR or w is None or w.format == BROKEN:
+        if w is None or w.format == BROKEN or not (spec.kind == LINEAR or (spec.kind == EXPERTS and not w.quantized)):
             continue
         if not w.quantized and spec.keep_high_precision:
             continue  # routers: engines build them unquantized whatever the config says
         if qc.stored_decides and not qc.has_override(spec.module):
             continue  # MLX: a module config.json does not name is loaded as it is stored
-        scheme = qc.scheme_for(spec.module)
+        scheme = qc.scheme_for(spec.module) if spec.kind == LINEAR else _experts_scheme(qc, spec)
         if w.quantized and (scheme is None or scheme.format not in DECLARED_AS.get(w.format, ())):
             said = "leaves it unquantized" if scheme is None else f"declares {scheme.format}"
             mismatched.append((name, f"{name} is stored {w.format} but {qc.source} {said}"))
@@ -127,6 +128,14 @@ def _coverage(ctx: Context, qc: QuantConfig) -> list[Finding]:
                            tensors=[n for n, _ in trunk_mismatched], files=[source_file]))
     out += _fused_unsafe(ctx, qc)
     return out
+
+
+def _experts_scheme(qc: QuantConfig, spec: TensorSpec) -> QuantScheme | None:
+    """What the engine builds for fused 3-D experts: vLLM asks about expert 0's projections by their
+    per-expert names (`compressed_tensors_moe.get_moe_method`), e.g. `mlp.experts.0.gate_proj`."""
+    parent, proj = spec.module.rsplit(".", 1)
+    members = ("gate_proj", "up_proj") if proj == "gate_up_proj" else (proj,)
+    return next((s for m in members if (s := qc.scheme_for(f"{parent}.0.{m}")) is not None), None)
 
 
 def exclude_hint(method: str, prefix: str) -> str:
