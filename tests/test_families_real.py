@@ -412,3 +412,15 @@ def test_an_nvfp4_export_that_lost_its_mtp_exclusion_is_named_and_fixed(tmp_path
     assert doctor(tmp_path / "fixed").findings == ()
     fixed = json.loads((tmp_path / "fixed" / "hf_quant_config.json").read_text())
     assert "model.layers.61*" in fixed["quantization"]["exclude_modules"]
+
+
+def test_plan_for_sglang_an_attention_only_family(tmp_path: Path, cli: Any) -> None:
+    from mtpforge.engine.memory import PlanRequest, plan
+    from mtpforge.units import GIB
+
+    ckpt = make_family_replica(tmp_path / "glm5", CONFIGS["glm-5"]())
+    m = plan(ckpt, PlanRequest(gpu_memory=141 * GIB, kv_dtype="bfloat16", max_model_len=32768, engine="sglang"))
+    assert (m.block_size, m.gdn_layers, m.gdn_state_slots, m.engine) == (1, 0, 0, "sglang")
+    assert m.kv_tokens == m.kv_pool // (1284 * 5) and m.ok
+    r = cli("plan", str(ckpt), "--gpu-memory", "141GiB", "--engine", "sglang")
+    assert r.code == 0 and "KV pages            1 token each" in r.out

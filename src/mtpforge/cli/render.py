@@ -146,7 +146,8 @@ def render_plan(d: dict[str, Any]) -> str:
         f"{d['gdn_state_per_sequence'] / 2**20:.1f} MiB per sequence",
         f"  blocks              {d['num_blocks']} of {d['block_size']} tokens, {d['groups']} groups of {d['group_size']} layers"
         if d.get("engine", "vllm") == "vllm" else
-        f"  GDN state slots     {d['gdn_state_slots']:,} (SGLang: KV pages of 1 token, running requests <= slots / 3)",
+        f"  GDN state slots     {d['gdn_state_slots']:,} (SGLang: KV pages of 1 token, running requests <= slots / 3)"
+        if d["gdn_layers"] else "  KV pages            1 token each (SGLang; attention only, no GDN state)",
         f"  KV tokens           {d['kv_tokens']:,}",
         f"  max concurrency     {d['max_concurrency']:.2f}x at {d['max_model_len']:,} tokens  "
         f"->  {'--max-num-seqs' if d.get('engine', 'vllm') == 'vllm' else '--max-running-requests'} {d['safe_max_num_seqs']}",

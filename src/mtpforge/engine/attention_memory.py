@@ -10,6 +10,10 @@ keeps one group of all layers: a block costs `page x layers`, and a request at
 full context needs `ceil(len / block)` blocks. The block size is the attention
 kernel's (`Family.kv_block_size`): 16 for FlashAttention, 64 for FlashMLA
 (`get_supported_kernel_block_sizes` in vllm/v1/attention/backends/mla/flashmla.py).
+
+SGLang (`--engine sglang`, engine/sglang_memory.py) takes `--mem-fraction-static`
+of the memory free before loading, minus the weights, as its token pool (no
+Mamba share to set aside here), in pages of one token.
 """
 
 from __future__ import annotations
@@ -46,8 +50,12 @@ def attention_plan(ckpt: Checkpoint, family: Family, request: Any, *, path: str,
 
     reserve = request.reserve if request.reserve is not None else default_reserve
     max_len = request.max_model_len or int(family.setting(config, "max_position_embeddings", 0)) or 4096
-    budget = int(request.gpu_memory * request.util)
-    kv_pool = request.kv_cache_memory if request.kv_cache_memory is not None else budget - weights_loaded - reserve
+    sglang = request.engine == "sglang"
+    if sglang:
+        block, page = 1, kv_per_token
+    budget = int((request.gpu_memory - reserve) * request.util) if sglang else int(request.gpu_memory * request.util)
+    free = budget - weights_loaded - (0 if sglang else reserve)
+    kv_pool = request.kv_cache_memory if request.kv_cache_memory is not None else free
     num_blocks = max(0, kv_pool) // (page * max(layers, 1))
     per_request = math.ceil(max_len / block)
     concurrency = num_blocks / per_request
@@ -55,7 +63,7 @@ def attention_plan(ckpt: Checkpoint, family: Family, request: Any, *, path: str,
     longest = min(num_blocks * block, positions or 1 << 62)
 
     problems: list[str] = []
-    if request.kv_cache_memory is None and weights_loaded + reserve > budget:
+    if request.kv_cache_memory is None and free <= 0:
         problems.append(f"weights ({weights_loaded / GIB:.2f} GiB) and the reserve ({reserve / GIB:.2f} GiB) "
                         f"exceed {request.util:.2f} x {request.gpu_memory / GIB:.2f} GiB")
     elif concurrency < 1:
@@ -72,5 +80,5 @@ def attention_plan(ckpt: Checkpoint, family: Family, request: Any, *, path: str,
         gdn_state_per_sequence=0, block_size=block, group_size=layers, groups=1, num_blocks=num_blocks,
         kv_tokens=num_blocks * block, max_model_len=max_len, blocks_per_request=per_request,
         max_concurrency=round(concurrency, 2), longest_context_that_fits=longest, safe_max_num_seqs=safe,
-        problems=problems, engine=request.engine,
+        problems=problems, engine=request.engine, gdn_state_slots=0 if sglang else None,
     )
