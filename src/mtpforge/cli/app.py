@@ -189,19 +189,32 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
               help="rtn: data-free, streamed; awq / gptq: llm-compressor on calibration text (whole model in memory).")
 @click.option("--actorder", is_flag=True, help="GPTQ with activation order (desc_act).")
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Calibration texts for awq / gptq: a JSON list or one per line (default: the bundled prompts).")
+              help="Calibration texts for awq / gptq / the head's GPTQ: a JSON list or one per line, or a dataset "
+                   "NAME[:CONFIG][:SPLIT] (default: the bundled prompts).")
 @click.option("--samples", type=POSITIVE, default=64, show_default=True, help="Calibration texts used at most.")
+@click.option("--seq-len", type=POSITIVE, default=512, show_default=True, help="Tokens per calibration text at most.")
+@click.option("--chat-template", is_flag=True, help="Render calibration texts through the tokenizer's chat template.")
+@click.option("--mtp-method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True,
+              help="With --mtp quantize: rtn, or gptq on the inputs the quantized trunk gives the head.")
+@click.option("--observer", type=click.Choice(["minmax", "mse"]), default="minmax", show_default=True,
+              help="How INT scales are chosen: group min-max, or the clip range with the least squared error.")
+@click.option("--awq-mapping", "awq_mappings", multiple=True, metavar="SMOOTH=BALANCE,...",
+              help="AWQ smoothing, a smooth layer regex and its balance layers (repeatable; default: llm-compressor's).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @_out_options
 def quantize(base: str, out: str, scheme: str, checkpoint_format: str, group_size: int | None, scope: str,
              include: tuple[str, ...], exclude: tuple[str, ...], mtp: str, text_only: bool, method: str, actorder: bool,
-             calibration: str | None, samples: int, as_json: bool, overwrite: bool, dry_run: bool) -> int:
+             calibration: str | None, samples: int, seq_len: int, chat_template: bool, mtp_method: str, observer: str,
+             awq_mappings: tuple[str, ...], as_json: bool, overwrite: bool, dry_run: bool) -> int:
     """Quantize BASE into compressed-tensors (RTN streamed, or AWQ / GPTQ calibrated), hybrid-aware, carrying the MTP head."""
     from mtpforge.quant import quantize as run_quantize
+    from mtpforge.quant.calibrated import parse_mappings
 
     plan = run_quantize(base, out, scheme=scheme, group_size=group_size, scope=scope, include=include, exclude=exclude, mtp=mtp,
                         text_only=text_only, method=method, actorder=actorder, calibration=calibration, samples=samples,
-                        checkpoint_format=checkpoint_format, overwrite=overwrite, dry_run=dry_run)
+                        checkpoint_format=checkpoint_format, overwrite=overwrite, dry_run=dry_run, seq_len=seq_len,
+                        chat_template=chat_template, mtp_method=mtp_method, observer=observer,
+                        awq_mappings=parse_mappings(awq_mappings))
     return _report_written(plan, out, as_json=as_json, dry_run=dry_run)
 
 

@@ -24,7 +24,7 @@ RECIPE_SECTIONS = {"name": str, "source": str, "quantize": dict, "graft": dict, 
                    "serve": dict, "publish": dict}
 CARD_KEYS = {"gpus", "max_model_len", "base_model", "kv_dtype", "util", "k"}
 QUANTIZE_KEYS = {"method", "scheme", "format", "group_size", "scope", "include", "exclude", "mtp", "actorder", "calibration",
-                 "samples"}
+                 "samples", "seq_len", "chat_template", "mtp_method", "observer", "awq_mappings", "head_steps"}
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,30 @@ class Recipe:
                 "include": tuple(q.get("include", ())), "exclude": tuple(q.get("exclude", ())), "mtp": q.get("mtp", "keep"),
                 "text_only": self.text_only, "method": q.get("method", "rtn"), "actorder": bool(q.get("actorder", False)),
                 "calibration": q.get("calibration"), "samples": q.get("samples", 64),
-                "checkpoint_format": q.get("format", "compressed-tensors")}
+                "checkpoint_format": q.get("format", "compressed-tensors"), **self._calibration_options(q)}
+
+    def _calibration_options(self, q: dict[str, Any]) -> dict[str, Any]:
+        """The calibration keys (issue 15): how long each text is, the chat template, the head's method, the observer,
+        AWQ's smoothing. A relative `calibration` file is read beside the recipe."""
+        from mtpforge.quant.calibrated import parse_mappings
+
+        calibration = q.get("calibration")
+        if calibration and not Path(calibration).is_absolute() and (self.path.parent / calibration).is_file():
+            calibration = str(self.path.parent / calibration)
+        return {"calibration": calibration, "seq_len": q.get("seq_len", 512),
+                "chat_template": bool(q.get("chat_template", False)), "mtp_method": q.get("mtp_method", "rtn"),
+                "observer": q.get("observer", "minmax"),
+                "awq_mappings": parse_mappings(q.get("awq_mappings", [])), "head_steps": q.get("head_steps", 1)}
 
     def provenance(self, scope_description: str) -> str:
         """The card's line saying how the build was made."""
         o = self.quantize_options()
         return (f"Built by `mtpforge build {self.path.name}`"
                 + (f" (recipe of {self.doc['source']})" if self.doc.get("source") else "")
-                + f": {o['method'].upper()} {o['scheme']}, scope {o['scope']} ({scope_description}), "
-                + ("MTP head quantized like the trunk" if o["mtp"] == "quantize" else "MTP head kept as stored")
+                + f": {o['method'].upper()} {o['scheme']}, {o['observer']} observer, scope {o['scope']} ({scope_description}), "
+                + (f"MTP head quantized like the trunk ({o['mtp_method'].upper()}"
+                   + (" on the inputs the quantized trunk gives it)" if o["mtp_method"] != "rtn" else ")")
+                   if o["mtp"] == "quantize" else "MTP head kept as stored")
                 + (", vision tower removed" if self.text_only else "") + ".")
 
 

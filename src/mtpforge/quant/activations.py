@@ -10,17 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtpforge.quant.calibrated import CALIBRATION_TOKENS, load_for_calibration
+from mtpforge.quant.calibrated import load_for_calibration
 
 
-def input_amax(base: Path, modules: set[str], texts: list[str], *, max_samples: int,
-               seq_len: int = CALIBRATION_TOKENS) -> dict[str, float]:
-    """Module path -> largest |input| over the calibration texts (each cut to `seq_len` tokens)."""
+def input_amax(base: Path, modules: set[str], token_ids: list[list[int]]) -> dict[str, float]:
+    """Module path -> largest |input| over the tokenized calibration texts (`calibration_data.token_ids`)."""
     import torch
-    from transformers import AutoTokenizer
 
     model = load_for_calibration(base)
-    tokenizer = AutoTokenizer.from_pretrained(base)
     amax: dict[str, float] = {}
     hooks = []
     for name, module in model.named_modules():
@@ -32,9 +29,8 @@ def input_amax(base: Path, modules: set[str], texts: list[str], *, max_samples: 
     if missing:
         raise RuntimeError(f"transformers builds no module {min(missing)}")  # a family-rule bug, not user input
     with torch.no_grad():
-        for text in texts[:max_samples]:
-            ids = tokenizer(text, truncation=True, max_length=seq_len, return_tensors="pt")["input_ids"]
-            model(input_ids=ids)
+        for ids in token_ids:
+            model(input_ids=torch.tensor([ids]))
     for h in hooks:
         h.remove()
     return amax

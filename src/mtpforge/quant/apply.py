@@ -4,19 +4,25 @@ RTN is data-free and streamed tensor by tensor (memory bounded by the largest
 tensor): INT4 / INT8 as compressed-tensors `pack-quantized`, NVFP4 as
 `nvfp4-pack-quantized` or modelopt's layout. NVFP4 with FP4 activations
 measures input ranges on calibration text first (`activations.py`). AWQ and
-GPTQ run llm-compressor on the whole model (`calibrated.py`). Every output is
-published by `surgery.stage.apply_plan`: staged beside the destination under
-the output's lock, validated, and made to appear in one atomic step (see
+GPTQ run llm-compressor on the whole model (`calibrated.py`). A quantized head
+with a calibrated trunk, or calibrated itself (`mtp_method="gptq"`), is done in
+a second pass over the trunk's output (`head.py`). Every output is published by
+`surgery.stage.apply_plan`: staged beside the destination under the output's
+lock, validated, and made to appear in one atomic step (see
 docs/surgery.md#safety).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mtpforge.checkpoint import CheckpointLike
+from mtpforge.families import MTP
 from mtpforge.formats.schemes import COMPRESSED_TENSORS
+from mtpforge.quant.calibration_data import Calibration
 from mtpforge.quant.plan import QuantPlan, mtp_ignore, quant_plan
 from mtpforge.surgery.stage import apply_plan, check_destination
 from mtpforge.surgery.writeplan import WritePlan
@@ -26,7 +32,9 @@ def quantize(base: CheckpointLike, out: str | os.PathLike[str], *, scheme: str =
              scope: str = "all", include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep",
              text_only: bool = False, method: str = "rtn", actorder: bool = False, calibration: str | None = None,
              samples: int = 64, checkpoint_format: str = COMPRESSED_TENSORS, overwrite: bool = False,
-             dry_run: bool = False) -> WritePlan:
+             dry_run: bool = False, mtp_method: str = "rtn", observer: str = "minmax", seq_len: int = 512,
+             chat_template: bool = False, awq_mappings: list[tuple[str, list[str]]] | None = None, head_steps: int = 1,
+             progress: Callable[[str], None] = lambda _: None) -> WritePlan:
     """Quantize `base` into `out`, carrying the MTP head.
 
     Args:
@@ -40,40 +48,92 @@ def quantize(base: CheckpointLike, out: str | os.PathLike[str], *, scheme: str =
         text_only: drop the vision tower and declare `language_model_only`.
         method: `rtn` (data-free, streamed), or `awq` / `gptq` (llm-compressor, calibrated, whole model in memory).
         actorder: GPTQ with activation order (`desc_act`).
-        calibration: a text file for awq / gptq and FP4 activations (JSON list or one text per line);
-            default: the bundled prompts.
+        calibration: calibration text for awq / gptq, the head's GPTQ and FP4 activations: a text file (JSON list or
+            one text per line), a dataset `NAME[:CONFIG][:SPLIT]`, or None: the bundled prompts.
         samples: calibration texts used at most.
         checkpoint_format: `compressed-tensors`, or `modelopt` (NVFP4 with FP4 activations, with `hf_quant_config.json`).
         overwrite: replace `out` if it exists.
         dry_run: validate and return the plan without writing anything.
+        mtp_method: how a quantized head is quantized: `rtn`, or `gptq` on the inputs the quantized trunk gives it.
+        observer: how scales are chosen, a key of `quant.observers.OBSERVERS` (`minmax`, `mse`).
+        seq_len: tokens per calibration text at most.
+        chat_template: render calibration texts through the tokenizer's chat template.
+        awq_mappings: AWQ's smoothing as (smooth layer, balance layers) regexes; None: llm-compressor's defaults.
+        head_steps: draft steps the head's GPTQ is calibrated on (1: the first draft position's inputs).
+        progress: called with a line per stage (and per calibration text of the head's capture).
     """
     check_destination(Path(base), Path(out), overwrite=overwrite)
-    plan = quant_plan(base, scheme=scheme, group_size=group_size, scope=scope, include=include, exclude=exclude, mtp=mtp,
-                      text_only=text_only, method=method, actorder=actorder, checkpoint_format=checkpoint_format)
+    if awq_mappings and method != "awq":
+        from mtpforge.errors import UsageError
+
+        raise UsageError(f"AWQ mappings smooth layers for --method awq, not {method}", hint="--method awq, or drop the mappings")
+    options: dict[str, Any] = {"scheme": scheme, "group_size": group_size, "scope": scope, "include": include, "exclude": exclude,
+               "text_only": text_only, "method": method, "actorder": actorder, "checkpoint_format": checkpoint_format,
+               "observer": observer}
+    plan = quant_plan(base, mtp=mtp, mtp_method=mtp_method, **options)
+    calib = Calibration(calibration, samples, seq_len, chat_template)
+    needs_text = [what for what, needed in (
+        (f"--method {method}", method != "rtn"), (f"--mtp-method {mtp_method}", plan.head_pass and mtp_method != "rtn"),
+        (f"--scheme {scheme} (FP4 activations)", bool(plan.calibrated_modules))) if needed]
+    if needs_text:
+        from mtpforge.quant.calibration_data import require_tokenizer
+
+        require_tokenizer(plan.ckpt.root, needs_text[0])  # before any work: a base without one cannot calibrate
     if dry_run:
         return plan.write
+    token_ids = _token_ids(plan, calib) if needs_text else []
     if plan.calibrated_modules:  # the one calibrated part of NVFP4: activation ranges, filled in before the write
         from mtpforge.quant.activations import input_amax
-        from mtpforge.quant.calibrated import calibration_texts
 
-        texts = calibration_texts(calibration)
-        plan.input_amax.update(input_amax(plan.ckpt.root, plan.calibrated_modules, texts, max_samples=samples))
-    if method == "rtn":
-        apply_plan(plan.write, Path(out), overwrite=overwrite)
-    else:
-        _calibrate(plan, Path(out), calibration=calibration, samples=samples, overwrite=overwrite)
+        plan.input_amax.update(input_amax(plan.ckpt.root, plan.calibrated_modules, token_ids))
+    if not plan.head_pass:
+        _trunk(plan, Path(out), token_ids=token_ids, awq_mappings=awq_mappings, overwrite=overwrite, progress=progress)
+        return plan.write
+    from mtpforge.quant.calibrated import in_temporary, remove
+    from mtpforge.quant.head import head_plan
+
+    trunk = quant_plan(plan.ckpt, mtp="keep", **options)
+    scratch = in_temporary(Path(out).resolve())
+    try:
+        _trunk(trunk, scratch, token_ids=token_ids, awq_mappings=awq_mappings, overwrite=False, progress=progress)
+        head = {n: s for n, s in plan.chosen.items() if s.group == MTP}
+        progress(f"head: {mtp_method.upper()} on {len(head)} weights" + (f", {calib.describe()}" if mtp_method != "rtn" else ""))
+        written = head_plan(scratch, head, scheme=plan.scheme, group=plan.weights["group_size"], weights=plan.weights,
+                            ignore=plan.ignore, mtp_pattern=mtp_ignore(plan.family), method=mtp_method, token_ids=token_ids,
+                            steps=head_steps, progress=progress)
+        apply_plan(written, Path(out), overwrite=overwrite)
+    finally:
+        remove(scratch)
     return plan.write
 
 
-def _calibrate(plan: QuantPlan, out: Path, *, calibration: str | None, samples: int, overwrite: bool) -> None:
+def _token_ids(plan: QuantPlan, calib: Calibration) -> list[list[int]]:
+    from mtpforge.quant.calibration_data import token_ids
+
+    return token_ids(plan.ckpt.root, calib)
+
+
+def _trunk(plan: QuantPlan, out: Path, *, token_ids: list[list[int]], awq_mappings: list[tuple[str, list[str]]] | None,
+           overwrite: bool, progress: Callable[[str], None]) -> None:
+    """The single pass: RTN streamed, or llm-compressor's AWQ / GPTQ (the head as `plan` says: kept, or RTN with RTN)."""
+    if plan.method == "rtn":
+        progress(f"trunk: RTN, {len(plan.chosen)} weights")
+        apply_plan(plan.write, out, overwrite=overwrite)
+    else:
+        progress(f"trunk: {plan.method.upper()} via llm-compressor on {len(token_ids)} texts")
+        _calibrate(plan, out, token_ids=token_ids, awq_mappings=awq_mappings, overwrite=overwrite)
+
+
+def _calibrate(plan: QuantPlan, out: Path, *, token_ids: list[list[int]], awq_mappings: list[tuple[str, list[str]]] | None,
+               overwrite: bool) -> None:
     """llm-compressor into a scratch directory beside `out`; declare the head; publish it as it is, or stripped."""
-    from mtpforge.quant.calibrated import calibration_texts, finish, in_temporary, quantize_calibrated, remove
+    from mtpforge.quant.calibrated import finish, in_temporary, quantize_calibrated, remove
     from mtpforge.surgery.strip import strip
 
     scratch = in_temporary(out.resolve())
     try:
         quantize_calibrated(plan.ckpt.root.resolve(), scratch, method=plan.method, weights=plan.weights, ignore=plan.ignore,
-                            texts=calibration_texts(calibration), max_samples=samples)
+                            token_ids=token_ids, mappings=awq_mappings)
         finish(scratch, mtp_ignore(plan.family))
         if plan.text_only:
             strip(str(scratch), str(out), overwrite=overwrite)

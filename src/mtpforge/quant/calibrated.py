@@ -25,13 +25,17 @@ CALIBRATION_TOKENS = 512  # per sample
 
 
 def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict[str, Any], ignore: list[str],
-                        texts: list[str], max_samples: int, seq_len: int = CALIBRATION_TOKENS) -> None:
+                        token_ids: list[list[int]], mappings: list[tuple[str, list[str]]] | None = None,
+                        dampening: float = 0.01) -> None:
     """Run llm-compressor `method` on `base` and save the compressed checkpoint to `staging` (which must not exist).
 
     Args:
         weights: the compressed-tensors `weights` arguments (bits, group, symmetry, observer, actorder).
         ignore: module names and `re:` patterns to leave unquantized (the head's pattern included).
-        texts: calibration texts; the first `max_samples` are used, each cut to `seq_len` tokens.
+        token_ids: the tokenized calibration texts (`calibration_data.token_ids`).
+        mappings: AWQ's smoothing (smooth layer, balance layers), regexes as llm-compressor takes them; None: its
+            defaults (input_layernorm -> q/k/v, v -> o, post_attention_layernorm -> gate/up, up -> down).
+        dampening: GPTQ's fraction of the Hessian's mean diagonal added before inverting.
     """
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -41,19 +45,22 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
     from llmcompressor.modifiers.gptq import GPTQModifier
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from llmcompressor.modifiers.transform import AWQModifier
+    from llmcompressor.modifiers.transform.awq.mappings import AWQMapping
 
     _skip_pinning_without_accelerator()
     tokenizer = AutoTokenizer.from_pretrained(base)
-    encoded = [tokenizer(t, truncation=True, max_length=seq_len)["input_ids"] for t in texts[:max_samples]]
-    dataset = Dataset.from_dict({"input_ids": encoded, "attention_mask": [[1] * len(ids) for ids in encoded]})
+    dataset = Dataset.from_dict({"input_ids": token_ids, "attention_mask": [[1] * len(ids) for ids in token_ids]})
     groups = {"group_0": {"targets": ["Linear"], "weights": weights}}
     if method == "gptq":
-        recipe: list[Any] = [GPTQModifier(config_groups=groups, ignore=ignore, dampening_frac=0.01)]
+        recipe: list[Any] = [GPTQModifier(config_groups=groups, ignore=ignore, dampening_frac=dampening)]
     else:
-        recipe = [AWQModifier(), QuantizationModifier(config_groups=groups, ignore=ignore)]
+        awq = AWQModifier(mappings=[AWQMapping(smooth, list(balance)) for smooth, balance in mappings]) if mappings \
+            else AWQModifier()
+        recipe = [awq, QuantizationModifier(config_groups=groups, ignore=ignore)]
     model = load_for_calibration(base)
     oneshot(model=model, dataset=dataset, recipe=recipe, processor=tokenizer,  # a tokenizer is a processor
-            num_calibration_samples=len(encoded), max_seq_length=seq_len, output_dir=str(staging), save_compressed=True)
+            num_calibration_samples=len(token_ids), max_seq_length=max(len(ids) for ids in token_ids),
+            output_dir=str(staging), save_compressed=True)
 
 
 def finish(staging: Path, mtp_pattern: str) -> None:
@@ -76,24 +83,40 @@ def finish(staging: Path, mtp_pattern: str) -> None:
         index_file.write_text(json.dumps(index, indent=2))
 
 
-def calibration_texts(path: str | None) -> list[str]:
-    """The user's texts (JSON list or one per line), or the bundled prompt set."""
-    from mtpforge.prompts import load_prompts
-
-    return load_prompts(path)
-
-
 def check_method(method: str, mtp: str) -> None:
+    """`method` is known and, when calibrated, llm-compressor is installed (a quantized head then gets a pass of its own)."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}", hint=f"one of {', '.join(METHODS)}")
-    if method != "rtn" and mtp == "quantize":
-        raise UsageError(f"--mtp quantize runs with --method rtn only: {method} cannot calibrate the head, "
-                         "which transformers does not build", hint="keep the head BF16 (--mtp keep), or use --method rtn")
     if method != "rtn":
-        try:
-            _import_llmcompressor()
-        except ImportError:
-            raise UsageError(f"--method {method} needs llm-compressor", hint="pip install 'mtpforge[calibrate]'") from None
+        _require_llmcompressor(f"--method {method}")
+
+
+def check_head_request(scheme: Any, mtp: str, mtp_method: str, observer: str) -> None:
+    """`mtp_method` and `observer` fit the request: a calibrated head needs a quantized INT head; observers are INT's."""
+    from mtpforge.formats.schemes import INT
+    from mtpforge.quant.head import HEAD_METHODS
+    from mtpforge.quant.observers import check_observer
+
+    check_observer(observer)
+    if mtp_method not in HEAD_METHODS:
+        raise UsageError(f"unknown MTP method {mtp_method!r}", hint=f"one of {', '.join(HEAD_METHODS)}")
+    if mtp_method != "rtn" and mtp != "quantize":
+        raise UsageError(f"--mtp-method {mtp_method} calibrates a quantized head; --mtp {mtp} keeps it as stored",
+                         hint=f"--mtp quantize --mtp-method {mtp_method}")
+    int_only = [f"--mtp-method {mtp_method}"] if mtp_method != "rtn" else []
+    int_only += [f"--observer {observer}"] if observer != "minmax" else []
+    if int_only and scheme is not None and scheme.kind != INT:
+        raise UsageError(f"{' and '.join(int_only)} run INT schemes; {scheme.name} is written data-free",
+                         hint="--scheme w4a16-asym (or w4a16, w8a16...), or leave the option out")
+    if int_only:
+        _require_llmcompressor(int_only[0])
+
+
+def _require_llmcompressor(what: str) -> None:
+    try:
+        _import_llmcompressor()
+    except ImportError:
+        raise UsageError(f"{what} needs llm-compressor", hint="pip install 'mtpforge[calibrate]'") from None
 
 
 def _import_llmcompressor() -> None:
@@ -132,3 +155,20 @@ def in_temporary(parent: Path) -> Path:
 
 def remove(path: Path) -> None:
     shutil.rmtree(path.parent if path.parent.name.endswith(".calibrating") else path, ignore_errors=True)
+
+
+def parse_mappings(specs: tuple[str, ...] | list[Any]) -> list[tuple[str, list[str]]] | None:
+    """AWQ mappings from `SMOOTH=BALANCE,BALANCE` strings (the CLI) or [smooth, [balance, ...]] pairs (a recipe); None if none."""
+    mappings = []
+    for spec in specs:
+        if isinstance(spec, str) and "=" in spec:
+            smooth, _, balance = spec.partition("=")
+            mappings.append((smooth, [b for b in balance.split(",") if b]))
+        elif isinstance(spec, list | tuple) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], list):
+            mappings.append((spec[0], [str(b) for b in spec[1]]))
+        else:
+            raise UsageError(f"AWQ mapping {spec!r} is not SMOOTH=BALANCE,... (or [smooth, [balance, ...]] in a recipe)",
+                             hint="e.g. 're:.*post_attention_layernorm$=re:.*gate_proj$,re:.*up_proj$'")
+        if not mappings[-1][1]:
+            raise UsageError(f"AWQ mapping {spec!r} names no balance layer", hint="SMOOTH=BALANCE,BALANCE")
+    return mappings or None

@@ -31,7 +31,8 @@ from mtpforge.formats.schemes import (
     Scheme,
     modelopt_pattern,
 )
-from mtpforge.quant.calibrated import check_method
+from mtpforge.quant.calibrated import check_head_request, check_method
+from mtpforge.quant.observers import observed_int_tensors
 from mtpforge.quant.rtn import fused_amax, quantized_copies
 from mtpforge.quant.scope import SCOPES, select
 from mtpforge.surgery.output import make_plan
@@ -54,6 +55,12 @@ class QuantPlan:
     write: WritePlan
     # module -> largest |input|: filled by calibration, read by the write
     input_amax: dict[str, float] = field(default_factory=dict)
+    mtp_method: str = "rtn"  # how a quantized head is quantized: rtn, or gptq on its captured inputs (`quant.head`)
+
+    @property
+    def head_pass(self) -> bool:
+        """The head is quantized in a second pass, after the trunk (`quant.head`): a calibrated trunk or a calibrated head."""
+        return any(s.group == MTP for s in self.chosen.values()) and (self.method != "rtn" or self.mtp_method != "rtn")
 
     @property
     def calibrated_modules(self) -> set[str]:
@@ -63,17 +70,22 @@ class QuantPlan:
 
 def plan_quantize(base: CheckpointLike, *, scheme: str = "w4a16", group_size: int | None = None, scope: str = "all",
                   include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep", text_only: bool = False,
-                  method: str = "rtn", actorder: bool = False, checkpoint_format: str = COMPRESSED_TENSORS) -> WritePlan:
+                  method: str = "rtn", actorder: bool = False, checkpoint_format: str = COMPRESSED_TENSORS,
+                  mtp_method: str = "rtn", observer: str = "minmax") -> WritePlan:
     """Describe the quantization of `base` (pure: headers only, nothing written). Arguments as for `quantize`."""
     return quant_plan(base, scheme=scheme, group_size=group_size, scope=scope, include=include, exclude=exclude, mtp=mtp,
-                      text_only=text_only, method=method, actorder=actorder, checkpoint_format=checkpoint_format).write
+                      text_only=text_only, method=method, actorder=actorder, checkpoint_format=checkpoint_format,
+                      mtp_method=mtp_method, observer=observer).write
 
 
 def quant_plan(base: CheckpointLike, *, scheme: str = "w4a16", group_size: int | None = None, scope: str = "all",
                include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), mtp: str = "keep", text_only: bool = False,
-               method: str = "rtn", actorder: bool = False, checkpoint_format: str = COMPRESSED_TENSORS) -> QuantPlan:
+               method: str = "rtn", actorder: bool = False, checkpoint_format: str = COMPRESSED_TENSORS, mtp_method: str = "rtn",
+               observer: str = "minmax") -> QuantPlan:
     """The `QuantPlan` of `quantize` (its arguments); raises UsageError for a request that cannot work."""
     requested, target, group = _check_request(scheme, group_size, checkpoint_format, mtp, method, actorder)
+    check_head_request(requested, mtp, mtp_method, observer)
+    weights = {**target.weights_config(group, actorder=actorder), "observer": observer}
     ckpt = as_checkpoint(base)
     require_readable(ckpt)
     if ckpt.quant_configs or ckpt.foreign_quant_method:
@@ -93,24 +105,27 @@ def quant_plan(base: CheckpointLike, *, scheme: str = "w4a16", group_size: int |
     dropped = {n for n in ckpt.tensors if family.group_of(n) == VISION} if text_only else set()
     input_amax: dict[str, float] = {}
     amax = fused_amax(ckpt, chosen, target)
-    replace = {n: partial(quantized_copies, ckpt, scheme=target, group=group, amax=amax.get(n), input_amax=input_amax)
-               for n in chosen}
+    # Another observer than min-max: its grid, rounded to nearest (INT only, `check_head_request`).
+    compute = partial(observed_int_tensors, weights=weights) if observer != "minmax" else None
+    replace = {n: partial(quantized_copies, ckpt, scheme=target, group=group, amax=amax.get(n), input_amax=input_amax,
+                          compute=compute) for n in chosen}
     rb = rebuild(ckpt, drop=dropped, replace=replace)
     ignore = _ignore(family, expected, chosen, mtp)
     entries = [modelopt_pattern(p) for p in ignore] if target.checkpoint_format == MODELOPT else ignore
     qc, hf_quant = target.quantization_config(entries, group=group, actorder=actorder)
+    if target.checkpoint_format == COMPRESSED_TENSORS:
+        qc["config_groups"]["group_0"]["weights"]["observer"] = observer
     config = {**ckpt.config, "quantization_config": qc}
     if text_only:
         config["language_model_only"] = True
-    actions = _actions(requested, group, method, actorder, scope, mtp, len(chosen), selection.notes)
+    actions = _actions(requested, group, method, actorder, scope, mtp, len(chosen), selection.notes, mtp_method, observer)
     if text_only:
         actions.append(f"drop {len(dropped)} vision tensors and declare language_model_only: true")
     warnings = [] if method == "rtn" else ["llm-compressor writes the shards: their layout differs from the list below"]
     if target.activations:
         actions.append("calibrate FP4 activation scales: the largest |input| of each quantized layer on calibration text")
     write = make_plan("quantize", ckpt.root, rb, config, hf_quant, actions, warnings)
-    return QuantPlan(ckpt, family, target, method, text_only, chosen, target.weights_config(group, actorder=actorder), ignore,
-                     write, input_amax)
+    return QuantPlan(ckpt, family, target, method, text_only, chosen, weights, ignore, write, input_amax, mtp_method)
 
 
 def _check_request(scheme: str, group_size: int | None, checkpoint_format: str, mtp: str, method: str,
@@ -152,11 +167,13 @@ def mtp_ignore(family: Family) -> str:
 
 
 def _actions(scheme: Scheme, group: int | None, method: str, actorder: bool, scope: str, mtp: str, count: int,
-             notes: list[str]) -> list[str]:
+             notes: list[str], mtp_method: str, observer: str) -> list[str]:
     grouping = f"NVFP4 groups of {group}" if scheme.kind == FP4 else ("group " + str(group) if group else "per channel")
-    head = "quantize the MTP layer like the trunk (its fc stays BF16)" if mtp == "quantize" else \
+    calibrated = ", GPTQ on the inputs the quantized trunk gives it" if mtp_method == "gptq" else ""
+    head = f"quantize the MTP layer like the trunk (its fc stays BF16){calibrated}" if mtp == "quantize" else \
         "keep the MTP head as stored, excluded with re:^mtp.*"
     order = ", activation order" if actorder else ""
     how = "RTN" if method == "rtn" else f"{method.upper()} via llm-compressor on calibration text" + order
+    how += f", {observer} observer"
     return [f"quantize {count} Linear weights to {scheme.name} ({grouping}, {how}), scope {scope}: {SCOPES[scope]}", head,
             "keep conv1d, A_log, dt_bias, norms, in_proj_a/b, embeddings and lm_head high precision", *notes]

@@ -28,12 +28,14 @@ if TYPE_CHECKING:
 
 
 def quantized_copies(ckpt: Checkpoint, info: TensorInfo, scheme: Scheme, group: int | None, amax: Callable[[], float] | None,
-                     input_amax: dict[str, float]) -> list[TensorCopy]:
+                     input_amax: dict[str, float],
+                     compute: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None) -> list[TensorCopy]:
     """The stored tensors of `scheme` standing for the weight `info`, with sources that quantize on first read.
 
     Args:
         amax: the largest magnitude of the weight's fused group (FP4), read when called.
         input_amax: module -> largest |input| (FP4 activations); read when the weight is quantized.
+        compute: the weight -> its stored tensors, instead of the scheme's min-max RTN (another observer; GPTQ on the head).
     """
     out, inp = info.shape
     module = info.name.rsplit(".", 1)[0]
@@ -46,7 +48,8 @@ def quantized_copies(ckpt: Checkpoint, info: TensorInfo, scheme: Scheme, group: 
 
         if not memo:  # quantize once, when the writer reaches the first stored tensor
             w = read_tensor(ckpt, info)
-            memo.update(scheme.quantize(w, group=group, amax=amax() if amax is not None else None,
+            memo.update(compute(w) if compute is not None else
+                        scheme.quantize(w, group=group, amax=amax() if amax is not None else None,
                                         input_amax=input_amax[module] if scheme.activations else None))
         return memo.pop(key).contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 

@@ -1,0 +1,78 @@
+"""The MTP head's real inputs, captured: the trunk's final hidden states and the embeddings of the next tokens.
+
+transformers builds no MTP module, so no calibration tool sees the head. Here
+the reference runtime (`mtpforge.reference`: transformers' trunk, the head as
+vLLM runs it) reads the checkpoint whose trunk is already quantized (its
+weights dequantized, so the head is calibrated on the hidden states it will
+really get), runs the trunk over each calibration text, and feeds the head what
+vLLM feeds it at draft step 1: `embed(token t+1)` and the trunk's hidden state
+at t, at position t. With `steps > 1` the head's own output then stands in for
+the hidden state at the next step (the draft chain at k > 1), teacher-forced.
+
+Only the second moments of each quantized head Linear's input are kept (GPTQ's
+Hessian, accumulated by llm-compressor's `accumulate_hessian`): one
+[in, in] float32 matrix per weight, whatever the number of texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from mtpforge.reference.model import ReferenceModel
+
+
+def head_hessians(checkpoint: Path, modules: list[str], token_ids: list[list[int]], *, prefix: str = "mtp", steps: int = 1,
+                  progress: Callable[[str], None] = lambda _: None) -> dict[str, torch.Tensor]:
+    """Module path (`mtp.layers.0.mlp.down_proj`) -> GPTQ's normalized Hessian of its input over the calibration tokens.
+
+    Args:
+        checkpoint: the checkpoint whose trunk produces the hidden states, with the head still unquantized.
+        modules: the head's Linear modules to capture, as checkpoint module paths.
+        token_ids: the tokenized calibration texts.
+        steps: draft steps to calibrate on (1: the head's input at the first draft position only).
+    """
+    from llmcompressor.modifiers.gptq.helpers import accumulate_hessian, make_empty_hessian
+
+    from mtpforge.reference.model import load_reference
+
+    model = load_reference(checkpoint)
+    head = model.head
+    if head is None:
+        raise RuntimeError(f"{checkpoint} has no MTP head")  # the plan chose head weights: a bug, not user input
+    hessians: dict[str, torch.Tensor] = {}
+    counts: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in modules:
+        linear = head.get_submodule(name.removeprefix(prefix + "."))
+        hessians[name], counts[name] = make_empty_hessian(linear), torch.zeros(())
+
+        def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...], name: str = name) -> None:
+            hessians[name], counts[name] = accumulate_hessian(args[0], module, hessians[name], counts[name])
+
+        hooks.append(linear.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad():
+            for i, ids in enumerate(token_ids):
+                _feed(model, torch.tensor([ids]), steps)
+                progress(f"head capture: text {i + 1}/{len(token_ids)}")
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: hessians[name] / counts[name] for name in modules}
+
+
+def _feed(model: ReferenceModel, ids: torch.Tensor, steps: int) -> None:
+    """Run the head over one text at each draft step, teacher-forced (the hooks see every Linear's input)."""
+    assert model.head is not None
+    hidden, _ = model.trunk_forward(ids)
+    n = ids.shape[1]
+    for step in range(min(steps, n - 1)):
+        # step s at position t + s reads token t + s + 1 and the previous step's output at t + s - 1 (the trunk's at s = 0)
+        count = n - 1 - step
+        positions = torch.arange(step, step + count)[None]
+        hidden = model.head(model.embed(ids[:, step + 1:]), hidden[:, :count], positions, step=step)
