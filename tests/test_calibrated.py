@@ -85,9 +85,6 @@ def test_gptq_with_activation_order_and_text_only(cli, tmp_path: Path) -> None: 
 
 
 @pytest.mark.parametrize(("args", "error", "hint"), [
-    (("--method", "awq", "--mtp", "quantize"),
-     "--mtp quantize runs with --method rtn only: awq cannot calibrate the head, which transformers does not build",
-     "keep the head BF16 (--mtp keep), or use --method rtn"),
     (("--method", "gptq", "--scheme", "nvfp4a16"), "nvfp4a16 is written data-free here; --method gptq runs INT schemes",
      "--method rtn"),
     (("--actorder",), "--actorder orders GPTQ's columns; RTN has no order", "--method gptq --actorder"),
