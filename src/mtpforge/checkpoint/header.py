@@ -20,7 +20,8 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from operator import attrgetter
+from itertools import chain, repeat
+from operator import add, attrgetter, mul, sub
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -149,9 +150,52 @@ def parse_header(raw: bytes, file_bytes: int, file_name: str) -> ShardHeader:
         raise _err(file_name, "__metadata__ must map strings to strings")
 
     data_start = 8 + n
-    tensors = {name: _tensor_entry(file_name, name, entry, data_start) for name, entry in doc.items()}
-    _check_tiling(file_name, tensors, data_start, file_bytes)
+    tensors = _well_formed(doc, data_start, file_name, file_bytes)
+    if tensors is None:  # some rule is broken: check entry by entry, to name the tensor and the rule
+        tensors = {name: _tensor_entry(file_name, name, entry, data_start) for name, entry in doc.items()}
+        _check_tiling(file_name, tensors, data_start, file_bytes)
     return ShardHeader(file_name, file_bytes, data_start, tensors, metadata)
+
+
+def _well_formed(doc: dict[str, Any], data_start: int, file_name: str, file_bytes: int) -> dict[str, TensorInfo] | None:
+    """The tensors of `doc` when every rule holds, else None; column by column, in C loops.
+
+    The same rules as `_tensor_entry` and `_check_tiling`, asked of all entries at once (a set of types, a
+    minimum, a pairwise comparison) instead of one entry at a time: on a 400K-tensor index the per-entry
+    Python work, not the JSON parse, was the cost. Any doubt returns None and the slow path explains.
+    """
+    names, entries = list(doc), list(doc.values())
+    if not entries:
+        return {} if data_start == file_bytes else None
+    try:
+        if set(map(type, entries)) != {dict} or set(map(len, entries)) != {3} or "" in doc:
+            return None
+        dtypes = [e["dtype"] for e in entries]
+        shapes = [e["shape"] for e in entries]
+        offsets = [e["data_offsets"] for e in entries]
+        if set(map(type, dtypes)) != {str} or set(map(type, shapes)) != {list} or set(map(type, offsets)) != {list}:
+            return None
+        dims = list(chain.from_iterable(shapes))
+        if dims and (set(map(type, dims)) != {int} or min(dims) < 0):
+            return None
+        if set(map(len, offsets)) != {2}:
+            return None
+        begins, ends = [o[0] for o in offsets], [o[1] for o in offsets]
+        if set(map(type, begins)) | set(map(type, ends)) != {int} or min(begins) < 0:
+            return None
+        bits = list(map(DTYPE_BITS.__getitem__, dtypes))
+    except KeyError:  # a missing field or an unknown dtype
+        return None
+    sizes = list(map(sub, ends, begins))
+    if min(sizes) < 0 or list(map(mul, map(math.prod, shapes), bits)) != list(map(mul, sizes, repeat(8))):
+        return None
+    spans = sorted(zip(begins, ends, strict=True))  # they must tile [0, file_bytes - data_start) exactly
+    if spans[0][0] != 0 or spans[-1][1] != file_bytes - data_start or \
+            [b for b, _ in spans[1:]] != [e for _, e in spans[:-1]]:
+        return None
+    starts, stops = map(add, begins, repeat(data_start)), map(add, ends, repeat(data_start))
+    rows = zip(names, dtypes, map(tuple, shapes), starts, stops, repeat(file_name))
+    return dict(zip(names, map(_new_info, repeat(TensorInfo), rows), strict=True))
 
 
 def _load_json(file_name: str, text: str) -> Any:
