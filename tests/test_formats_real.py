@@ -434,3 +434,18 @@ def test_compiled_wildcards_answer_as_fnmatchcase(pattern: str) -> None:
              "model.layers.3.mlp.experts.2.down_proj", "model.layers.3.mlp.experts.7.up_proj", "axbxc"]
     rules = wildcard_rules([pattern])
     assert [rules.matches(n) for n in names] == [fnmatchcase(n, pattern) for n in names]
+
+
+def test_serve_passes_modelopt_fp4_only_for_all_nvfp4_exports(tmp_path: Path) -> None:
+    from mtpforge.engine.launch import ServeOptions, launch_line
+
+    config, hf_quant = _mixed()
+    mixed = build(tmp_path, "mixed", _as_mixed(head=False), config=config, hf_quant=hf_quant)
+    gptq = build(tmp_path, "gptq", trunk(foreign.GPTQ), config=GPTQ)
+    excludes = _real_397b_excludes()
+    config, hf_quant = _modelopt(excludes)
+    nvfp4 = build(tmp_path, "nvfp4", _as_397b(excludes, head=True), config=config, hf_quant=hf_quant)
+    for ckpt in (mixed, gptq):  # vLLM picks modelopt_mixed / gptq_marlin from the config itself
+        assert "--quantization" not in launch_line(ckpt, ServeOptions()).args
+    args = launch_line(nvfp4, ServeOptions()).args
+    assert args[args.index("--quantization") + 1] == "modelopt_fp4"

@@ -156,7 +156,9 @@ def launch_line(path: CheckpointLike, options: ServeOptions) -> LaunchLine:
         notes += [f"SGLang has no {flag}: not passed" for flag, value in (
             ("--limit-mm-per-prompt", options.limit_mm_per_prompt),
             ("--default-chat-template-kwargs", options.chat_template_kwargs)) if value is not None]
-    methods = [qc.method for qc in ckpt.quant_configs]
+    # modelopt_fp4 only for all-NVFP4 exports: FP8 and MIXED_PRECISION are other vLLM methods, detected from the config
+    methods = [qc.method for qc in ckpt.quant_configs
+               if qc.method != MODELOPT_METHOD or {s.format for s in qc.schemes} == {"modelopt-nvfp4"}]
     build = _vllm_args if options.engine == "vllm" else _sglang_args
     args = build(options, family_name=family.name, k=k, text_only=text_only, quant=methods[0] if methods else None,
                  parsers=parsers)
