@@ -29,7 +29,9 @@ class Context:
     @cached_property
     def expected(self) -> Inventory:
         """The inventory the config implies; vision only where the build still declares it."""
-        inv = expected_inventory(self.family, self.config, self.ckpt.tensors)
+        # The stored weights' names, not every stored tensor's: a quantized weight's companions say nothing
+        # more about the layout, and the family reads each name (a quarter of the names on an NVFP4 MoE).
+        inv = expected_inventory(self.family, self.config, self.stored)
         if self.family.language_model_only(self.config):
             return type(inv)({n: s for n, s in inv.items() if s.group != VISION})
         return inv

@@ -130,8 +130,8 @@ def inspect_checkpoint(path: CheckpointLike) -> InspectReport:
                               hint=f"run `mtpforge doctor {ckpt.root}` for the full diagnosis")
     family = detect_family(ckpt.config)
     config = ckpt.config
-    expected = expected_inventory(family, config, ckpt.tensors)
     stored = ckpt.stored
+    expected = expected_inventory(family, config, stored)  # weights' names: as doctor's Context.expected
 
     groups = {g: GroupSize() for g in GROUPS}
     linear_q = {g: [0, 0] for g in GROUPS}  # quantized, total linear weights
