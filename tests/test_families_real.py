@@ -424,3 +424,10 @@ def test_plan_for_sglang_an_attention_only_family(tmp_path: Path, cli: Any) -> N
     assert m.kv_tokens == m.kv_pool // (1284 * 5) and m.ok
     r = cli("plan", str(ckpt), "--gpu-memory", "141GiB", "--engine", "sglang")
     assert r.code == 0 and "KV pages            1 token each" in r.out
+
+
+def test_verify_says_the_reference_does_not_run_a_nextn_family(tmp_path: Path, cli: Any) -> None:
+    ckpt = make_family_replica(tmp_path / "glm5", CONFIGS["glm-5"]())
+    r = cli("verify", str(ckpt), "--reference", str(ckpt), "--json")
+    assert r.code == 3 and "Traceback" not in r.err
+    assert r.json()["message"] == "the reference runtime does not run glm_moe_dsa (it runs qwen3_5, qwen3_5_moe, qwen3_next)"

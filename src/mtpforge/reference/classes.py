@@ -16,6 +16,8 @@ from transformers.models.qwen3_5_moe.configuration_qwen3_5_moe import Qwen3_5Moe
 from transformers.models.qwen3_next import modeling_qwen3_next as qnext
 from transformers.models.qwen3_next.configuration_qwen3_next import Qwen3NextConfig
 
+from mtpforge.errors import UnsupportedFamilyError
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -36,6 +38,16 @@ RUNTIMES = {
     "qwen3_next": Runtime(None, Qwen3NextConfig, qnext.Qwen3NextForCausalLM, qnext.Qwen3NextDecoderLayer, qnext.Qwen3NextRMSNorm,
                           qnext.Qwen3NextRotaryEmbedding, False),
 }
+
+
+def runtime_for(family: str) -> Runtime:
+    """The reference runtime of `family`; UnsupportedFamilyError (exit 3) for the families doctor knows but the
+    reference does not run (DeepSeek, GLM, MiMo: docs/families.md)."""
+    if family not in RUNTIMES:
+        raise UnsupportedFamilyError(f"the reference runtime does not run {family} (it runs {', '.join(RUNTIMES)})",
+                                     hint="serve the checkpoint with vLLM (mtpforge serve) and measure its drafts with "
+                                          "mtpforge bench")
+    return RUNTIMES[family]
 
 
 def text_config(runtime: Runtime, config: dict[str, Any]) -> Any:

@@ -19,7 +19,7 @@ from mtpforge.checkpoint import CheckpointLike, as_checkpoint
 from mtpforge.checkpoint.tensors import read_weight
 from mtpforge.errors import CheckpointError
 from mtpforge.families import EMBEDDINGS, MTP, TRUNK, detect_family
-from mtpforge.reference.classes import RUNTIMES, text_config
+from mtpforge.reference.classes import runtime_for, text_config
 from mtpforge.reference.mtp import MtpHead
 
 
@@ -55,7 +55,7 @@ class ReferenceModel:
 
 def build_model(config: dict[str, Any], *, mtp_layers: int) -> tuple[Any, MtpHead | None]:
     """Untrained modules of the right shapes (the training script starts from these)."""
-    runtime = RUNTIMES[detect_family(config).name]
+    runtime = runtime_for(detect_family(config).name)
     tc = text_config(runtime, config)
     tc._attn_implementation = "sdpa"
     trunk = runtime.causal_lm(tc)

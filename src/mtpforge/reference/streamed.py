@@ -34,7 +34,7 @@ from mtpforge.errors import CheckpointError
 from mtpforge.families import MTP, detect_family
 from mtpforge.formats.dequant import TORCH_DTYPES
 from mtpforge.formats.stored import DENSE, StoredWeight
-from mtpforge.reference.classes import RUNTIMES, Runtime, text_config
+from mtpforge.reference.classes import Runtime, runtime_for, text_config
 from mtpforge.reference.model import fuse_experts
 from mtpforge.reference.mtp import MtpHead
 
@@ -122,7 +122,7 @@ class StreamedModel:
         self.dtype = dtype
         self.device = torch.device(device)
         self.keep_layers = keep_layers
-        self.runtime: Runtime = RUNTIMES[detect_family(ckpt.config).name]
+        self.runtime: Runtime = runtime_for(detect_family(ckpt.config).name)
         self.config = text_config(self.runtime, ckpt.config)
         self.config._attn_implementation = "sdpa"
         self.weights = _sort(ckpt)
