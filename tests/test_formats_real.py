@@ -449,3 +449,18 @@ def test_serve_passes_modelopt_fp4_only_for_all_nvfp4_exports(tmp_path: Path) ->
         assert "--quantization" not in launch_line(ckpt, ServeOptions()).args
     args = launch_line(nvfp4, ServeOptions()).args
     assert args[args.index("--quantization") + 1] == "modelopt_fp4"
+
+
+@pytest.mark.parametrize(("fmt", "bits"), [(f, b) for f in (foreign.GPTQ, foreign.AWQ, foreign.MLX_AFFINE) for b in (4, 8)]
+                         + [(foreign.MXFP4, 4), ("ct-mxfp4", 4)])
+def test_each_packed_layout_resolves_to_its_logical_weight(fmt: str, bits: int) -> None:
+    from mtpforge.checkpoint.header import TensorInfo
+    from mtpforge.formats.stored import resolve
+
+    stored = foreign.hollow(foreign.MXFP4 if fmt == "ct-mxfp4" else fmt, "m", 256, 512, bits=bits, group=64)
+    if fmt == "ct-mxfp4":  # compressed-tensors `mxfp4-pack-quantized` names the packed values weight_packed
+        stored = [("m.weight_packed" if n == "m.weight" else n, d, s) for n, d, s in stored]
+    infos = {n: TensorInfo(n, d, tuple(s), 0, 0, "s.safetensors") for n, d, s in stored}
+    [(name, w)] = resolve(infos, mlx_bits=bits if fmt == foreign.MLX_AFFINE else None).items()
+    assert (name, w.format, w.shape, w.bits) == ("m.weight", foreign.MXFP4 if fmt == "ct-mxfp4" else fmt, (256, 512), bits)
+    assert not w.missing and not w.problems

@@ -58,13 +58,15 @@ class QuantScheme:
 
     @property
     def label(self) -> str:
-        """A short human name, e.g. `W4A16 int g32 asym` or `NVFP4 g16`."""
+        """A short human name, e.g. `W4A16 int g32 asym`, `NVFP4 g16`, `MXFP4 g32` or `GPTQ W4A16 int g128`."""
         if self.weight_type == "float" and self.weight_bits == 4:
-            return "NVFP4" + ("" if self.activations else "A16") + f" g{self.group_size or 16}"
+            kind = "MXFP4" if self.format.startswith("mxfp4") else "NVFP4"
+            return kind + ("" if self.activations else "A16") + f" g{self.group_size or (32 if kind == 'MXFP4' else 16)}"
         acts = self.activations or "A16"
         size = f" g{self.group_size}" if self.group_size else f" {self.strategy or ''}".rstrip()
         sym = "" if self.symmetric else " asym"
-        return f"W{self.weight_bits}{acts} {self.weight_type}{size}{sym}"
+        packing = {"gptq": "GPTQ ", "awq": "AWQ ", "mlx-affine": "MLX "}.get(self.format, "")
+        return f"{packing}W{self.weight_bits}{acts} {self.weight_type}{size}{sym}"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ MLX_SUFFIXES = ("scales", "biases")
 REQUIRED = {
     GPTQ: ("qweight", "qzeros", "scales"),
     AWQ: ("qweight", "qzeros", "scales"),
-    MXFP4: ("weight", "weight_scale"),
+    MXFP4: ("weight_scale",),  # and the packed values: `weight` (Quark) or `weight_packed` (compressed-tensors)
     MLX_AFFINE: ("weight", "scales", "biases"),
 }
 E8M0_DTYPES = ("U8", "F8_E8M0")
@@ -61,6 +61,7 @@ def format_of(parts: Mapping[str, Shaped]) -> str | None:
         return GPTQ
     if weight is not None and weight.dtype == "U32" and "scales" in parts:
         return MLX_AFFINE
+    weight = weight if weight is not None else parts.get("weight_packed")  # compressed-tensors mxfp4-pack-quantized
     if weight is not None and weight.dtype == "U8" and scale is not None and scale.dtype in E8M0_DTYPES:
         return MXFP4
     return None
@@ -104,7 +105,7 @@ def _awq(parts: Mapping[str, Shaped], _bits: int | None) -> Layout:
 
 
 def _mxfp4(parts: Mapping[str, Shaped], _bits: int | None) -> Layout:
-    w, scale = parts.get("weight"), parts.get("weight_scale")
+    w, scale = parts.get("weight") or parts.get("weight_packed"), parts.get("weight_scale")
     if w is None or len(w.shape) < 2:
         return None, 4, []
     shape = (*w.shape[:-1], w.shape[-1] * 2)
