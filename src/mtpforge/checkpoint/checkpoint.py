@@ -54,12 +54,12 @@ class Checkpoint:
     def tensors(self) -> dict[str, TensorInfo]:
         """The tensors an engine loads: every tensor of the shards the index references
         (vLLM reads whole files), or of every shard when there is no index."""
-        return {name: t for h in self._loaded_headers(True) for name, t in h.tensors.items()}
+        return _merged(self._loaded_headers(True))
 
     @cached_property
     def unindexed(self) -> dict[str, TensorInfo]:
         """Tensors in `.safetensors` files of the directory that the index does not reference."""
-        return {name: t for h in self._loaded_headers(False) for name, t in h.tensors.items()}
+        return _merged(self._loaded_headers(False))
 
     @cached_property
     def duplicated(self) -> dict[str, tuple[str, ...]]:
@@ -86,8 +86,13 @@ class Checkpoint:
         return [self.headers[name] for name in self._loaded_shards(loaded)]
 
     def _loaded_shards(self, loaded: bool) -> list[str]:
-        referenced = set(self.index.weight_map.values()) if self.index is not None else set(self.headers)
+        referenced = self._referenced
         return [name for name in sorted(self.headers) if (name in referenced) == loaded]
+
+    @cached_property
+    def _referenced(self) -> frozenset[str]:
+        """The shards the index references (every shard without an index): read once, not per question."""
+        return frozenset(self.index.weight_map.values()) if self.index is not None else frozenset(self.headers)
 
     @cached_property
     def stored(self) -> dict[str, StoredWeight]:
@@ -131,6 +136,14 @@ class Checkpoint:
                 return None
             return template if isinstance(template, str) and template else None
         return None
+
+
+def _merged(headers: list[ShardHeader]) -> dict[str, TensorInfo]:
+    """Every tensor of `headers`, a later shard's entry winning a name two hold (dict.update, in C)."""
+    out: dict[str, TensorInfo] = {}
+    for header in headers:
+        out.update(header.tensors)
+    return out
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
