@@ -431,3 +431,14 @@ def test_verify_says_the_reference_does_not_run_a_nextn_family(tmp_path: Path, c
     r = cli("verify", str(ckpt), "--reference", str(ckpt), "--json")
     assert r.code == 3 and "Traceback" not in r.err
     assert r.json()["message"] == "the reference runtime does not run glm_moe_dsa (it runs qwen3_5, qwen3_5_moe, qwen3_next)"
+
+
+def test_quantize_a_nextn_family_keeps_its_head_and_passes_doctor(tmp_path: Path, cli: Any) -> None:
+    base = make_family_replica(tmp_path / "glm5", shrunk(CONFIGS["glm-5"]()))
+    r = cli("quantize", str(base), "--out", str(tmp_path / "w4"), "--scheme", "w4a16", "--group-size", "16", "--json")
+    assert r.code == 0, r.err
+    assert doctor(tmp_path / "w4").findings == ()
+    summary = inspect_checkpoint(tmp_path / "w4")
+    assert summary.mtp.quantized == 0 and summary.mtp.tensors == summary.mtp.expected_tensors
+    ignore = json.loads((tmp_path / "w4" / "config.json").read_text())["quantization_config"]["ignore"]
+    assert "re:^model.layers.4.*" in ignore  # the MTP layer after the 4 trunk layers, excluded as one pattern
