@@ -464,3 +464,44 @@ def test_each_packed_layout_resolves_to_its_logical_weight(fmt: str, bits: int) 
     [(name, w)] = resolve(infos, mlx_bits=bits if fmt == foreign.MLX_AFFINE else None).items()
     assert (name, w.format, w.shape, w.bits) == ("m.weight", foreign.MXFP4 if fmt == "ct-mxfp4" else fmt, (256, 512), bits)
     assert not w.missing and not w.problems
+
+
+def test_each_reader_matches_module_names_as_its_engine_does() -> None:
+    from mtpforge.checkpoint.quant_config import parse
+
+    def quantized(doc: dict[str, Any], module: str) -> bool:
+        return parse(doc, "config.json quantization_config").scheme_for(module) is not None
+
+    # GPTQ: modules_in_block_to_quantize lists substrings; anything else stays BF16
+    only = {**GPTQ, "dynamic": {}, "modules_in_block_to_quantize": [["self_attn.q_proj", "self_attn.k_proj"], ["mlp.experts"]]}
+    assert quantized(only, "model.layers.3.self_attn.q_proj") and not quantized(only, "model.layers.3.self_attn.o_proj")
+    # AWQ: an entry anywhere in the name
+    assert not quantized(AWQ, "model.layers.0.linear_attn.in_proj_a") and not quantized(AWQ, "mtp.layers.0.self_attn.qkv_proj")
+    assert quantized(AWQ, "model.layers.0.linear_attn.in_proj_qkv")
+    # AutoRound: an exact extra_config entry, then a name suffix, then block names
+    ar = {**AUTOROUND, "extra_config": {"mtp.fc": {"bits": 8}, "lm_head": {"bits": 4}}}
+    assert parse(ar, "c").scheme_for("mtp.fc").weight_bits == 8  # type: ignore[union-attr]
+    assert quantized(ar, "model.language_model.lm_head")  # the suffix match vLLM adds for nested names
+    assert not quantized(ar, "mtp.layers.0.self_attn.o_proj")  # outside block_name_to_quantize
+    # Quark: a layer_quant_config pattern without `*` matches a name it contains; `*` patterns are fnmatch
+    qk = {**QUARK, "layer_quant_config": {"*self_attn*": {"weight": None}}}
+    assert not quantized(qk, "model.language_model.layers.3.self_attn.q_proj")
+    assert quantized(qk, "model.language_model.layers.3.mlp.experts.0.up_proj")
+    # fp8: exact names only, no regex
+    fp8 = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128],
+           "ignored_layers": ["re:^mtp.*", "model.layers.61.eh_proj"]}
+    assert quantized(fp8, "mtp.fc") and not quantized(fp8, "model.layers.61.eh_proj")
+
+
+@pytest.mark.parametrize(("doc", "says"), [
+    ({**GPTQ, "dynamic": {"-:(unclosed": {}}}, "dynamic key '-:(unclosed' is not a valid regex"),
+    ({**GPTQ, "bits": 5}, "bits 5 is not one of [2, 3, 4, 8]"),
+    ({**QUARK, "global_quant_config": {"weight": {"dtype": "int3"}}}, "dtype 'int3' is not a Quark dtype"),
+    ({"quant_method": "modelopt", "quant_algo": "MIXED_PRECISION"}, "MIXED_PRECISION needs a non-empty quantized_layers"),
+    ({**MLX, "mode": "mxfp4"}, "mode 'mxfp4' is not read"),
+])
+def test_malformed_configs_are_named(tmp_path: Path, doc: dict[str, Any], says: str) -> None:
+    ckpt = build(tmp_path, "bad", trunk(foreign.GPTQ), config=doc, key="quantization" if "mode" in doc else "quantization_config")
+    r = doctor(ckpt).to_dict()
+    [f] = [f for f in r["findings"] if f["code"] == "quant-config-invalid"]
+    assert says in f["message"] and f["files"] == ["config.json"]
