@@ -177,17 +177,17 @@ class Family:
 
     def group_of(self, name: str) -> str:
         """The group of a tensor by its name alone (for tensors the inventory does not expect)."""
-        parts = name.split(".")
+        # called for every stored name (400K on the largest indexes): prefix tests, no full split
         if name.startswith(self.mtp_prefix + "."):
             return MTP
         if self.is_vision(name):
             return VISION
-        if parts[-2:-1] in (["embed_tokens"], ["lm_head"]) or parts[0] == "lm_head":
+        if name.partition(".")[0] == "lm_head" or name.rsplit(".", 2)[-2:-1] in (["embed_tokens"], ["lm_head"]):
             return EMBEDDINGS
         return TRUNK
 
     def is_vision(self, name: str) -> bool:
-        return name.split(".")[:2] == self.vision_prefix.split(".")
+        return name.startswith(self.vision_prefix + ".")
 
     def trunk_prefix(self, config: dict[str, Any]) -> str:
         """The module path of the language model (`model` or `model.language_model`)."""

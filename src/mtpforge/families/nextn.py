@@ -77,10 +77,10 @@ class NextnFamily(Family):
         return bound
 
     def group_of(self, name: str) -> str:
-        parts = name.split(".")
-        if (self.mtp_start is not None and parts[:2] == ["model", "layers"] and len(parts) > 2 and parts[2].isdigit()
-                and int(parts[2]) >= self.mtp_start):
-            return MTP
+        if self.mtp_start is not None and name.startswith("model.layers."):
+            index = name[13:name.find(".", 13)] if name.find(".", 13) > 0 else name[13:]
+            if index.isdigit() and int(index) >= self.mtp_start:
+                return MTP
         return super().group_of(name)
 
     def mtp_layer_index(self, name: str) -> int | None:
