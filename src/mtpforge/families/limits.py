@@ -8,8 +8,9 @@ a family (inspect, doctor, plan, serve, card, graft, strip, fix, quantize) gets
 the same clean CheckpointError (exit 3) naming config.json, the key and the fix.
 
 The caps are far above every real config: the largest values in the public
-configs of Qwen3.5 / Qwen3.6 / Qwen3-Next, DeepSeek-V3/R1, GLM-5 and MiMo
-(/work/shared/reference/public-configs) are 78 layers (GLM-5), 512 experts
+configs of Qwen3.5 / Qwen3.6 / Qwen3-Next, DeepSeek-V3/R1, GLM-4.5 / GLM-5 and
+MiMo (/work/shared/reference/public-configs, tests/test_families_real.py) are 92
+layers (GLM-4.5), 512 experts
 (Qwen3.5-397B-A17B), 27 vision blocks, hidden size 7168 (DeepSeek-V3), a
 248,320-token vocabulary and 262,144 positions; MTP heads have 1 layer.
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 from mtpforge.errors import CheckpointError
 
-MAX_LAYERS = 1024  # trunk, MTP and vision blocks; real configs: at most 78
+MAX_LAYERS = 1024  # trunk, MTP and vision blocks; real configs: at most 92
 MAX_EXPERTS = 4096  # real configs: at most 512
 MAX_EXPERT_LAYERS = 1 << 17  # layers x experts (per-expert inventories); real: 60 x 512 = 30,720
 MAX_DIM = 1 << 24  # hidden, intermediate, head dims, vocabulary; real: at most 248,320
