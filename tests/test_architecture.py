@@ -25,8 +25,9 @@ RANKS = {
     "reference": 7,
     "quant": 8, "engine": 8,
     "verify": 9, "bench": 9,
-    "publish": 10,
-    "cli": 11,
+    "heal": 10,
+    "publish": 11,
+    "cli": 12,
 }
 TOP_LEVEL_MODULES = {"__init__", "__main__", "errors", "units", "prompts"}  # everything else lives in a package
 

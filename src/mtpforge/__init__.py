@@ -33,6 +33,7 @@ _EXPORTS = {
     "strip": "mtpforge.surgery.strip",
     "quantize": "mtpforge.quant",
     "verify": "mtpforge.verify",
+    "heal": "mtpforge.heal",
     "plan": "mtpforge.engine.memory",
     "PlanRequest": "mtpforge.engine.memory",
     "launch_line": "mtpforge.engine.launch",
@@ -58,7 +59,7 @@ def __dir__() -> list[str]:
 
 class _Api(types.ModuleType):
     """`mtpforge` itself. Importing a subpackage binds it on its parent (`import mtpforge.verify` sets `mtpforge.verify`
-    to the package): for `verify` and `bench`, whose packages share the verb's name, that would hide the function, so
+    to the package): for `verify`, `bench` and `heal`, whose packages share the verb's name, that would hide the function, so
     an exported name is never rebound to a module. `from mtpforge.verify import X` still works (it reads sys.modules)."""
 
     def __setattr__(self, name: str, value: Any) -> None:

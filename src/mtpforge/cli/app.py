@@ -265,6 +265,45 @@ def verify(candidate: str, reference: str | None, k: int, new_tokens: int, promp
     return EXIT_CHECKS_FAILED if report.failed_thresholds else EXIT_OK
 
 
+@app.command(epilog="Examples:\n\n\b\n  mtpforge heal ./finetune-mtp --out ./finetune-healed\n"
+             "  mtpforge heal ./W4A16 --prompts my-prompts.txt --steps 2000 --k 3 --out ./W4A16-healed --json\n\n" + EXIT_CODES)
+@click.argument("checkpoint", type=click.Path(file_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=str), help="Output directory.")
+@click.option("--prompts", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Prompt file: a JSON list or one prompt per line (default: the bundled set); every 4th is held out.")
+@click.option("--steps", type=POSITIVE, default=100, show_default=True,
+              help="Optimizer steps at most (early stopping may end sooner).")
+@click.option("--k", "k", type=POSITIVE, default=3, show_default=True, help="Chained draft positions trained and measured.")
+@click.option("--loss", type=click.Choice(["kl", "ce"]), default="kl", show_default=True,
+              help="kl: the trunk's distribution; ce: its greedy token.")
+@click.option("--lr", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=2e-3, show_default=True,
+              help="AdamW learning rate (the best head seen is kept, the original included).")
+@click.option("--batch", type=POSITIVE, default=4, show_default=True, help="Sequences per optimizer step.")
+@click.option("--eval-every", type=POSITIVE, default=None,
+              help="Evaluate on the held-out prompts and save the work state every N steps (default: steps / 10).")
+@click.option("--patience", type=POSITIVE, default=3, show_default=True,
+              help="Stop after this many evaluations without a better held-out mean acceptance length.")
+@click.option("--work", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Work directory for the capture and resumable state (default: OUT.heal beside OUT).")
+@click.option("--device", default="cpu", show_default=True, help="Where the trunk and the head run (cpu, cuda).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def heal(checkpoint: str, out: str, prompts: str | None, steps: int, k: int, loss: str, lr: float, batch: int,
+         eval_every: int | None, patience: int, work: str | None, device: str, overwrite: bool, as_json: bool) -> int:
+    """Retrain CHECKPOINT's MTP head on its own trunk (self-distillation); trunk, embeddings and lm_head stay byte-identical."""
+    from mtpforge.cli.render import render_doctor
+    from mtpforge.diagnosis.doctor import doctor as run_doctor
+    from mtpforge.heal import heal as run_heal
+
+    report = run_heal(checkpoint, out, prompts=prompts, steps=steps, k=k, loss=loss, lr=lr, batch=batch, eval_every=eval_every,
+                      patience=patience, work=work, device=device, overwrite=overwrite,
+                      progress=lambda m: click.echo(m, err=True))
+    after = run_doctor(out)
+    _emit({**report.to_dict(), "doctor": after.to_dict()}, as_json,
+          report.render() + f"\nwrote {out}; doctor on the output:\n{render_doctor(after)}")
+    return EXIT_CHECKS_FAILED if not after.ok else EXIT_OK
+
+
 @app.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="A new or empty directory to build the demo checkpoints in, kept afterwards "
