@@ -62,8 +62,9 @@ def expected_inventory(family: Family, config: dict[str, Any], stored_names: Ite
     names = list(stored_names)
     experts = {True: [], False: []}  # type: dict[bool, list[bool]]  # in the MTP head? -> per-expert?
     for n in names:
-        if ".experts." in n:
-            experts[family.group_of(n) == MTP].append(n.split(".experts.")[1][:1].isdigit())
+        at = n.find(".experts.")
+        if at >= 0:
+            experts[family.is_mtp(n)].append(n[at + 9:at + 10].isdigit())
     trunk_fused = not any(experts[False])
     head_fused = not any(experts[True]) if experts[True] else trunk_fused
     prefixes = [p for p in family.trunk_prefixes(config) if any(n.startswith(p + ".layers.") for n in names)]

@@ -175,10 +175,14 @@ class Family:
             return int(parts[1])
         return None
 
+    def is_mtp(self, name: str) -> bool:
+        """`group_of(name) == MTP`, answered from the prefix alone (the hot path of a 400K-tensor scan)."""
+        return name.startswith(self.mtp_prefix + ".")
+
     def group_of(self, name: str) -> str:
         """The group of a tensor by its name alone (for tensors the inventory does not expect)."""
         # called for every stored name (400K on the largest indexes): prefix tests, no full split
-        if name.startswith(self.mtp_prefix + "."):
+        if self.is_mtp(name):
             return MTP
         if self.is_vision(name):
             return VISION

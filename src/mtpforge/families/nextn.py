@@ -76,12 +76,12 @@ class NextnFamily(Family):
         bound.mtp_prefix = f"model.layers.{bound.mtp_start}"
         return bound
 
-    def group_of(self, name: str) -> str:
-        if self.mtp_start is not None and name.startswith("model.layers."):
-            index = name[13:name.find(".", 13)] if name.find(".", 13) > 0 else name[13:]
-            if index.isdigit() and int(index) >= self.mtp_start:
-                return MTP
-        return super().group_of(name)
+    def is_mtp(self, name: str) -> bool:
+        if self.mtp_start is None or not name.startswith("model.layers."):
+            return False
+        end = name.find(".", 13)
+        index = name[13:end] if end > 0 else name[13:]
+        return index.isdigit() and int(index) >= self.mtp_start
 
     def mtp_layer_index(self, name: str) -> int | None:
         parts = name.split(".")
@@ -169,9 +169,6 @@ class NextnFamily(Family):
             inv.add(f"{experts}.down_proj", (d.experts, d.hidden, d.moe_intermediate),
                     kind=EXPERTS, fused=experts, expert=True, **role)
         else:
-            for e in range(d.experts):
-                for proj, shape in (("gate_proj", (d.moe_intermediate, d.hidden)), ("up_proj", (d.moe_intermediate, d.hidden)),
-                                    ("down_proj", (d.hidden, d.moe_intermediate))):
-                    blocks.linear(inv, f"{experts}.{e}.{proj}.weight", *shape, fused=experts, expert=True, **role)
+            blocks.per_expert(inv, experts, d.experts, d.hidden, d.moe_intermediate, **role)
         if d.shared_experts:
             blocks.dense_mlp(inv, f"{p}.shared_experts", d.hidden, d.moe_intermediate * d.shared_experts, **role)
