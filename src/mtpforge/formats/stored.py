@@ -134,44 +134,56 @@ def resolve(
         the tensor's own name for everything else.
     """
     modules: dict[str, dict[str, StoredTensor]] = {}
-    out: dict[str, StoredWeight] = {}
+    dense: list[tuple[str, StoredTensor]] = []
     for name, info in tensors.items():
         module, _, suffix = name.rpartition(".")
         if suffix in _GROUPED and module:
             modules.setdefault(module, {})[suffix] = info
+        else:
+            dense.append((name, info))
+    out: dict[str, StoredWeight] = {}
+    # The 768 experts of a layer share one layout: classify each layout once (not a CT INT weight, whose
+    # logical shape is read from its own `weight_shape` data).
+    seen: dict[tuple[tuple[str, str, tuple[int, ...]], ...], _Verdict] = {}
     for module, parts in modules.items():
         weight = tensors.get(f"{module}.weight")
         if weight is not None:
-            parts = {**parts, "weight": weight}
-        out[f"{module}.weight"] = _classify(f"{module}.weight", parts, read_ints, mlx_bits)
-    for name, info in tensors.items():
-        module, _, suffix = name.rpartition(".")
-        if suffix in _GROUPED and module:
-            continue
-        if name in out:  # the main tensor of a modelopt / FP8 weight
-            continue
-        out[name] = StoredWeight(name, DENSE, info.shape, {"": info})
+            parts["weight"] = weight  # a dict of our own: no copy
+        key = tuple([(k, v.dtype, v.shape) for k, v in parts.items()])
+        verdict = seen.get(key)
+        if verdict is None:
+            verdict = _classify(parts, read_ints, mlx_bits)
+            if verdict[0] != CT_INT:
+                seen[key] = verdict
+        fmt, shape, missing, problems, bits = verdict
+        out[f"{module}.weight"] = StoredWeight(f"{module}.weight", fmt, shape, parts, missing, problems, bits)
+    for name, info in dense:
+        if name not in out:  # else the main tensor of a modelopt / FP8 / MXFP4 / MLX weight
+            out[name] = StoredWeight(name, DENSE, info.shape, {"": info})
     return out
 
 
+# format, logical shape, missing parts, problems, bits hint
+_Verdict = tuple[str, tuple[int, ...] | None, tuple[str, ...], tuple[str, ...], int | None]
+
+
 def _classify(
-    name: str, parts: dict[str, StoredTensor], read_ints: Callable[[StoredTensor], list[int]] | None,
-    mlx_bits: int | None = None,
-) -> StoredWeight:
+    parts: dict[str, StoredTensor], read_ints: Callable[[StoredTensor], list[int]] | None, mlx_bits: int | None = None,
+) -> _Verdict:
     fmt = foreign.format_of(parts) or _format_of(parts)
     if fmt == BROKEN:
         found = ", ".join(sorted(parts))
-        return StoredWeight(name, BROKEN, None, parts, ("weight_packed or weight",),
-                            (f"companions ({found}) without a recognisable quantized weight",))
+        why = f"companions ({found}) without a recognisable quantized weight"
+        return BROKEN, None, ("weight_packed or weight",), (why,), None
     missing = tuple(s for s in _REQUIRED[fmt] if s not in parts)
     if fmt in foreign.REQUIRED:
         bits = mlx_bits if fmt == MLX_AFFINE else None
         shape, _, problems = foreign.layout(fmt, parts, bits)
-        return StoredWeight(name, fmt, shape, parts, missing, tuple(problems), bits_hint=bits)
+        return fmt, shape, missing, tuple(problems), bits
     if fmt == FP8 and "weight_scale" not in parts and "weight_scale_inv" not in parts:
         missing = ("weight_scale",)
     shape = _logical_shape(fmt, parts, read_ints)
-    return StoredWeight(name, fmt, shape, parts, missing, tuple(_shape_problems(fmt, parts, shape)))
+    return fmt, shape, missing, tuple(_shape_problems(fmt, parts, shape)), None
 
 
 def _format_of(parts: dict[str, StoredTensor]) -> str:
