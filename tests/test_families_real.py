@@ -203,11 +203,17 @@ def _head_in_own_shard(root: Path, config: dict[str, Any], *, indexed: bool) -> 
     return ckpt
 
 
-def test_a_standalone_indexed_mtp_shard_is_healthy_and_an_unindexed_one_is_named(tmp_path: Path) -> None:
+def test_a_standalone_indexed_mtp_shard_is_healthy_and_an_unindexed_one_is_named_and_fixed(tmp_path: Path) -> None:
+    """GLM-4.7's NVFP4 export put layer 92 in `mtp.safetensors` but left it out of the index (sgl-project/sglang#17166:
+    SGLang warns and remaps it; vLLM loads only the files the index names)."""
+    from mtpforge.surgery.fix import fix
+
     assert doctor(_head_in_own_shard(tmp_path / "ok", dict(GLM45_AIR), indexed=True)).ok
-    findings = doctor(_head_in_own_shard(tmp_path / "bad", dict(GLM45_AIR), indexed=False)).findings
-    unindexed = [f for f in findings if f.code == "mtp-unindexed"]
+    bad = _head_in_own_shard(tmp_path / "bad", dict(GLM45_AIR), indexed=False)
+    unindexed = [f for f in doctor(bad).findings if f.code == "mtp-unindexed"]
     assert [list(f.files) for f in unindexed] == [["mtp.safetensors"]]
+    fix(bad, str(tmp_path / "fixed"))
+    assert doctor(tmp_path / "fixed").findings == ()
 
 
 def test_an_unknown_family_is_refused_before_any_shard_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
