@@ -25,7 +25,7 @@ from mtpforge.diagnosis.norms import shifted_norms
 from mtpforge.families import MTP, detect_family
 from mtpforge.formats.values import encode
 from mtpforge.surgery.output import make_plan
-from mtpforge.surgery.quant_lists import edit_lists, exclude_prefix
+from mtpforge.surgery.quant_lists import edit_lists, exclude_prefix, head_exclusion
 from mtpforge.surgery.rebuild import hf_quant_config, rebuild
 from mtpforge.surgery.sources import Computed, FileRange
 from mtpforge.surgery.stage import apply_plan, check_destination
@@ -68,7 +68,7 @@ def plan_fix(path: CheckpointLike, report: DoctorReport) -> WritePlan | None:
             actions.append(f"index the {len(f.tensors)} MTP tensors of {shard}" + moved)
     if codes & {"mtp-quant-uncovered", "mtp-ignore-fused-unsafe"}:
         config, hf_quant, _ = edit_lists(config, hf_quant, exclude_prefix(family.mtp_prefix))
-        actions.append("exclude the MTP head from quantization with re:^mtp.* / mtp*")
+        actions.append(f"exclude the MTP head from quantization: {head_exclusion(config, family.mtp_prefix)}")
     if "mtp-undeclared" in codes:
         layers = len({m.group(1) for n in ckpt.tensors
                       if family.group_of(n) == MTP and (m := re.match(r"mtp\.layers\.(\d+)\.", n))})

@@ -85,6 +85,13 @@ def head_pattern(method: str, prefix: str) -> str:
     }.get(method, f"{prefix}*")
 
 
+def head_exclusion(config: dict[str, Any], prefix: str) -> str:
+    """The entry `exclude_prefix(prefix)` writes into `config`'s quantization config, and where, for a plan's text."""
+    method = method_of(config.get("quantization_config")) or MODELOPT_METHOD
+    where = LIST_KEY.get(method) or DICT_KEY.get(method) or "exclude_modules"
+    return f"'{head_pattern(method, prefix)}' in {where}"
+
+
 def drop_names(under: str) -> Edit:
     """An edit that removes exact names (not patterns) of modules under `under` (e.g. `model.visual`)."""
 
