@@ -93,18 +93,19 @@ class QuantConfig:
 
     def scheme_for(self, module: str, *, is_linear: bool = True) -> QuantScheme | None:
         """The scheme the engine applies to `module`, or None when it stays unquantized."""
-        key = (module, is_linear)
-        memo = self._memo
-        if key not in memo:
-            memo[key] = self._scheme_for(module, is_linear)
-        return memo[key]
+        if not is_linear:
+            return self._scheme_for(module, False)
+        memo = self._memo  # doctor asks about each of ~100K modules several times
+        if module not in memo:
+            memo[module] = self._scheme_for(module, True)
+        return memo[module]
 
     def has_override(self, module: str) -> bool:
         """MLX: does config.json name `module` itself (as False or with its own bits)?"""
         return module in self.ignore
 
     @cached_property
-    def _memo(self) -> dict[tuple[str, bool], QuantScheme | None]:
+    def _memo(self) -> dict[str, QuantScheme | None]:
         return {}
 
     def _scheme_for(self, module: str, is_linear: bool) -> QuantScheme | None:
