@@ -193,3 +193,23 @@ def test_a_defect_in_a_whole_layer_of_experts_is_one_finding(tmp_path: Path) -> 
     assert len(f["tensors"]) == 1536 and all(t.startswith(layer) for t in f["tensors"])
     assert "1536 weights" in f["message"] and f"{layer}0.gate_proj.weight" in f["message"]  # a count and examples
     assert f["fix"] and set(f["files"]) >= {"config.json", "hf_quant_config.json"}
+
+
+def test_the_cycle_collector_is_paused_only_while_reading(make: Make, tmp_path: Path) -> None:
+    import gc
+
+    from mtpforge.diagnosis.inspection import inspect_checkpoint
+    from mtpforge.errors import CheckpointError
+
+    ckpt = make()
+    doctor(ckpt), inspect_checkpoint(ckpt)
+    assert gc.isenabled()
+    with pytest.raises(CheckpointError):
+        doctor(tmp_path / "absent")
+    assert gc.isenabled()
+    gc.disable()  # a caller that disabled it keeps it disabled
+    try:
+        doctor(ckpt)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

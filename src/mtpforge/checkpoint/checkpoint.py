@@ -12,7 +12,10 @@ in `unsafe_files` (doctor reports it; writers must not copy it).
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -146,6 +149,23 @@ def _merged(headers: list[ShardHeader]) -> dict[str, TensorInfo]:
     return out
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """CPython's cycle collector paused while a large index is read and diagnosed, then restored.
+
+    Reading a 400K-tensor index builds millions of tuples and dicts, none in a reference cycle; each full
+    collection walks every live one again, and the allocations trigger dozens: a third of doctor's time
+    on the 397B NVFP4 index (bench/doctor_scale.py). Cycles made meanwhile are collected once it resumes.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Open the checkpoint directory at `path`: config, index, headers and quantization configs.
 
@@ -177,12 +197,13 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if not shard_names and index is None:
         raise CheckpointError(f"{root}: no .safetensors file and no {'model.safetensors.index.json'}")
     headers, errors = {}, {}
-    for name in sorted(shard_names):
-        shard = paths.resolve(root, name, what="shard")
-        try:
-            headers[name] = read_header(shard, name)
-        except HeaderError as e:
-            errors[name] = e
+    with gc_paused():
+        for name in sorted(shard_names):
+            shard = paths.resolve(root, name, what="shard")
+            try:
+                headers[name] = read_header(shard, name)
+            except HeaderError as e:
+                errors[name] = e
     ckpt = Checkpoint(root, config, index, headers, errors, files=files, unsafe_files=unsafe)
     _read_quant_configs(ckpt)
     return ckpt

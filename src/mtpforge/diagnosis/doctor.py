@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mtpforge.checkpoint import CheckpointLike, as_checkpoint
+from mtpforge.checkpoint.checkpoint import gc_paused
 from mtpforge.diagnosis.context import Context
 from mtpforge.diagnosis.files import check_files
 from mtpforge.diagnosis.findings import CATALOGUE, ERROR, INFO, WARNING, Finding
@@ -65,9 +66,10 @@ def doctor(path: CheckpointLike) -> DoctorReport:
         CheckpointError: there is no checkpoint to diagnose (no config.json, unsafe index paths).
         UnsupportedFamilyError: the architecture is not one mtpforge has rules for.
     """
-    ckpt = as_checkpoint(path)
-    ctx = Context(ckpt, detect_family(ckpt.config))
-    findings = _merged([_located(ctx, f) for check in CHECKS for f in check(ctx)])
+    with gc_paused():
+        ckpt = as_checkpoint(path)
+        ctx = Context(ckpt, detect_family(ckpt.config))
+        findings = _merged([_located(ctx, f) for check in CHECKS for f in check(ctx)])
     findings.sort(key=lambda f: (_SEVERITY_ORDER[f.severity], f.code))
     return DoctorReport(os.fspath(path), ctx.family.name, tuple(findings))
 

@@ -43,7 +43,8 @@ CATALOGUE: dict[str, Rule] = {
     "mtp-ignore-fused-unsafe": Rule(ERROR, "replace the per-module MTP entries with 're:^mtp.*'", _DOCTOR_FIX),
     "mtp-quantized": Rule(WARNING, "prefer a BF16 head unless its acceptance was measured", _GRAFT),
     "mtp-quant-companions": Rule(ERROR, "re-quantize the module, or graft the BF16 head", None),
-    "mtp-norm-convention": Rule(ERROR, "undo the shift (store w, not 1 + w), or re-graft the head from the base", _GRAFT),
+    "mtp-norm-convention": Rule(ERROR, "undo the shift of each shifted key (store w, not 1 + w); or re-graft the head "
+                                "from the base", _DOCTOR_FIX),
     "fused-group-mixed": Rule(ERROR, "quantize or ignore fused groups whole (q/k/v, gate/up, in_proj_qkv+z, in_proj_b+a)", None),
     "gdn-small-proj-quantized": Rule(WARNING, "keep linear_attn.in_proj_a / in_proj_b in BF16", None),
     "high-precision-quantized": Rule(ERROR, "keep conv1d, A_log, dt_bias, norms and routers unquantized", None),

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mtpforge.checkpoint import Checkpoint, CheckpointLike, as_checkpoint
+from mtpforge.checkpoint.checkpoint import gc_paused
 from mtpforge.errors import CheckpointError
 from mtpforge.families import GROUPS, MTP, TRUNK, VISION, detect_family, expected_inventory
 from mtpforge.families.base import LINEAR
@@ -112,6 +113,8 @@ class InspectReport:
 def inspect_checkpoint(path: CheckpointLike) -> InspectReport:
     """Summarise the checkpoint at `path`.
 
+    The cycle collector is paused meanwhile (checkpoint.gc_paused: a 400K-tensor index builds millions of objects).
+
     Args:
         path: a checkpoint directory, or an open `Checkpoint`.
 
@@ -123,6 +126,12 @@ def inspect_checkpoint(path: CheckpointLike) -> InspectReport:
             run `mtpforge doctor` for the full diagnosis).
         UnsupportedFamilyError: the architecture is not one mtpforge knows.
     """
+    with gc_paused():
+        return _inspect(path)
+
+
+def _inspect(path: CheckpointLike) -> InspectReport:
+    """The summary; the cycle collector is paused by the caller."""
     ckpt = as_checkpoint(path)
     if ckpt.header_errors:
         first = next(iter(ckpt.header_errors.values()))
