@@ -213,3 +213,20 @@ def test_the_cycle_collector_is_paused_only_while_reading(make: Make, tmp_path: 
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_every_finding_names_its_files_and_its_fix(make: Make) -> None:
+    ckpt = make(shards=2, quant="nvfp4")
+    (ckpt / "tokenizer.json").unlink()
+    shift(ckpt, lambda n: "pre_fc_norm" in n, +1.0)
+    for shard in ckpt.glob("model-*.safetensors"):  # a trunk tensor lost, a stray one added, the head's fc in F16
+        rewrite_shard(shard, lambda ts: [TensorData(t.name, "F16", t.shape, t.data) if t.name == "mtp.fc.weight" else t
+                                         for t in ts if t.name != "lm_head.weight"])
+    rewrite_shard(sorted(ckpt.glob("model-*.safetensors"))[0],
+                  lambda ts: [*ts, TensorData("model.language_model.layers.99.mlp.up_proj.weight", "BF16", (2, 2), bytes(8))])
+    findings = doctor(ckpt).to_dict()["findings"]
+    assert {f["code"] for f in findings} >= {"tokenizer-missing", "mtp-norm-convention", "tensor-missing", "dtype-cast",
+                                             "tensor-unexpected", "index-unlisted-tensor"}
+    for f in findings:
+        assert f["files"] and f["fix"], f
+        assert f["code"] != "tensor-missing" or f["files"] == ["config.json"]  # what implies the absent tensor
