@@ -42,7 +42,7 @@ import pytest
 from mtpforge.checkpoint import open_checkpoint
 from mtpforge.checkpoint.index import INDEX_NAME
 from mtpforge.checkpoint.quant_match import wildcard_rules
-from mtpforge.checkpoint.writer import TensorData
+from mtpforge.checkpoint.writer import TensorData, write_safetensors
 from mtpforge.diagnosis.doctor import doctor
 from mtpforge.families import FAMILIES, MTP, TRUNK, TensorSpec
 from mtpforge.families.base import LINEAR
@@ -72,8 +72,10 @@ def mtp_linears(ckpt: Path) -> list[str]:
 
 
 def build(tmp_path: Path, name: str, stored: Stored, *, config: dict[str, Any] | None = None,
-          key: str = "quantization_config", hf_quant: dict[str, Any] | None = None, bits: int = 4, group: int = 32) -> Path:
-    """A hollow Qwen3.5-MoE export: each Linear stored as `stored(spec)` says (None: BF16), with `config`."""
+          key: str = "quantization_config", hf_quant: dict[str, Any] | None = None, bits: int = 4, group: int = 32,
+          side: str | None = None) -> Path:
+    """A hollow Qwen3.5-MoE export: each Linear stored as `stored(spec)` says (None: BF16), with `config`;
+    the MTP head in its own indexed `side` file when given (AutoRound's model_extra_tensors.safetensors)."""
     base = make_checkpoint(tmp_path / f"{name}-bf16", FAMILY, vision=False, fused_experts=False)
     inv = _inventory(base)
     tensors: list[TensorData] = []
@@ -84,7 +86,14 @@ def build(tmp_path: Path, name: str, stored: Stored, *, config: dict[str, Any] |
             tensors += [t] if fmt is None else _packed(fmt, spec, bits, group)  # type: ignore[arg-type]
     out = tmp_path / name
     out.mkdir()
-    write_shards(out, tensors, shards=3, index=True)
+    head = [t for t in tensors if side and t.name.startswith("mtp.")]
+    write_shards(out, [t for t in tensors if t not in head], shards=3, index=True)
+    if side:
+        write_safetensors(out / side, head, {"format": "pt"})
+        index = json.loads((out / INDEX_NAME).read_text())
+        index["weight_map"] |= {t.name: side for t in head}
+        index["metadata"]["total_size"] += sum(t.nbytes for t in head)
+        (out / INDEX_NAME).write_text(json.dumps(index, indent=2))
     for f in base.iterdir():
         if not f.name.endswith(".safetensors") and f.name != INDEX_NAME:
             shutil.copy(f, out / f.name)
@@ -161,6 +170,21 @@ def test_gptq_head_stored_bf16_without_a_negative_rule_is_named_and_fixed(tmp_pa
     out = fix(cli, ckpt, says="'-:^mtp\\.' in dynamic")
     assert next(iter(config_of(out)["dynamic"])) == r"-:^mtp\."  # first: the first matching rule decides
     assert config_of(ckpt)["dynamic"] == config["dynamic"]  # the input is never modified
+
+
+def test_autoround_gptq_export_with_positive_head_rules_and_a_bf16_side_file(tmp_path: Path, cli: Any) -> None:
+    """Vishva007/Qwen3.8-27B-W4A16-AutoRound-GPTQ, as a public serving guide describes it: the MTP tensors are BF16
+    in model_extra_tensors.safetensors, but `dynamic` declares `+:.*mtp.*` and `+:.*mtp\\.fc.*` (4-bit, group 64)."""
+    config = copy.deepcopy(GPTQ)
+    config["dynamic"] = {r"-:.*linear_attn\.in_proj_[ab]$": {}, "+:.*mtp.*": {"bits": 4, "group_size": 64},
+                         r"+:.*mtp\.fc.*": {"bits": 4, "group_size": 64}}
+    ckpt = build(tmp_path, "ar-gptq", trunk(foreign.GPTQ), config=config, side="model_extra_tensors.safetensors")
+    r = doctor(ckpt).to_dict()
+    assert codes(r) == {"mtp-quant-uncovered"}
+    [f] = r["findings"]
+    assert f["tensors"] == mtp_linears(ckpt) and "model_extra_tensors.safetensors" in f["message"]
+    out = fix(cli, ckpt, says="'-:^mtp\\.' in dynamic")
+    assert list(config_of(out)["dynamic"])[:2] == [r"-:^mtp\.", r"-:.*linear_attn\.in_proj_[ab]$"]  # before the + rules
 
 
 def test_gptq_head_quantized_but_excluded_is_one_mismatch(tmp_path: Path) -> None:
