@@ -112,3 +112,11 @@ def test_verify_streams_real_27b_widths_in_bounded_memory(tmp_path: Path) -> Non
     # resident: lm_head in BF16 (2.54 GB), the head in fp32 (1.7 GB), one fp32 layer (1.5 GB); never the 4-layer fp32 model
     # plus embeddings (13.6 GB) that the in-memory runtime would build
     assert usage.ru_maxrss * 1024 < 7.0 * 2**30
+
+
+def test_the_streamed_runtime_continues_greedily_like_transformers_generate() -> None:
+    prompt = [72, 101, 108, 108, 111, 32, 119]
+    streamed = open_streamed(TINY).greedy([prompt], 6)
+    from mtpforge.verify.acceptance import greedy_continuation
+
+    assert streamed == [greedy_continuation(load_reference(TINY), prompt, 6)]
