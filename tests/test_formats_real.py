@@ -530,3 +530,12 @@ def test_malformed_configs_are_named(tmp_path: Path, doc: dict[str, Any], says: 
     r = doctor(ckpt).to_dict()
     [f] = [f for f in r["findings"] if f["code"] == "quant-config-invalid"]
     assert says in f["message"] and f["files"] == ["config.json"]
+
+
+@pytest.mark.parametrize("algo", ["FP8_PER_CHANNEL_PER_TOKEN", "fp8_pb_wo", "FP8_BLOCK_SCALES", "MXFP8"])
+def test_every_modelopt_linear_algorithm_vllm_knows_is_read(algo: str) -> None:
+    """vLLM `modelopt.py::LINEAR_ALGOS` (ModelOpt may write the block-FP8 name in lower case)."""
+    from mtpforge.checkpoint.quant_config import parse_modelopt
+
+    qc = parse_modelopt({"quantization": {"quant_algo": algo, "exclude_modules": ["lm_head"]}}, "hf_quant_config.json")
+    assert [s.format for s in qc.schemes] == ["modelopt-fp8"] and qc.scheme_for("lm_head") is None

@@ -35,7 +35,9 @@ CT_FORMATS = frozenset({
     "pack-quantized", "nvfp4-pack-quantized", "float-quantized", "int-quantized",
     "naive-quantized", "mixed-precision", "dense", "marlin-24", "mxfp4-pack-quantized",
 })
-MODELOPT_ALGOS = {"NVFP4": 4, "FP8": 8, "W4A16_NVFP4": 4, "NVFP4_AWQ": 4}
+# vLLM's ModelOpt linear algorithms (`modelopt.py::LINEAR_ALGOS`, and the block-FP8 alias), by weight bits.
+MODELOPT_ALGOS = {"NVFP4": 4, "W4A16_NVFP4": 4, "NVFP4_AWQ": 4, "FP8": 8, "FP8_PER_CHANNEL_PER_TOKEN": 8, "FP8_PB_WO": 8,
+                  "FP8_BLOCK_SCALES": 8, "MXFP8": 8}
 MIXED_PRECISION = "MIXED_PRECISION"
 
 
@@ -174,6 +176,7 @@ def parse_modelopt(doc: Any, source: str) -> QuantConfig:
 
 
 def _modelopt_scheme(algo: Any, group_size: Any, source: str, where: str) -> QuantScheme:
+    algo = algo.upper() if isinstance(algo, str) else algo  # ModelOpt may write fp8_pb_wo
     _require(algo in MODELOPT_ALGOS, source, f"{where}: unknown quant_algo {algo!r} "
              f"(known: {', '.join([*MODELOPT_ALGOS, MIXED_PRECISION])})")
     bits = MODELOPT_ALGOS[algo]

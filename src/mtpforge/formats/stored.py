@@ -66,7 +66,7 @@ DECLARED_AS = {
     CT_INT: ("pack-quantized",),
     CT_NVFP4: ("nvfp4-pack-quantized",),
     MODELOPT_NVFP4: ("modelopt-nvfp4",),
-    FP8: ("float-quantized", "naive-quantized", "modelopt-fp8", "fp8"),
+    FP8: ("float-quantized", "naive-quantized", "modelopt-fp8", "fp8", "mxfp8"),  # MXFP8: F8 values, E8M0 scales
     GPTQ: ("gptq",),
     AWQ: ("awq",),
     MXFP4: ("mxfp4", "mxfp4-pack-quantized"),
