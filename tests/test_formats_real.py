@@ -539,3 +539,47 @@ def test_every_modelopt_linear_algorithm_vllm_knows_is_read(algo: str) -> None:
 
     qc = parse_modelopt({"quantization": {"quant_algo": algo, "exclude_modules": ["lm_head"]}}, "hf_quant_config.json")
     assert [s.format for s in qc.schemes] == ["modelopt-fp8"] and qc.scheme_for("lm_head") is None
+
+
+_VLLM_CROSSCHECK = r'''
+import json, sys, types
+sys.path.insert(0, sys.argv[1])
+from fnmatch import fnmatch
+from vllm.model_executor.layers.quantization.utils.config_utils import find_matching_patterns
+from vllm.model_executor.layers.quantization.utils.gptq_utils import get_dynamic_override
+from mtpforge.checkpoint.quant_match import OrderedRules, ct_rules, wildcard_rules
+names, dynamic, ignore, exclude = json.loads(sys.stdin.read())
+rules = OrderedRules(dynamic)
+def mine(n):
+    d = rules.decide(n)
+    return None if d is None else (False if d[0] else d[1])
+out = {
+    "gptq": [n for n in names if get_dynamic_override(types.SimpleNamespace(dynamic=dynamic), n) != mine(n)],
+    "ct": [n for n in names if (len(find_matching_patterns(n, ignore)[0]) > 0) != ct_rules(ignore).matches(n)],
+    "modelopt": [n for n in names if any(fnmatch(n, p) for p in exclude) != wildcard_rules(exclude).matches(n)],
+}
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.engine
+def test_name_rules_agree_with_vllms_own_matchers(tmp_path: Path) -> None:
+    """vLLM's get_dynamic_override (GPTQ), find_matching_patterns (compressed-tensors / Quark) and fnmatch (ModelOpt),
+    run in the engine venv, answer as mtpforge's compiled rules for every module of the fixture and the fused names."""
+    import subprocess
+
+    from .engine import ENGINE_PYTHON, engine_available
+
+    if not engine_available():
+        pytest.skip("no engine venv")
+    inv = _inventory(build(tmp_path, "names", trunk(foreign.GPTQ), config=GPTQ))
+    names = sorted({s.module for s in inv.values()} | {s.fused for s in inv.values() if s.fused})
+    assert len(names) > 100 and "mtp.layers.0.self_attn.qkv_proj" in names
+    dynamic = {**GPTQ["dynamic"], r"+:.*layers\.(1|3)\..*": {"bits": 8}, "+:.*mtp.*": {"bits": 4}}
+    ignore = [*QUARK["exclude"], r"re:.*mlp\.gate$", "model.language_model.layers.3.self_attn.q_proj"]
+    exclude = json.loads((NVFP4_397B / "hf_quant_config.json").read_text())["quantization"]["exclude_modules"]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    run = subprocess.run([str(ENGINE_PYTHON), "-c", _VLLM_CROSSCHECK, src], input=json.dumps([names, dynamic, ignore, exclude]),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"gptq": [], "ct": [], "modelopt": []}
