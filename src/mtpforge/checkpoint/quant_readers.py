@@ -89,7 +89,8 @@ def parse_awq(doc: dict[str, Any], source: str) -> QuantConfig:
 
 
 def parse_autoround(doc: dict[str, Any], source: str) -> QuantConfig:
-    bits, group, sym = doc.get("bits", 4), doc.get("group_size", 128), bool(doc.get("sym", True))
+    bits = _int_bits(doc.get("bits", 4), source, "bits", allowed=(2, 3, 4, 8))
+    group, sym = doc.get("group_size", 128), bool(doc.get("sym", True))
     packing = str(doc.get("packing_format") or "auto_round:auto_gptq")
     data_type = str(doc.get("data_type") or "int")
     blocks = doc.get("block_name_to_quantize") or []
@@ -135,8 +136,9 @@ def parse_quark(doc: dict[str, Any], source: str) -> QuantConfig:
     skip = ct_rules(exclude)
     global_cfg = doc.get("global_quant_config") or {}
     per_layer = doc.get("layer_quant_config") or {}
-    _require(isinstance(global_cfg, dict) and isinstance(per_layer, dict), source,
-             "global_quant_config and layer_quant_config must be objects")
+    _require(isinstance(global_cfg, dict) and isinstance(per_layer, dict)
+             and all(isinstance(c, dict) for c in per_layer.values()), source,
+             "global_quant_config and layer_quant_config (and each of its entries) must be objects")
     default = _quark_scheme(global_cfg, source, "global_quant_config")
     layer_schemes = {p: _quark_scheme(c, source, f"layer_quant_config.{p}") for p, c in per_layer.items()}
 
