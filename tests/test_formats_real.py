@@ -583,3 +583,37 @@ def test_name_rules_agree_with_vllms_own_matchers(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == {"gptq": [], "ct": [], "modelopt": []}
+
+
+def test_malformed_configs_and_layouts_never_crash() -> None:
+    """Seeded fuzz: any quantization config is parsed or refused with QuantConfigInvalid; any set of packed
+    tensors resolves to weights (broken ones carry their problems), never a traceback."""
+    import random
+
+    from mtpforge.checkpoint.header import TensorInfo
+    from mtpforge.checkpoint.quant_config import QuantConfigInvalid, parse
+    from mtpforge.formats.stored import resolve
+
+    rng = random.Random(0)
+    values = [None, True, 0, -1, 4, 16, 3.5, "x", "re:(", [], ["a"], [1], {}, {"a": 1}, {"a": {}}, {"-:(": {}}, {"bits": 4}]
+    keys = ["bits", "group_size", "dynamic", "modules_to_not_convert", "block_name_to_quantize", "extra_config", "exclude",
+            "global_quant_config", "layer_quant_config", "ignored_layers", "quant_algo", "quantized_layers", "exclude_modules",
+            "modules_in_block_to_quantize", "sym", "mode", "lm_head", "packing_format", "data_type"]
+    methods = ("gptq", "awq", "auto-round", "quark", "fp8", "modelopt")
+    bases = [{"quant_method": m} for m in methods] + [{"bits": 4, "group_size": 64}]
+    for _ in range(3000):
+        doc = {**rng.choice(bases), **{k: rng.choice(values) for k in rng.sample(keys, rng.randint(0, 5))}}
+        try:
+            qc = parse(doc, "config.json quantization_config")
+        except QuantConfigInvalid:
+            continue
+        for module in ("mtp.fc", "lm_head", "model.layers.0.mlp.experts.0.gate_proj"):
+            qc.scheme_for(module)
+    suffixes = ["qweight", "qzeros", "scales", "g_idx", "biases", "weight", "weight_scale", "weight_packed", "weight_scale_inv"]
+    dtypes = ["I32", "U32", "U8", "F16", "BF16", "F8_E4M3", "F8_E8M0", "F32"]
+    for _ in range(3000):
+        tensors = {f"m.{s}": TensorInfo(f"m.{s}", rng.choice(dtypes), tuple(rng.choice([0, 1, 7, 8, 64])
+                                                                              for _ in range(rng.randint(0, 3))), 0, 0, "s")
+                   for s in rng.sample(suffixes, rng.randint(1, 4))}
+        for w in resolve(tensors, mlx_bits=rng.choice([None, 4])).values():
+            assert w.format and (w.bits, w.shape, w.nbytes) is not None

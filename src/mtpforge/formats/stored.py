@@ -217,7 +217,7 @@ def _shape_problems(fmt: str, parts: dict[str, StoredTensor], shape: tuple[int, 
     problems = []
     main = parts.get("weight_packed") or parts.get("weight")
     scale = parts.get("weight_scale")
-    if main is not None and scale is not None and len(scale.shape) == 2 and scale.shape[0] != main.shape[0]:
+    if main is not None and main.shape and scale is not None and len(scale.shape) == 2 and scale.shape[0] != main.shape[0]:
         problems.append(f"weight_scale has {scale.shape[0]} rows but the weight has {main.shape[0]}")
     if fmt in (CT_NVFP4, MODELOPT_NVFP4) and shape and scale is not None:
         if scale.dtype != "F8_E4M3":
