@@ -176,8 +176,8 @@ def parse_modelopt(doc: Any, source: str) -> QuantConfig:
 
 
 def _modelopt_scheme(algo: Any, group_size: Any, source: str, where: str) -> QuantScheme:
-    algo = algo.upper() if isinstance(algo, str) else repr(algo)  # ModelOpt may write fp8_pb_wo
-    _require(algo in MODELOPT_ALGOS, source, f"{where}: unknown quant_algo {algo!r} "
+    algo = algo.upper() if isinstance(algo, str) else algo  # ModelOpt may write fp8_pb_wo
+    _require(isinstance(algo, str) and algo in MODELOPT_ALGOS, source, f"{where}: unknown quant_algo {algo!r} "
              f"(known: {', '.join([*MODELOPT_ALGOS, MIXED_PRECISION])})")
     bits = MODELOPT_ALGOS[algo]
     group_size = group_size if group_size is not None else (16 if bits == 4 else None)
