@@ -220,3 +220,29 @@ def test_heal_raises_the_grafted_finetunes_held_out_acceptance_beyond_the_interv
     assert report.kept == "healed" and report.improved, report.render()
     assert report.after and report.before
     assert report.after["mean_acceptance_length"] > report.before["mean_acceptance_length_interval95"][1]
+
+
+@pytest.mark.slow
+def test_build_runs_the_heal_step_between_graft_and_quantize(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    recipe = tmp_path / "healed.toml"
+    recipe.write_text('[heal]\nsteps = 2\neval_every = 1\n\n[quantize]\nscheme = "w4a16"\ngroup_size = 32\n\n'
+                      '[verify]\nk = 3\nmin_acceptance = 0.3\n')
+    out = tmp_path / "out"
+    r = cli("build", str(recipe), "--base", str(FINETUNE), "--donor", str(BASE), "--out", str(out), "--json")
+    assert r.code == 0, r.err
+    steps = r.json()["steps"]
+    assert [s["step"] for s in steps][:3] == ["graft", "heal", "quantize"]
+    heal_step = steps[1]
+    assert len(heal_step["held_out_mean_acceptance_length"]) == 2 and heal_step["kept"] in ("healed", "original")
+    assert json.loads((out / "mtpforge-heal.json").read_text())["steps"] == 2  # the heal report travels with the build
+    assert doctor(out).ok
+
+
+def test_a_recipe_with_an_unknown_heal_key_is_refused(tmp_path: Path) -> None:
+    from mtpforge.publish.recipe import load_recipe
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[heal]\nsteps = 2\nepochs = 3\n")
+    with pytest.raises(UsageError, match=r"unknown \[heal\] keys \['epochs'\]"):
+        load_recipe(bad)
+    assert load_recipe("seed-000-heal-w4a16-g32-asym-mtp").heal_options() == {"on": "bf16", "steps": 100, "k": 3, "loss": "kl"}

@@ -2,7 +2,8 @@
 
 1. the base (tiny-qwen3.5): inspect, doctor, verify -> its head drafts;
 2. its finetune that lost the head but still declares it (the tmax-27b case): doctor finds
-   `mtp-missing`, verify says `collapsed`; `graft --donor tiny-qwen3.5` restores drafting;
+   `mtp-missing`, verify says `collapsed`; `graft --donor tiny-qwen3.5` restores drafting, and `heal`
+   retrains the grafted head on the finetune's own trunk (verify again: it drafts better);
 3. `quantize --scheme w4a16 --group-size 32`: KLD against the base, the head still drafts;
    an ignore list that forgets the head is found by doctor and repaired by `doctor --fix`;
 4. `strip --vision` for a text-only build;
@@ -39,6 +40,7 @@ MARKER = ".mtpforge-demo"  # names a --workdir an earlier demo filled, so that t
 
 def run_demo(workdir: str | None = None) -> int:
     """Run the story; return 0 when every verdict is the expected one."""
+    from mtpforge.heal import heal
     from mtpforge.quant import quantize
     from mtpforge.verify import verify
 
@@ -63,6 +65,14 @@ def run_demo(workdir: str | None = None) -> int:
         after = verify(str(root / "finetune-mtp"), **VERIFY)
         click.echo(render_verify(after.to_dict()))
         surprises += int(before.verdict != "collapsed" or after.verdict != "ok")
+        _step("mtpforge heal finetune-mtp --out finetune-healed   (the grafted head learned the base's trunk: retrain it "
+              "on the finetune's)")
+        healed = heal(str(root / "finetune-mtp"), str(root / "finetune-healed"), progress=lambda m: click.echo(m, err=True))
+        click.echo(healed.render())
+        surprises += _doctor(root / "finetune-healed", expect_ok=True)
+        after_heal = verify(str(root / "finetune-healed"), **VERIFY)
+        click.echo(render_verify(after_heal.to_dict()))
+        surprises += int(healed.kept != "healed" or after_heal.verdict != "ok")
 
         _title("3. a W4A16 build of the base")
         _step(f"mtpforge quantize {base.name} --scheme w4a16 --group-size 32 --out w4a16")
@@ -109,7 +119,8 @@ def run_demo(workdir: str | None = None) -> int:
         pos = lambda r: r.acceptance["acceptance_per_position"] if r.acceptance else [0.0] * VERIFY["k"]  # noqa: E731
         click.echo("\nacceptance per draft position (greedy, reference runtime):")
         for label, report in (("base", base_report), ("finetune, no head", before),
-                              ("finetune + grafted head", after), ("W4A16 base", q_report)):
+                              ("finetune + grafted head", after), ("finetune + healed head", after_heal),
+                              ("W4A16 base", q_report)):
             click.echo(f"  {label:<26}" + "".join(f"{100 * r:>8.1f}%" for r in pos(report)) + f"   {report.verdict}")
         click.echo("\nevery verdict as expected" if not surprises else f"\n{surprises} unexpected verdict(s)")
         return 0 if not surprises else 1

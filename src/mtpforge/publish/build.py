@@ -5,6 +5,8 @@ Steps, each a verb mtpforge already has:
 1. graft   when the base has no MTP head and the recipe names a donor; done
            before quantizing, so `mtp = "quantize"` quantizes the grafted head
            in the same pass as the trunk;
+   heal    when the recipe has `[heal]`: the head retrained on the trunk it serves (mtpforge.heal), on the BF16
+           trunk before quantizing (`on = "bf16"`, the default) or on the quantized one after (`on = "quantized"`);
 2. quantize with the recipe's scheme, scope and MTP policy; `strip.vision`
            drops the tower in the same pass;
    layout  the recipe's `[publish]` file layout (publish/layout.py): shard count or size, names, the head's and
@@ -115,8 +117,11 @@ def build(recipe_path: str, base: str, out: str, *, donor: str | None = None, mi
     work = Workspace.beside(out_dir, report, progress)
 
     source = _graft_if_headless(work, base_dir, donor or recipe.donor)
+    source = _heal(work, source, recipe, "bf16", after="graft")
     options = recipe.quantize_options()
-    quantized = work.step("quantize", {"source": str(source), **options}, lambda t: _quantize(source, t, options))
+    quantized = work.step("quantize", {"source": str(source), "key": work.state.get("heal"), **options},
+                          lambda t: _quantize(source, t, options))
+    quantized = _heal(work, quantized, recipe, "quantized", after="quantize")
     if set(recipe.publish) & LAYOUT_KEYS:
         laid_out = quantized
         quantized = work.step("layout", {"source": str(laid_out), "key": work.state.get("quantize"), **recipe.publish},
@@ -147,6 +152,23 @@ def _graft_if_headless(work: Workspace, base: Path, donor: str | None) -> Path:
     from mtpforge.surgery.graft import graft
 
     return work.step("graft", {"base": str(base), "donor": donor}, lambda t: graft(str(base), donor, str(t)))
+
+
+def _heal(work: Workspace, source: Path, recipe: Recipe, trunk: str, *, after: str) -> Path:
+    """The recipe's `[heal]` step, when it runs on this trunk (`on`: the BF16 one before quantizing, by default, or the
+    quantized one after): the head retrained on `source`'s trunk (mtpforge.heal); its held-out before/after go in the report."""
+    options = recipe.heal_options()
+    if options is None or options.pop("on") != trunk:
+        return source
+    from mtpforge.heal import heal
+
+    healed = work.step("heal", {"source": str(source), "key": work.state.get(after), **options},
+                       lambda t: heal(str(source), str(t), progress=work.progress, **options))
+    doc = json.loads((healed / "mtpforge-heal.json").read_text())
+    work.report.steps[-1].update({"held_out_mean_acceptance_length": [doc["before"]["mean_acceptance_length"],
+                                                                      doc["after"]["mean_acceptance_length"]],
+                                  "improved": doc["improved"], "kept": doc["kept"]})
+    return healed
 
 
 def _quantize(source: Path, target: Path, options: dict[str, Any]) -> None:

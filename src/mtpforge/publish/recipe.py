@@ -21,8 +21,9 @@ from typing import Any
 from mtpforge.errors import UsageError
 
 RECIPE_SECTIONS = {"name": str, "source": str, "quantize": dict, "graft": dict, "strip": dict, "verify": dict, "card": dict,
-                   "serve": dict, "publish": dict}
+                   "serve": dict, "publish": dict, "heal": dict}
 CARD_KEYS = {"gpus", "max_model_len", "base_model", "kv_dtype", "util", "k"}
+HEAL_KEYS = {"on", "steps", "k", "loss", "lr", "batch", "prompts", "eval_every", "patience"}  # on: bf16 | quantized
 QUANTIZE_KEYS = {"method", "scheme", "format", "group_size", "scope", "include", "exclude", "mtp", "actorder", "calibration",
                  "samples", "seq_len", "chat_template", "mtp_method", "observer", "awq_mappings", "head_steps"}
 
@@ -86,6 +87,18 @@ class Recipe:
                 "observer": q.get("observer", "minmax"),
                 "awq_mappings": parse_mappings(q.get("awq_mappings", [])), "head_steps": q.get("head_steps", 1)}
 
+    def heal_options(self) -> dict[str, Any] | None:
+        """The `[heal]` table as `heal`'s keyword arguments plus `on` (heal the BF16 trunk's head before quantizing, or
+        the quantized trunk's after), or None when the recipe does not heal. A relative `prompts` file is read beside
+        the recipe."""
+        if "heal" not in self.doc:
+            return None
+        h = dict(self.doc["heal"])
+        prompts = h.get("prompts")
+        if prompts and not Path(prompts).is_absolute() and (self.path.parent / prompts).is_file():
+            h["prompts"] = str(self.path.parent / prompts)
+        return {"on": "bf16", **h}
+
     def provenance(self, scope_description: str) -> str:
         """The card's line saying how the build was made."""
         o = self.quantize_options()
@@ -124,6 +137,10 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     if unknown:
         raise UsageError(f"recipe {path}: unknown [quantize] keys {sorted(unknown)}",
                          hint=f"keys: {', '.join(sorted(QUANTIZE_KEYS))}")
+    unknown_heal = set(doc.get("heal", {})) - HEAL_KEYS
+    if unknown_heal or doc.get("heal", {}).get("on", "bf16") not in ("bf16", "quantized"):
+        raise UsageError(f"recipe {path}: unknown [heal] keys {sorted(unknown_heal)} or `on` not bf16 / quantized",
+                         hint=f"keys: {', '.join(sorted(HEAL_KEYS))}")
     unknown_card = set(doc.get("card", {})) - CARD_KEYS
     if unknown_card:
         raise UsageError(f"recipe {path}: unknown [card] keys {sorted(unknown_card)}",
