@@ -96,6 +96,19 @@ def test_chained_training_forward_drafts_what_the_engine_loop_drafts(grafted: Pa
     assert batched.hits[0] > 0 and batched.chains == 39
 
 
+def test_held_out_acceptance_is_verifys_engine_loop_measurement(grafted: Path) -> None:
+    from mtpforge.heal.data import capture
+    from mtpforge.heal.evaluate import held_out_acceptance
+    from mtpforge.verify.acceptance import measure_acceptance
+
+    model = load_reference(grafted)
+    captured = capture(model, grafted, prompts=None, prompt_tokens=24, new_tokens=16, held_out_every=8, progress=print)
+    assert model.head is not None and len(captured.held_out) >= 3
+    ours = held_out_acceptance(model, model.head, captured.held_out, 3)
+    loop = measure_acceptance(model, [(s.prompt_len, s.ids.tolist()) for s in captured.held_out], 3).to_dict()
+    assert {k: ours[k] for k in loop} == loop and ours["drafts"] > 20
+
+
 # --- the chunked loss is the full-vocabulary loss -----------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
-"""Held-out acceptance: `verify`'s measurement (its engine-loop replay and its Wilson intervals) on the held-out prompts.
+"""Held-out acceptance: `verify`'s measurement (its teacher-forced acceptance, equal to the engine loop's, and its
+Wilson intervals) on the held-out prompts.
 
-The trunk is not run again: the replay reads the hidden states captured once (`heal.data`), so an evaluation
+The trunk is not run again: the measurement reads the hidden states captured once (`heal.data`), so an evaluation
 costs only the head and `lm_head`. Per-position rates come with 95 % Wilson intervals (`verify.stats`); the mean
 acceptance length, an average of per-draft accepted counts 0..K, with a 95 % normal interval from the histogram.
 """
@@ -8,7 +9,6 @@ acceptance length, an average of per-draft accepted counts 0..K, with a 95 % nor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,28 +16,17 @@ import torch
 from mtpforge.heal.data import Sequence
 from mtpforge.reference.model import ReferenceModel
 from mtpforge.reference.mtp import MtpHead
-from mtpforge.verify.acceptance import measure_acceptance
+from mtpforge.verify.teacher_forced import teacher_forced_acceptance
 
 Z95 = 1.959964
 
 
-@dataclass
-class CapturedTrunk(ReferenceModel):
-    """A `ReferenceModel` whose trunk pass is looked up in the capture instead of recomputed."""
-
-    captured: dict[tuple[int, ...], torch.Tensor] | None = None
-
-    @torch.no_grad()
-    def trunk_forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        assert self.captured is not None
-        hidden = self.captured[tuple(ids[0].tolist())].to(self.device, torch.float32)[None]
-        return hidden, self.trunk.lm_head(hidden)
-
-
+@torch.no_grad()
 def held_out_acceptance(model: ReferenceModel, head: MtpHead, held_out: list[Sequence], k: int) -> dict[str, Any]:
     """`verify`'s acceptance document for `head` on the held-out sequences, plus the mean length's interval."""
-    runner = CapturedTrunk(model.trunk, head, model.name, {tuple(s.ids.tolist()): s.hidden for s in held_out})
-    result = measure_acceptance(runner, [(s.prompt_len, s.ids.tolist()) for s in held_out], k).to_dict()
+    runner = ReferenceModel(model.trunk, head, model.name)
+    hiddens = [s.hidden[None].to(model.device, torch.float32) for s in held_out]
+    result = teacher_forced_acceptance(runner, [(s.prompt_len, s.ids.tolist()) for s in held_out], k, hiddens=hiddens).to_dict()
     histogram = result["histogram"]
     assert isinstance(histogram, list)
     low, high = mean_length_interval(histogram)
