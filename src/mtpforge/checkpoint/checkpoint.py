@@ -100,8 +100,11 @@ class Checkpoint:
     @cached_property
     def stored(self) -> dict[str, StoredWeight]:
         """Loaded tensors grouped into logical weights (quantized ones with their companions)."""
-        mlx = [c.schemes[0].weight_bits for c in self.quant_configs if c.method == qc.MLX_METHOD]
-        return resolve(self.tensors, self.read_ints, mlx_bits=mlx[0] if mlx else None)
+        mlx = [c for c in self.quant_configs if c.method == qc.MLX_METHOD]
+        # mlx-lm records per-module bits (its 8-bit routers) by module path: a packed shape alone leaves them open
+        own = {m: s.weight_bits for m in mlx[0].overrides if (s := mlx[0].scheme_for(m)) is not None} if mlx else None
+        return resolve(self.tensors, self.read_ints, mlx_bits=mlx[0].schemes[0].weight_bits if mlx else None,
+                       mlx_module_bits=own)
 
     def read(self, info: StoredTensor, *, max_bytes: int = 1 << 26) -> np.ndarray:
         """Read one tensor's data (bfloat16 widened to float32); refuses tensors over `max_bytes`."""

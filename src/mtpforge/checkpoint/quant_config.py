@@ -88,6 +88,7 @@ class QuantConfig:
     targets: tuple[tuple[QuantScheme, NameRules | None], ...] = field(default=(), compare=False, repr=False)
     decide: Callable[[str], QuantScheme | None] | None = field(default=None, compare=False, repr=False)
     stored_decides: bool = False  # MLX: a module without an override is quantized exactly when its scales are stored
+    overrides: tuple[str, ...] = ()  # MLX: the modules config.json gives their own bits (mlx-lm's 8-bit routers)
 
     def ignores(self, module: str) -> bool:
         """True when the ignore / exclude list covers `module` by name."""
@@ -104,7 +105,7 @@ class QuantConfig:
 
     def has_override(self, module: str) -> bool:
         """MLX: does config.json name `module` itself (as False or with its own bits)?"""
-        return module in self.ignore
+        return module in self.ignore or module in self.overrides
 
     @cached_property
     def _memo(self) -> dict[str, QuantScheme | None]:

@@ -187,8 +187,9 @@ def parse_mlx(doc: dict[str, Any], source: str) -> QuantConfig:
         return overrides.get(module, base)
 
     skipped = tuple(n for n, s in overrides.items() if s is None)
-    return QuantConfig(MLX_METHOD, source, (base,), tuple(overrides), skip=ct_rules(skipped), decide=decide,
-                       stored_decides=True)
+    # `ignore` lists only what stays unquantized: a module with its own bits is an override, not an exclusion
+    return QuantConfig(MLX_METHOD, source, (base,), skipped, skip=ct_rules(skipped), decide=decide,
+                       stored_decides=True, overrides=tuple(n for n, s in overrides.items() if s is not None))
 
 
 PARSERS: dict[str, Callable[[dict[str, Any], str], QuantConfig]] = {

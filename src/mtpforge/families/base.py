@@ -83,6 +83,7 @@ class Family:
     mtp_config_key: str = ""
     mtp_prefix = "mtp"  # the module path every MTP tensor's name starts with
     vision_prefix = "model.visual"  # the vision tower's module path
+    mlx_wrapper = ""  # the path mlx-lm's `Model` puts the text model under (families/mlx_names.py)
     hybrid = True  # Gated DeltaNet + attention (engine/memory.py plans GDN state); False: attention only
     vllm_legacy_method = ""  # the `--speculative-config` method vLLM releases before the generic `mtp` used
     expert_config_key = "num_experts"  # routed experts per MoE layer

@@ -12,12 +12,14 @@ from typing import Any
 
 from mtpforge.families import blocks
 from mtpforge.families.base import Family, Inventory
+from mtpforge.families.mlx_names import mlx_quantized
 
 
 class Qwen35Family(Family):
     """Gated DeltaNet + gated full attention, split GDN projections, optional vision tower."""
 
     mtp_config_key = "mtp_num_hidden_layers"
+    mlx_wrapper = "language_model."  # mlx_lm/models/qwen3_5.py: `Model.language_model` (a `TextModel`)
 
     def __init__(self, *, moe: bool) -> None:
         self.moe = moe
@@ -34,7 +36,9 @@ class Qwen35Family(Family):
         return "text_config" in config or any("ConditionalGeneration" in a for a in archs)
 
     def has_vision(self, config: dict[str, Any]) -> bool:
-        return self.is_wrapper(config) and isinstance(config.get("vision_config"), dict)
+        # mlx-lm's converter drops the tower (`Model.sanitize` skips `model.visual`) but keeps vision_config;
+        # its quantized exports say so by a `quantization` object without quant_method (a BF16 one cannot)
+        return self.is_wrapper(config) and isinstance(config.get("vision_config"), dict) and not mlx_quantized(config)
 
     def trunk_prefix(self, config: dict[str, Any]) -> str:
         return "model.language_model" if self.is_wrapper(config) else "model"

@@ -121,6 +121,7 @@ def resolve(
     tensors: Mapping[str, StoredTensor],
     read_ints: Callable[[StoredTensor], list[int]] | None = None,
     mlx_bits: int | None = None,
+    mlx_module_bits: Mapping[str, int] | None = None,
 ) -> dict[str, StoredWeight]:
     """Group stored tensors into logical tensors, keyed by logical name.
 
@@ -128,6 +129,7 @@ def resolve(
         tensors: every stored tensor of the checkpoint, by name.
         read_ints: reads a small integer tensor (for `weight_shape`); optional.
         mlx_bits: the bits of an MLX affine checkpoint, from its config (the shapes leave them open).
+        mlx_module_bits: the modules config.json gives their own bits (mlx-lm's 8-bit routers), by module path.
 
     Returns:
         One `StoredWeight` per logical tensor: `X.weight` for a quantized module,
@@ -144,15 +146,16 @@ def resolve(
     out: dict[str, StoredWeight] = {}
     # The 768 experts of a layer share one layout: classify each layout once (not a CT INT weight, whose
     # logical shape is read from its own `weight_shape` data).
-    seen: dict[tuple[tuple[str, str, tuple[int, ...]], ...], _Verdict] = {}
+    seen: dict[tuple[object, ...], _Verdict] = {}
     for module, parts in modules.items():
         weight = tensors.get(f"{module}.weight")
         if weight is not None:
             parts["weight"] = weight  # a dict of our own: no copy
-        key = tuple([(k, v.dtype, v.shape) for k, v in parts.items()])
+        bits = mlx_module_bits.get(module, mlx_bits) if mlx_module_bits else mlx_bits
+        key = (bits, *[(k, v.dtype, v.shape) for k, v in parts.items()])
         verdict = seen.get(key)
         if verdict is None:
-            verdict = _classify(parts, read_ints, mlx_bits)
+            verdict = _classify(parts, read_ints, bits)
             if verdict[0] != CT_INT:
                 seen[key] = verdict
         fmt, shape, missing, problems, bits = verdict

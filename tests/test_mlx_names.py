@@ -1,0 +1,168 @@
+"""doctor and inspect on checkpoints `mlx_lm.convert` wrote: mlx-lm's own tensor names, stacked experts,
+its 8-bit routers, and the MTP head it drops.
+
+The fixtures are hollow conversions of a tiny Qwen3.5-MoE / Qwen3.5 dense checkpoint (the factory's, in the
+public `Qwen3_5MoeForConditionalGeneration` layout with its vision_config), converted here by a transcription
+of mlx-lm's rules, independent of mtpforge's (families/mlx_names.py):
+
+- ml-explore/mlx-lm `mlx_lm/models/qwen3_5.py` `Model.sanitize` (skip `model.visual`; `model.language_model`
+  -> `language_model.model`; every other key prefixed `language_model.`), `TextModel.sanitize` (drop every
+  key containing `mtp.`; conv1d `moveaxis(2, 1)`), and `quant_predicate` (`mlp.gate` / `shared_expert_gate`:
+  `{"group_size": 64, "bits": 8}`, MoE models only);
+- `mlx_lm/models/qwen3_5_moe.py` `_normalize_experts` (per-expert tensors stacked into
+  `mlp.switch_mlp.{gate,up,down}_proj.weight` [E, out, in]);
+- `mlx_lm/models/qwen3_next.py` `Model.sanitize` (no renaming; `mtp.` dropped; experts stacked into
+  `switch_mlp`) and the same router `quant_predicate`;
+- `mlx_lm/utils.py` `quantize_model` (`nn.quantize` of every Linear / Embedding whose input width divides by
+  the group; per-module dicts recorded under `quantization[path]`; `quantization_config` = `quantization`,
+  with `"mode": "affine"`), in MLX's packed layout: U32 weight [out, in*bits/32], scales and biases
+  [out, in/group] (mlx.core.quantize).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mtpforge.checkpoint import open_checkpoint
+from mtpforge.checkpoint.index import INDEX_NAME
+from mtpforge.checkpoint.writer import TensorData
+from mtpforge.diagnosis.doctor import doctor
+from mtpforge.diagnosis.inspection import inspect_checkpoint
+from mtpforge.testing.factory import make_checkpoint, write_shards
+
+from .conftest import codes, read_all
+
+GROUP, BITS = 32, 4  # mlx-lm's default group is 64; the tiny model's 64-wide layers need 32 to hold 2 groups
+ROUTER = {"group_size": 32, "bits": 8}  # mlx-lm's router override, at the tiny model's group
+
+
+def _sanitize(name: str, wrapper: bool) -> str | None:
+    """mlx-lm's key for a Hugging Face key (None: dropped); Qwen3-Next's `Model` has no `language_model` wrapper."""
+    if name.startswith(("vision_tower", "model.visual")):
+        return None
+    if not wrapper:
+        return None if "mtp." in name else name
+    name = name.replace("model.language_model", "language_model.model", 1) if name.startswith("model.language_model") \
+        else "language_model." + name
+    return None if "mtp." in name else name
+
+
+def mlx_convert(src: Path, out: Path, *, quantize: bool = True, moe: bool = True, router_bits: int | None = 8,
+                drop: str = "", wrapper: bool = True) -> Path:
+    """A hollow `mlx_lm.convert` of `src` (its config kept, `quantization` added), written to `out`, less the
+    tensors of module `drop`."""
+    tensors: dict[str, TensorData] = {}
+    for shard in sorted(src.glob("*.safetensors")):
+        for t in read_all(shard):
+            name = _sanitize(t.name, wrapper)
+            if name is not None:
+                tensors[name] = TensorData(name, t.dtype, t.shape, t.data)
+    stacked: dict[str, list[TensorData]] = {}
+    for name in sorted(tensors):
+        parts = name.split(".")
+        if "experts" in parts and parts[parts.index("experts") + 1].isdigit():
+            i = parts.index("experts")
+            key = ".".join([*parts[:i], "switch_mlp", *parts[i + 2:]])
+            stacked.setdefault(key, []).append(tensors.pop(name))
+    for key, per in stacked.items():
+        per.sort(key=lambda t: int(t.name.split(".experts.")[1].split(".")[0]))
+        tensors[key] = TensorData(key, per[0].dtype, (len(per), *per[0].shape), b"".join(t.data for t in per))
+    for name, t in list(tensors.items()):
+        if "conv1d.weight" in name:
+            c, one, k = t.shape
+            tensors[name] = TensorData(name, t.dtype, (c, k, one), t.data)
+    config = json.loads((src / "config.json").read_text())
+    config.pop("language_model_only", None)  # the public wrapper config, vision_config kept
+    quant: dict[str, Any] = {"group_size": GROUP, "bits": BITS, "mode": "affine"}
+    written: list[TensorData] = []
+    for name, t in sorted(tensors.items()):
+        module = name.rsplit(".", 1)[0]
+        if drop and module == drop:
+            continue
+        linear = name.endswith(".weight") and len(t.shape) >= 2 and "conv1d" not in name
+        if not (quantize and linear and t.shape[-1] % GROUP == 0):
+            written.append(t)
+            continue
+        bits = BITS
+        if moe and router_bits and module.endswith((".mlp.gate", ".shared_expert_gate")):
+            quant[module] = {**ROUTER, "bits": router_bits}
+            bits = router_bits
+        *lead, inp = t.shape
+        written += [TensorData(name, "U32", (*lead, inp * bits // 32)),
+                    TensorData(f"{module}.scales", t.dtype, (*lead, inp // GROUP)),
+                    TensorData(f"{module}.biases", t.dtype, (*lead, inp // GROUP))]
+    if quantize:
+        config["quantization"] = quant
+        config["quantization_config"] = quant
+    out.mkdir()
+    write_shards(out, written, shards=2, index=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    for f in src.iterdir():
+        if f.name not in ("config.json", INDEX_NAME) and not f.name.endswith(".safetensors"):
+            shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def moe_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("hf") / "moe", "qwen3_5_moe", vision=False, fused_experts=False)
+
+
+def test_healthy_mlx_export_without_its_dropped_head_is_read_by_mlx_names(moe_src: Path, tmp_path: Path) -> None:
+    ckpt = mlx_convert(moe_src, tmp_path / "mlx")
+    r = doctor(ckpt).to_dict()
+    # the one real finding: mlx-lm's sanitize dropped the head the config still declares
+    assert codes(r) == {"mtp-missing"}, r["findings"]
+    stored = open_checkpoint(ckpt).stored
+    router = stored["language_model.model.layers.0.mlp.gate.weight"]
+    assert (router.format, router.bits, router.shape) == ("mlx-affine", 8, (4, 64))  # its own 8 bits, not the global 4
+    experts = stored["language_model.model.layers.0.mlp.switch_mlp.down_proj.weight"]
+    assert (experts.format, experts.bits, experts.shape[0]) == ("mlx-affine", 4, 4)  # 4 experts stacked
+
+
+def test_inspect_reads_mlx_names(moe_src: Path, tmp_path: Path) -> None:
+    ckpt = mlx_convert(moe_src, tmp_path / "mlx")
+    r = inspect_checkpoint(ckpt).to_dict()
+    assert r["mtp"]["present"] is False and r["mtp"]["expected_tensors"] > 0  # the head mlx-lm dropped
+    assert r["vision"]["declared"] is False  # mlx-lm drops the tower; config.json keeps vision_config
+    [config] = r["quantization"]["configs"]
+    assert config["method"] == "mlx" and config["ignore"] == []  # the 8-bit routers are overrides, not exclusions
+    linear = r["quantization"]["linear_quantized"]["trunk"]
+    assert linear["quantized"] == linear["total"] > 0  # routers and stacked experts included
+    stored = len(open_checkpoint(ckpt).stored)
+    assert r["groups"]["trunk"]["tensors"] + r["groups"]["embeddings"]["tensors"] == stored
+
+
+def test_an_mlx_export_that_kept_a_router_unquantized_is_healthy(moe_src: Path, tmp_path: Path) -> None:
+    ckpt = mlx_convert(moe_src, tmp_path / "mlx-bf16-router", router_bits=None)  # a predicate returning False
+    assert codes(doctor(ckpt).to_dict()) == {"mtp-missing"}
+
+
+def test_a_missing_stacked_expert_tensor_is_named(moe_src: Path, tmp_path: Path) -> None:
+    gone = "language_model.model.layers.1.mlp.switch_mlp.up_proj"
+    ckpt = mlx_convert(moe_src, tmp_path / "mlx", drop=gone)
+    r = doctor(ckpt).to_dict()
+    assert codes(r) == {"mtp-missing", "tensor-missing"}
+    [f] = [f for f in r["findings"] if f["code"] == "tensor-missing"]
+    assert f["tensors"] == [f"{gone}.weight"]
+
+
+def test_bf16_mlx_export_of_a_dense_model(tmp_path: Path) -> None:
+    src = make_checkpoint(tmp_path / "hf", "qwen3_5", vision=False)
+    ckpt = mlx_convert(src, tmp_path / "mlx", quantize=False, moe=False)
+    r = doctor(ckpt).to_dict()
+    # a BF16 export carries no mark of mlx-lm in config.json: the dropped vision tower is reported as well
+    assert {"mtp-missing", "vision-missing-undeclared"} == codes(r), r["findings"]
+
+
+def test_qwen3_next_mlx_export_keeps_model_names(tmp_path: Path) -> None:
+    src = make_checkpoint(tmp_path / "hf", "qwen3_next", fused_experts=False)
+    ckpt = mlx_convert(src, tmp_path / "mlx", wrapper=False)
+    assert codes(doctor(ckpt).to_dict()) == {"mtp-missing"}
+    router = open_checkpoint(ckpt).stored["model.layers.0.mlp.shared_expert_gate.weight"]
+    assert (router.format, router.bits, router.shape) == ("mlx-affine", 8, (1, 64))
