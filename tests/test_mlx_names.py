@@ -41,25 +41,25 @@ GROUP, BITS = 32, 4  # mlx-lm's default group is 64; the tiny model's 64-wide la
 ROUTER = {"group_size": 32, "bits": 8}  # mlx-lm's router override, at the tiny model's group
 
 
-def _sanitize(name: str, wrapper: bool) -> str | None:
+def _sanitize(name: str, wrapper: bool, keep_mtp: bool = False) -> str | None:
     """mlx-lm's key for a Hugging Face key (None: dropped); Qwen3-Next's `Model` has no `language_model` wrapper."""
     if name.startswith(("vision_tower", "model.visual")):
         return None
     if not wrapper:
-        return None if "mtp." in name else name
+        return None if "mtp." in name and not keep_mtp else name
     name = name.replace("model.language_model", "language_model.model", 1) if name.startswith("model.language_model") \
         else "language_model." + name
-    return None if "mtp." in name else name
+    return None if "mtp." in name and not keep_mtp else name
 
 
 def mlx_convert(src: Path, out: Path, *, quantize: bool = True, moe: bool = True, router_bits: int | None = 8,
-                drop: str = "", wrapper: bool = True) -> Path:
+                drop: str = "", wrapper: bool = True, keep_mtp: bool = False) -> Path:
     """A hollow `mlx_lm.convert` of `src` (its config kept, `quantization` added), written to `out`, less the
     tensors of module `drop`."""
     tensors: dict[str, TensorData] = {}
     for shard in sorted(src.glob("*.safetensors")):
         for t in read_all(shard):
-            name = _sanitize(t.name, wrapper)
+            name = _sanitize(t.name, wrapper, keep_mtp)
             if name is not None:
                 tensors[name] = TensorData(name, t.dtype, t.shape, t.data)
     stacked: dict[str, list[TensorData]] = {}
@@ -166,3 +166,14 @@ def test_qwen3_next_mlx_export_keeps_model_names(tmp_path: Path) -> None:
     assert codes(doctor(ckpt).to_dict()) == {"mtp-missing"}
     router = open_checkpoint(ckpt).stored["model.layers.0.mlp.shared_expert_gate.weight"]
     assert (router.format, router.bits, router.shape) == ("mlx-affine", 8, (1, 64))
+
+
+def test_an_mlx_export_that_kept_the_head_is_read_under_language_model_mtp(moe_src: Path, tmp_path: Path) -> None:
+    # mlx-lm's qwen3_5_moe.py at 48aab6cd (`_normalize_experts` over `language_model.mtp.layers.{i}.mlp`) maps
+    # `mtp.*` to `language_model.mtp.*` and stacks the head's experts as the trunk's
+    ckpt = mlx_convert(moe_src, tmp_path / "mlx-head", keep_mtp=True)
+    r = doctor(ckpt).to_dict()
+    assert codes(r) == {"mtp-quantized"}, r["findings"]  # a quantized head is the one caution, every name is read
+    [f] = r["findings"]
+    assert f["tensors"] and all(n.startswith("language_model.mtp.") for n in f["tensors"])
+    assert "language_model.mtp.layers.0.mlp.switch_mlp.down_proj.weight" in open_checkpoint(ckpt).stored
