@@ -15,6 +15,7 @@ docs/surgery.md#safety).
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,24 +122,29 @@ def _trunk(plan: QuantPlan, out: Path, *, token_ids: list[list[int]], awq_mappin
         apply_plan(plan.write, out, overwrite=overwrite)
     else:
         progress(f"trunk: {plan.method.upper()} via llm-compressor on {len(token_ids)} texts")
-        _calibrate(plan, out, token_ids=token_ids, awq_mappings=awq_mappings, overwrite=overwrite)
+        _calibrate(plan, out, token_ids=token_ids, awq_mappings=awq_mappings, overwrite=overwrite, progress=progress)
 
 
 def _calibrate(plan: QuantPlan, out: Path, *, token_ids: list[list[int]], awq_mappings: list[tuple[str, list[str]]] | None,
-               overwrite: bool) -> None:
+               overwrite: bool, progress: Callable[[str], None]) -> None:
     """llm-compressor into a scratch directory beside `out`; declare the head; publish it as it is, or stripped."""
     from mtpforge.quant.calibrated import finish, in_temporary, quantize_calibrated, remove
+    from mtpforge.quant.resume import request_key
     from mtpforge.surgery.strip import strip
 
     scratch = in_temporary(out.resolve())
+    # Kept when the run stops (an interruption, a crash): the same request started again reuses its finished layers.
+    resume = out.resolve().with_name(f".{out.name}.resume-{request_key(plan.ckpt.root, plan.weights, plan.ignore, token_ids)}")
+    resume.mkdir(exist_ok=True)
     try:
         quantize_calibrated(plan.ckpt.root.resolve(), scratch, method=plan.method, weights=plan.weights, ignore=plan.ignore,
-                            token_ids=token_ids, mappings=awq_mappings)
+                            token_ids=token_ids, mappings=awq_mappings, resume=resume, scheme=plan.scheme, progress=progress)
         finish(scratch, mtp_ignore(plan.family))
         if plan.text_only:
             strip(str(scratch), str(out), overwrite=overwrite)
         else:
             apply_plan(_as_is(scratch), out, overwrite=overwrite)
+        shutil.rmtree(resume, ignore_errors=True)  # published: nothing left to resume
     finally:
         remove(scratch)
 

@@ -15,6 +15,7 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ CALIBRATION_TOKENS = 512  # per sample
 
 def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict[str, Any], ignore: list[str],
                         token_ids: list[list[int]], mappings: list[tuple[str, list[str]]] | None = None,
-                        dampening: float = 0.01) -> None:
+                        dampening: float = 0.01, resume: Path | None = None, scheme: Any = None,
+                        progress: Callable[[str], None] = lambda _: None) -> None:
     """Run llm-compressor `method` on `base` and save the compressed checkpoint to `staging` (which must not exist).
 
     Args:
@@ -36,9 +38,14 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
         mappings: AWQ's smoothing (smooth layer, balance layers), regexes as llm-compressor takes them; None: its
             defaults (input_layernorm -> q/k/v, v -> o, post_attention_layernorm -> gate/up, up -> down).
         dampening: GPTQ's fraction of the Hessian's mean diagonal added before inverting.
+        resume: GPTQ: a folder keeping each finished layer (`quant.resume`); layers found there are not redone.
+        scheme: the plan's `Scheme` (packs resumed layers).
+        progress: called with a line per calibrated layer (with the ETA).
     """
     from datasets import Dataset
     from transformers import AutoTokenizer
+
+    from mtpforge.quant.resume import done_modules, load_done, pack_resumed, per_layer, saved_layers
 
     _import_llmcompressor()
     from llmcompressor import oneshot
@@ -51,16 +58,26 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
     tokenizer = AutoTokenizer.from_pretrained(base)
     dataset = Dataset.from_dict({"input_ids": token_ids, "attention_mask": [[1] * len(ids) for ids in token_ids]})
     groups = {"group_0": {"targets": ["Linear"], "weights": weights}}
+    saved = saved_layers(resume) if resume is not None and method == "gptq" else {}
+    if saved:
+        progress(f"resuming: {len(done_modules(saved))} weights of finished layers read from {resume}")
     if method == "gptq":
-        recipe: list[Any] = [GPTQModifier(config_groups=groups, ignore=ignore, dampening_frac=dampening)]
+        recipe: list[Any] = [GPTQModifier(config_groups=groups, ignore=ignore + done_modules(saved), dampening_frac=dampening)]
     else:
         awq = AWQModifier(mappings=[AWQMapping(smooth, list(balance)) for smooth, balance in mappings]) if mappings \
             else AWQModifier()
         recipe = [awq, QuantizationModifier(config_groups=groups, ignore=ignore)]
     model = load_for_calibration(base)
-    oneshot(model=model, dataset=dataset, recipe=recipe, processor=tokenizer,  # a tokenizer is a processor
-            num_calibration_samples=len(token_ids), max_seq_length=max(len(ids) for ids in token_ids),
-            output_dir=str(staging), save_compressed=True)
+    load_done(model, saved)
+    text = getattr(model.config, "text_config", model.config)
+    written = staging.with_name(staging.name + ".resumed") if saved else staging
+    with per_layer(model, text.num_hidden_layers + 1, resume if method == "gptq" else None, progress):
+        oneshot(model=model, dataset=dataset, recipe=recipe, processor=tokenizer,  # a tokenizer is a processor
+                num_calibration_samples=len(token_ids), max_seq_length=max(len(ids) for ids in token_ids),
+                output_dir=str(written), save_compressed=True)
+    if saved:
+        pack_resumed(written, saved, scheme=scheme, group=weights["group_size"], weights=weights, ignore=ignore, out=staging)
+        shutil.rmtree(written, ignore_errors=True)
 
 
 def finish(staging: Path, mtp_pattern: str) -> None:
