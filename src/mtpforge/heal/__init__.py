@@ -49,8 +49,8 @@ class HealReport:
     out: str
     k: int
     loss: str
-    train_prompts: int
-    held_out_prompts: int
+    train_sequences: int  # prompt windows continued by the trunk (`heal.data`)
+    held_out_sequences: int
     train_tokens: int
     steps: int = 0
     best_step: int = 0
@@ -69,8 +69,8 @@ class HealReport:
     def render(self) -> str:
         """The human summary: held-out acceptance before and after, with 95 % intervals, and the verdict."""
         lines = [f"heal {self.checkpoint}: {self.steps} steps ({'stopped early' if self.stopped_early else 'all run'}), "
-                 f"best at step {self.best_step}; {self.train_prompts} training prompts ({self.train_tokens} tokens), "
-                 f"{self.held_out_prompts} held out; loss {self.loss}, k={self.k}, {self.seconds:.0f} s",
+                 f"best at step {self.best_step}; {self.train_sequences} training sequences ({self.train_tokens} tokens), "
+                 f"{self.held_out_sequences} held out; loss {self.loss}, k={self.k}, {self.seconds:.0f} s",
                  "  " + f"{'held-out acceptance':<22}" + "".join(f"{f'pos {j} (95% interval)':>22}" for j in range(self.k))
                  + f"{'mean len (95% interval)':>26}{'drafts':>8}"]
         for label, a in (("before (as given)", self.before), ("after (kept head)", self.after)):
