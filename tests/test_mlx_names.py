@@ -13,6 +13,10 @@ of mlx-lm's rules, independent of mtpforge's (families/mlx_names.py):
   `mlp.switch_mlp.{gate,up,down}_proj.weight` [E, out, in]);
 - `mlx_lm/models/qwen3_next.py` `Model.sanitize` (no renaming; `mtp.` dropped; experts stacked into
   `switch_mlp`) and the same router `quant_predicate`;
+- `mlx_lm/models/deepseek_v3.py` at 04e6af1f `Model.sanitize` (per-expert tensors stacked into `switch_mlp`,
+  `self_attn.kv_b_proj` [H*(nope+v), kv_lora] split into `embed_q` [H, kv_lora, nope] and `unembed_out`
+  [H, v, kv_lora], the MTP layer `model.layers.61` dropped: at the replica's cut depth, `model.layers.4`);
+  its `MoEGate` holds a bare weight (no `nn.Linear`), so the router is never quantized;
 - `mlx_lm/utils.py` `quantize_model` (`nn.quantize` of every Linear / Embedding whose input width divides by
   the group; per-module dicts recorded under `quantization[path]`; `quantization_config` = `quantization`,
   with `"mode": "affine"`), in MLX's packed layout: U32 weight [out, in*bits/32], scales and biases
@@ -29,11 +33,13 @@ from typing import Any
 import pytest
 
 from mtpforge.checkpoint import open_checkpoint
+from mtpforge.checkpoint.header import read_header
 from mtpforge.checkpoint.index import INDEX_NAME
 from mtpforge.checkpoint.writer import TensorData
 from mtpforge.diagnosis.doctor import doctor
 from mtpforge.diagnosis.inspection import inspect_checkpoint
 from mtpforge.testing.factory import make_checkpoint, write_shards
+from mtpforge.testing.replica import make_family_replica
 
 from .conftest import codes, read_all
 
@@ -177,3 +183,59 @@ def test_an_mlx_export_that_kept_the_head_is_read_under_language_model_mtp(moe_s
     [f] = r["findings"]
     assert f["tensors"] and all(n.startswith("language_model.mtp.") for n in f["tensors"])
     assert "language_model.mtp.layers.0.mlp.switch_mlp.down_proj.weight" in open_checkpoint(ckpt).stored
+
+
+PUBLIC = Path("/work/shared/reference/public-configs")
+
+
+def mlx_convert_deepseek(src: Path, out: Path) -> Path:
+    """A hollow `mlx_lm.convert` of a DeepSeek-V3 / R1 replica (headers only: zeros throughout)."""
+    config = json.loads((src / "config.json").read_text())
+    heads, nope, v_dim, lora = (config[k] for k in ("num_attention_heads", "qk_nope_head_dim", "v_head_dim", "kv_lora_rank"))
+    mtp = f"model.layers.{config['num_hidden_layers']}."
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for shard in sorted(src.glob("*.safetensors")):
+        for t in read_header(shard).tensors.values():
+            if not t.name.startswith(mtp):
+                tensors[t.name] = (t.dtype, tuple(t.shape))
+    stacked: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    for name in sorted(tensors):
+        if ".mlp.experts." in name:
+            head, _, rest = name.partition(".mlp.experts.")
+            stacked.setdefault(f"{head}.mlp.switch_mlp.{rest.split('.', 1)[1]}", []).append(tensors.pop(name))
+    tensors |= {k: (per[0][0], (len(per), *per[0][1])) for k, per in stacked.items()}
+    for name in [n for n in tensors if n.endswith(".kv_b_proj.weight")]:
+        dtype, _ = tensors.pop(name)
+        attn = name.rsplit(".", 2)[0]
+        tensors[f"{attn}.embed_q.weight"] = (dtype, (heads, lora, nope))
+        tensors[f"{attn}.unembed_out.weight"] = (dtype, (heads, v_dim, lora))
+    quant: dict[str, Any] = {"group_size": GROUP, "bits": BITS, "mode": "affine"}
+    written: list[TensorData] = []
+    for name, (dtype, shape) in sorted(tensors.items()):
+        module = name.rsplit(".", 1)[0]
+        router = module.endswith(".mlp.gate")  # MoEGate: no to_quantized
+        if not name.endswith(".weight") or len(shape) < 2 or router or shape[-1] % GROUP:
+            written.append(TensorData(name, dtype, shape))
+            continue
+        *lead, inp = shape
+        written += [TensorData(name, "U32", (*lead, inp * BITS // 32)),
+                    TensorData(f"{module}.scales", "BF16", (*lead, inp // GROUP)),
+                    TensorData(f"{module}.biases", "BF16", (*lead, inp // GROUP))]
+    config |= {"quantization": quant, "quantization_config": quant}
+    out.mkdir()
+    write_shards(out, written, shards=3, index=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    for f in src.iterdir():
+        if f.name not in ("config.json", INDEX_NAME) and not f.name.endswith(".safetensors"):
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def test_deepseek_r1_mlx_export_reads_split_mla_and_finds_the_dropped_head(tmp_path: Path) -> None:
+    src = make_family_replica(tmp_path / "r1", json.loads((PUBLIC / "deepseek-ai--DeepSeek-R1" / "config.json").read_text()))
+    ckpt = mlx_convert_deepseek(src, tmp_path / "r1-mlx")
+    r = doctor(ckpt).to_dict()
+    assert codes(r) == {"mtp-missing"}, r["findings"]
+    stored = open_checkpoint(ckpt).stored
+    assert stored["model.layers.3.self_attn.embed_q.weight"].shape == (128, 512, 128)  # [H, kv_lora, nope]
+    assert stored["model.layers.3.mlp.switch_mlp.gate_proj.weight"].shape == (256, 2048, 7168)

@@ -20,7 +20,7 @@ from mtpforge.families.deepseek import DEEPSEEK_V3, DEEPSEEK_V32
 from mtpforge.families.glm import GLM4_MOE, GLM_MOE_DSA
 from mtpforge.families.limits import check_config
 from mtpforge.families.mimo import MIMO
-from mtpforge.families.mlx_names import is_mlx_layout, mlx_inventory
+from mtpforge.families.mlx_names import is_mlx_layout, mla_dims, mlx_inventory
 from mtpforge.families.qwen3_5 import QWEN3_5, QWEN3_5_MOE
 from mtpforge.families.qwen3_next import QWEN3_NEXT
 
@@ -65,7 +65,7 @@ def expected_inventory(family: Family, config: dict[str, Any], stored_names: Ite
     if is_mlx_layout(names, family.mlx_wrapper):  # an mlx-lm export: its own names, stacked experts, no vision
         prefix = family.trunk_prefix(config)
         inv = mlx_inventory(family.expected(config, fused_experts=False, vision=False, prefix=prefix), prefix,
-                            family.mlx_wrapper)
+                            family.mlx_wrapper, mla_dims(family, config))
         return Inventory({n: s for n, s in inv.items() if not s.optional or n in stored})
     experts = {True: [], False: []}  # type: dict[bool, list[bool]]  # in the MTP head? -> per-expert?
     for n in names:
