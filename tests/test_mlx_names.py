@@ -16,7 +16,9 @@ of mlx-lm's rules, independent of mtpforge's (families/mlx_names.py):
 - `mlx_lm/models/deepseek_v3.py` at 04e6af1f `Model.sanitize` (per-expert tensors stacked into `switch_mlp`,
   `self_attn.kv_b_proj` [H*(nope+v), kv_lora] split into `embed_q` [H, kv_lora, nope] and `unembed_out`
   [H, v, kv_lora], the MTP layer `model.layers.61` dropped: at the replica's cut depth, `model.layers.4`);
-  its `MoEGate` holds a bare weight (no `nn.Linear`), so the router is never quantized;
+  its `MoEGate` holds a bare weight (no `nn.Linear`), so the router is never quantized; GLM-5:
+  `mlx_lm/models/glm_moe_dsa.py` at 0352b8dd `Model.sanitize` (the same stacking and split; every layer from
+  `num_hidden_layers` on dropped);
 - `mlx_lm/utils.py` `quantize_model` (`nn.quantize` of every Linear / Embedding whose input width divides by
   the group; per-module dicts recorded under `quantization[path]`; `quantization_config` = `quantization`,
   with `"mode": "affine"`), in MLX's packed layout: U32 weight [out, in*bits/32], scales and biases
@@ -231,11 +233,14 @@ def mlx_convert_deepseek(src: Path, out: Path) -> Path:
     return out
 
 
-def test_deepseek_r1_mlx_export_reads_split_mla_and_finds_the_dropped_head(tmp_path: Path) -> None:
-    src = make_family_replica(tmp_path / "r1", json.loads((PUBLIC / "deepseek-ai--DeepSeek-R1" / "config.json").read_text()))
-    ckpt = mlx_convert_deepseek(src, tmp_path / "r1-mlx")
+@pytest.mark.parametrize("name", ["deepseek-ai--DeepSeek-R1", "zai-org--GLM-5"])
+def test_mla_mlx_export_reads_split_kv_b_and_finds_the_dropped_head(tmp_path: Path, name: str) -> None:
+    config = json.loads((PUBLIC / name / "config.json").read_text())
+    ckpt = mlx_convert_deepseek(make_family_replica(tmp_path / "hf", config), tmp_path / "mlx")
     r = doctor(ckpt).to_dict()
     assert codes(r) == {"mtp-missing"}, r["findings"]
     stored = open_checkpoint(ckpt).stored
-    assert stored["model.layers.3.self_attn.embed_q.weight"].shape == (128, 512, 128)  # [H, kv_lora, nope]
-    assert stored["model.layers.3.mlp.switch_mlp.gate_proj.weight"].shape == (256, 2048, 7168)
+    heads, nope, lora = config["num_attention_heads"], config["qk_nope_head_dim"], config["kv_lora_rank"]
+    assert stored["model.layers.3.self_attn.embed_q.weight"].shape == (heads, lora, nope)
+    experts = stored["model.layers.3.mlp.switch_mlp.gate_proj.weight"]
+    assert experts.shape == (config["n_routed_experts"], config["moe_intermediate_size"], config["hidden_size"])

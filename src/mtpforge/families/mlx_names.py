@@ -19,8 +19,8 @@ qwen3_next.py, utils.py):
 - Quantization (`nn.quantize` through `utils.quantize_model`): every module with `to_quantized` whose input
   width divides by the group size, Embedding included; the Qwen3.5 / Qwen3-Next `quant_predicate` gives
   the routers (`mlp.gate`, `shared_expert_gate`) `{"group_size": 64, "bits": 8}`, recorded per module in
-  config.json's `quantization`. So in MLX a quantized router or GDN `in_proj_a` / `in_proj_b` is the
-  converter's default, not a defect.
+  config.json's `quantization`. So in MLX a quantized Linear that vLLM keeps high precision (a router, GDN
+  `in_proj_a` / `in_proj_b`, the DSA indexer's `wk` / `weights_proj`) is the converter's default, not a defect.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mtpforge.families.base import CONV, EXPERTS, Family, Inventory, TensorSpec
+from mtpforge.families.base import CONV, EXPERTS, LINEAR, Family, Inventory, TensorSpec
 
 SWITCH = ".switch_mlp."
-_ROUTERS = (".mlp.gate", ".shared_expert_gate")  # the modules mlx-lm's quant_predicate gives 8 bits
 
 
 def is_mlx_layout(names: Iterable[str], wrapper: str) -> bool:
@@ -63,10 +62,10 @@ def mlx_inventory(inv: Inventory, trunk_prefix: str, wrapper: str, mla: MlaDims 
         shape = spec.shape
         if spec.kind == CONV and len(shape) == 3:
             shape = (shape[0], shape[2], shape[1])  # torch [out, in/groups, kernel] -> MLX [out, kernel, in/groups]
-        mlx_default = spec.small_proj or spec.module.endswith(_ROUTERS)  # quantized by mlx-lm by default
+        # mlx-lm quantizes every Linear it can (routers at 8 bits, GDN in_proj_a / in_proj_b, DSA indexer wk /
+        # weights_proj): "keep high precision" is vLLM's rule for its own kernels, not mlx-lm's
         out[new] = replace(spec, name=new, module=_rename(spec.module, trunk_prefix, wrapper), shape=shape,
-                           keep_high_precision=spec.keep_high_precision and not mlx_default,
-                           small_proj=False)
+                           keep_high_precision=spec.keep_high_precision and spec.kind != LINEAR, small_proj=False)
     for name, specs in stacked.items():
         first = specs[0]
         new = _rename(name, trunk_prefix, wrapper)
