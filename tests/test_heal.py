@@ -210,6 +210,22 @@ def test_heal_resumes_where_an_interrupted_run_stopped(tmp_path: Path) -> None:
     assert doctor(out).ok and not work.exists()
 
 
+def test_heal_on_a_quantized_trunk_writes_the_quantized_head_back_unquantized_and_excluded(tmp_path: Path) -> None:
+    from mtpforge.quant import quantize
+
+    quantized, out = tmp_path / "w4a16", tmp_path / "healed"
+    quantize(str(BASE), str(quantized), scheme="w4a16", group_size=32, mtp="quantize")
+    assert any(n.startswith("mtp.") and n.endswith("weight_packed") for n in open_checkpoint(quantized).tensors)
+    heal(str(quantized), str(out), **FAST)
+    before, after = tensor_bytes(quantized), tensor_bytes(out)
+    assert {n: v for n, v in after.items() if not n.startswith("mtp.")} == {n: v for n, v in before.items()
+                                                                              if not n.startswith("mtp.")}
+    head = {n: v for n, v in after.items() if n.startswith("mtp.")}
+    assert {v[0] for v in head.values()} == {"BF16"} and not any("weight_packed" in n for n in head)
+    assert "re:^mtp.*" in json.loads((out / "config.json").read_text())["quantization_config"]["ignore"]
+    assert doctor(out).ok
+
+
 def test_heal_refuses_a_headless_checkpoint_and_an_output_inside_the_input(tmp_path: Path,
                                                                             cli: Callable[..., CliResult]) -> None:
     result = cli("heal", str(FINETUNE), "--out", str(tmp_path / "out"))
