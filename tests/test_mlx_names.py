@@ -151,6 +151,19 @@ def test_an_mlx_export_that_kept_a_router_unquantized_is_healthy(moe_src: Path, 
     assert codes(doctor(ckpt).to_dict()) == {"mtp-missing"}
 
 
+def test_a_router_stored_at_other_bits_than_config_says_is_named(moe_src: Path, tmp_path: Path) -> None:
+    ckpt = mlx_convert(moe_src, tmp_path / "mlx", router_bits=4)  # packed at 4 bits ...
+    config = json.loads((ckpt / "config.json").read_text())
+    router = "language_model.model.layers.0.mlp.gate"
+    for key in ("quantization", "quantization_config"):
+        config[key][router] = ROUTER  # ... declared 8: mlx-lm's load_weights would refuse the shape
+    (ckpt / "config.json").write_text(json.dumps(config))
+    r = doctor(ckpt).to_dict()
+    assert codes(r) == {"mtp-missing", "tensor-shape-mismatch"}
+    [f] = [f for f in r["findings"] if f["code"] == "tensor-shape-mismatch"]
+    assert f["tensors"] == [f"{router}.weight"] and "expected [4, 64]" in f["message"]
+
+
 def test_a_missing_stacked_expert_tensor_is_named(moe_src: Path, tmp_path: Path) -> None:
     gone = "language_model.model.layers.1.mlp.switch_mlp.up_proj"
     ckpt = mlx_convert(moe_src, tmp_path / "mlx", drop=gone)
