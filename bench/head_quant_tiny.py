@@ -1,6 +1,6 @@
 """The MTP head quantized three ways on the bundled tiny model: BF16, RTN INT4 g32, GPTQ INT4 g32 on its real inputs.
 
-    python bench/head_quant_tiny.py [--new-tokens 96] [--json bench/out/head_quant_tiny.json]
+    python bench/head_quant_tiny.py [--new-tokens 96] [--sources base,finetune] [--json bench/out/head_quant_tiny.json]
 
 Sources: the tiny base (its own trained head) and the tiny finetune with the
 base's head grafted (seed 000's situation: tmax-27b with Qwen3.6-27B's head).
@@ -68,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--new-tokens", type=int, default=96)
     parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--sources", default="base,finetune", help="base, finetune (the finetune with the base's head grafted)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from mtpforge.prompts import load_prompts, tokenize
@@ -83,9 +84,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "calibration.json").write_text(json.dumps(prompts[11:]))
-        sources = {"base": MODELS / "tiny-qwen3.5"}
-        graft(str(MODELS / "tiny-qwen3.5-finetune"), str(MODELS / "tiny-qwen3.5"), str(work / "finetune-grafted"))
-        sources["finetune + base head"] = work / "finetune-grafted"
+        sources = {"base": MODELS / "tiny-qwen3.5"} if "base" in args.sources else {}
+        if "finetune" in args.sources:
+            graft(str(MODELS / "tiny-qwen3.5-finetune"), str(MODELS / "tiny-qwen3.5"), str(work / "finetune-grafted"))
+            sources["finetune + base head"] = work / "finetune-grafted"
         for label, source in sources.items():
             t0 = time.perf_counter()
             trunk = work / f"{label}-bf16-head".replace(" ", "_")
