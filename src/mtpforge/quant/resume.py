@@ -28,7 +28,11 @@ from typing import Any
 
 import torch
 
-SUFFIXES = ("weight", "weight_scale", "weight_zero_point")
+# llm-compressor's names for a calibrating module's parameters: its weight and `{weight}_scale`, `{weight}_zero_point`
+# (attributes of the module, not stored tensor names: those are `formats`' business).
+WEIGHT = "weight"
+SCALE, ZERO_POINT = f"{WEIGHT}_scale", f"{WEIGHT}_zero_point"
+SUFFIXES = (WEIGHT, SCALE, ZERO_POINT)
 
 
 def request_key(base: Path, weights: dict[str, Any], ignore: list[str], token_ids: list[list[int]]) -> str:
@@ -38,7 +42,7 @@ def request_key(base: Path, weights: dict[str, Any], ignore: list[str], token_id
 
 
 def saved_layers(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the finished layers in `folder` (module.weight, .weight_scale, .weight_zero_point)."""
+    """Every tensor of the finished layers in `folder` (each module's weight, scale and zero point)."""
     from safetensors.torch import load_file
 
     tensors: dict[str, torch.Tensor] = {}
@@ -48,7 +52,7 @@ def saved_layers(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def done_modules(saved: dict[str, torch.Tensor]) -> list[str]:
-    return sorted(n.removesuffix(".weight_scale") for n in saved if n.endswith(".weight_scale"))
+    return sorted(n.removesuffix(f".{SCALE}") for n in saved if n.endswith(f".{SCALE}"))
 
 
 def load_done(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
@@ -96,7 +100,7 @@ def _save(file: Path, modules: list[torch.nn.Module], names: dict[int, str]) -> 
     from safetensors.torch import save_file
 
     tensors = {f"{names[id(m)]}.{s}": getattr(m, s).detach().contiguous().clone()
-               for m in modules if id(m) in names and hasattr(m, "weight_scale") for s in SUFFIXES if hasattr(m, s)}
+               for m in modules if id(m) in names and hasattr(m, SCALE) for s in SUFFIXES if hasattr(m, s)}
     if file.exists() or not tensors:
         return
     partial = file.with_suffix(".partial")
@@ -120,8 +124,8 @@ def pack_resumed(staging: Path, saved: dict[str, torch.Tensor], *, scheme: Any, 
     ckpt = open_checkpoint(staging)
 
     def packed(module: str, _w: torch.Tensor) -> dict[str, torch.Tensor]:
-        scale = saved[f"{module}.weight_scale"]
-        zero_point = saved.get(f"{module}.weight_zero_point", torch.zeros(scale.shape, dtype=torch.int8))
+        scale = saved[f"{module}.{SCALE}"]
+        zero_point = saved.get(f"{module}.{ZERO_POINT}", torch.zeros(scale.shape, dtype=torch.int8))
         return quantize_int(saved[f"{module}.weight"], bits=weights["num_bits"], group_size=group, symmetric=weights["symmetric"],
                             qparams=(scale, zero_point))
 
