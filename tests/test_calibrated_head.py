@@ -103,7 +103,7 @@ def test_head_gptq_on_captured_inputs_writes_a_loadable_quantized_head(cli, tmp_
     a, b = open_checkpoint(rtn), open_checkpoint(gptq)
     qc = b.config["quantization_config"]
     assert "re:^mtp.*" not in qc["ignore"] and "mtp.fc" in qc["ignore"]  # engines build the head quantized, fc BF16
-    head = sorted(n for n in b.tensors if n.startswith("mtp.layers.0.") and n.endswith("weight_zero_point"))
+    head = sorted(n for n in b.tensors if n.startswith("mtp.layers.0.") and n.endswith("weight_packed"))
     assert len(head) == 7 and b.tensors["mtp.fc.weight"].dtype == "BF16"
     # The head pass touches the head only: every trunk tensor is byte for byte the single-pass RTN output's.
     trunk = [n for n in a.tensors if not n.startswith("mtp.")]

@@ -59,10 +59,9 @@ def test_gptq_interrupted_after_a_layer_resumes_there_with_the_same_tensors(tmp_
     # The resumed layers and everything outside the calibrated layers: byte for byte.
     resumed_or_plain = [n for n in a.tensors if not any(f".layers.{i}." in n for i in (2, 3)) or n.startswith("model.visual")]
     assert [n for n in resumed_or_plain if not torch.equal(raw(a, n), raw(b, n))] == []
-    # The layers calibrated after the restart: the same computation on the same inputs. llm-compressor's CPU GPTQ is not
-    # bit-reproducible from run to run here (two uninterrupted runs differ by as much, see docs/quantize.md), so they
-    # are held to agree on all but a few packed words.
+    # The layers calibrated after the restart: the same computation on the same inputs, but llm-compressor's CPU GPTQ
+    # is not bit-reproducible: two uninterrupted runs of this very request differed in 20,912 packed bytes over layers
+    # 1-3 (docs/quantize.md). They are held to that run-to-run spread, not to zero.
     later = [n for n in a.tensors if n not in resumed_or_plain]
     differing = sum(int((raw(a, n) != raw(b, n)).sum()) for n in later)
-    total = sum(raw(a, n).numel() for n in later)
-    assert differing <= 0.002 * total, (differing, total)
+    assert differing <= 21_000, differing
