@@ -420,6 +420,26 @@ def test_an_nvfp4_export_that_lost_its_mtp_exclusion_is_named_and_fixed(tmp_path
     assert "model.layers.61*" in fixed["quantization"]["exclude_modules"]
 
 
+@pytest.mark.parametrize("name", ["deepseek-v3", "glm-4.5-air", "mimo-7b"])
+def test_an_undeclared_head_at_the_familys_own_path_is_declared_by_fix(tmp_path: Path, name: str) -> None:
+    """A re-export that dropped `num_nextn_predict_layers` (HF's DeepseekV3Config has no such field, so a
+    `save_pretrained` round trip loses it) while the head still sits at `model.layers.{num_hidden_layers}` /
+    `model.mtp_layers.0`: --fix must count the layers where the family puts them, not under `mtp.layers`."""
+    from mtpforge.surgery.fix import fix
+
+    root = make_family_replica(tmp_path / name, CONFIGS[name]())
+    config = json.loads((root / "config.json").read_text())
+    del config["num_nextn_predict_layers"]
+    (root / "config.json").write_text(json.dumps(config))
+    [finding] = doctor(root).findings
+    head = detect_family(config).mtp_prefix
+    assert finding.code == "mtp-undeclared" and all(t.startswith(head + ".") for t in finding.tensors)
+    assert head in finding.message and "mtp.*" not in finding.message
+    result = fix(root, str(tmp_path / "fixed"))
+    assert result.after is not None and result.after.ok and result.after.findings == ()
+    assert json.loads((tmp_path / "fixed" / "config.json").read_text())["num_nextn_predict_layers"] == 1
+
+
 def test_plan_for_sglang_an_attention_only_family(tmp_path: Path, cli: Any) -> None:
     from mtpforge.engine.memory import PlanRequest, plan
     from mtpforge.units import GIB

@@ -73,8 +73,9 @@ def _index_findings(ctx: Context) -> list[Finding]:
     unlisted = ckpt.unlisted
     if unlisted:
         mtp = sum(1 for n in unlisted if ctx.family.group_of(n) == MTP)
+        head = ctx.family.mtp_prefix
         out.append(finding("index-unlisted-tensor",
-                           f"{len(unlisted)} tensors ({mtp} of them mtp.*) sit in indexed shards but not in weight_map: "
+                           f"{len(unlisted)} tensors ({mtp} of them {head}.*) sit in indexed shards but not in weight_map: "
                            "vLLM loads them anyway (it reads whole files), but tools that follow the index do not see "
                            "them and total_size leaves them out", tensors=unlisted, files=set(unlisted.values())))
     referenced = set(index.weight_map.values())
@@ -109,7 +110,7 @@ def _total_size(ctx: Context, by_shard: dict[str, list[str]], total: int) -> lis
     left_out = _explaining_shards(per_shard, actual - total)
     if left_out:
         mtp = sum(1 for s in left_out for n in by_shard[s] if ctx.family.group_of(n) == MTP)
-        what = f", {mtp} of them mtp.*" if mtp else ""
+        what = f", {mtp} of them {ctx.family.mtp_prefix}.*" if mtp else ""
         message += (f": it leaves out {', '.join(left_out)} ({sum(len(by_shard[s]) for s in left_out)} tensors{what}, "
                     f"{sum(per_shard[s] for s in left_out):,} bytes), a side file added to weight_map after the total "
                     "was written; engines load it, tools that size the download by total_size do not count it")

@@ -18,12 +18,14 @@ def check_inventory(ctx: Context) -> list[Finding]:
     expected, stored = ctx.expected, ctx.stored
     loaded_mtp = ctx.loaded_mtp()
     undeclared = bool(loaded_mtp) and ctx.mtp_layers == 0
+    head = f"{ctx.family.mtp_prefix}.*"  # mtp.*, model.layers.61.*, model.mtp_layers.*: where this family keeps it
     if undeclared:
         key = ctx.family.mtp_config_key
-        out.append(finding("mtp-undeclared", f"{len(loaded_mtp)} mtp.* tensors are stored but config.json declares no MTP layer "
+        out.append(finding("mtp-undeclared", f"{len(loaded_mtp)} MTP tensors ({head}) are stored "
+                           "but config.json declares no MTP layer "
                            f"({key} is {ctx.family.setting(ctx.config, key)!r})", tensors=loaded_mtp, files=["config.json"]))
     if ctx.mtp_layers and not loaded_mtp:
-        out.append(finding("mtp-missing", f"config.json declares {ctx.mtp_layers} MTP layer(s) but no mtp.* tensor is loaded: "
+        out.append(finding("mtp-missing", f"config.json declares {ctx.mtp_layers} MTP layer(s) but no {head} tensor is loaded: "
                            "speculative decoding would draft from absent weights (0% acceptance)", files=["config.json"]))
     vision_stored = ctx.stored_in(VISION)
     lm_only = ctx.family.language_model_only(ctx.config)

@@ -11,7 +11,6 @@ Everything else is listed with the command that fixes it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -22,7 +21,7 @@ from mtpforge.checkpoint.header import TensorInfo
 from mtpforge.diagnosis.context import Context
 from mtpforge.diagnosis.doctor import DoctorReport, Finding, doctor
 from mtpforge.diagnosis.norms import shifted_norms
-from mtpforge.families import MTP, detect_family
+from mtpforge.families import detect_family
 from mtpforge.formats.values import encode
 from mtpforge.surgery.output import make_plan
 from mtpforge.surgery.quant_lists import edit_lists, exclude_prefix, head_exclusion
@@ -70,8 +69,9 @@ def plan_fix(path: CheckpointLike, report: DoctorReport) -> WritePlan | None:
         config, hf_quant, _ = edit_lists(config, hf_quant, exclude_prefix(family.mtp_prefix))
         actions.append(f"exclude the MTP head from quantization: {head_exclusion(config, family.mtp_prefix)}")
     if "mtp-undeclared" in codes:
-        layers = len({m.group(1) for n in ckpt.tensors
-                      if family.group_of(n) == MTP and (m := re.match(r"mtp\.layers\.(\d+)\.", n))})
+        # the family knows where its layers sit (mtp.layers.{j}, model.layers.{num_hidden_layers + j}, model.mtp_layers.{j});
+        # a head whose names carry no layer index (e.g. a bare `mtp.fc`) is one layer
+        layers = len({i for n in ckpt.tensors if (i := family.mtp_layer_index(n)) is not None}) or 1
         config = family.with_setting(config, family.mtp_config_key, layers)
         actions.append(f"declare {family.mtp_config_key} = {layers}")
     if "vision-missing-undeclared" in codes:
