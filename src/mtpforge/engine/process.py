@@ -73,7 +73,10 @@ def launched(line: LaunchLine, *, python: str, log: Path | None = None) -> Itera
            "HF_HUB_OFFLINE": "1"}  # the model is a local directory; never reach out
     out = open(log, "w") if log else None
     try:
-        proc = subprocess.Popen(line.argv(python), stdout=out, stderr=subprocess.STDOUT if out else None, env=env)
+        # Its own process group: vLLM forks an EngineCore child that outlives a SIGTERM to the API server
+        # while it is still starting, so stopping means signalling the whole group.
+        proc = subprocess.Popen(line.argv(python), stdout=out, stderr=subprocess.STDOUT if out else None, env=env,
+                                start_new_session=True)
     except OSError as e:
         raise EngineError(f"cannot start {python}: {e.strerror}",
                           hint="pass --engine-python the Python of an environment with the engine") from e
@@ -94,13 +97,21 @@ def launched(line: LaunchLine, *, python: str, log: Path | None = None) -> Itera
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+    """Stop the server and every process it started (its group), politely first."""
+    _signal_group(proc, signal.SIGTERM)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        pass
+    _signal_group(proc, signal.SIGKILL)  # children left behind (an EngineCore still loading) go too
+    proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the group id is the server's pid (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _healthy(url: str) -> bool:
