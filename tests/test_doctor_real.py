@@ -195,6 +195,21 @@ def test_a_defect_in_a_whole_layer_of_experts_is_one_finding(tmp_path: Path) -> 
     assert f["fix"] and set(f["files"]) >= {"config.json", "hf_quant_config.json"}
 
 
+def test_a_config_repeated_in_config_json_is_walked_once_but_named_in_both_files() -> None:
+    """ModelOpt writes its hf_quant_config.json again as config.json's quantization_config (nvidia/Qwen3.5-397B-A17B-NVFP4,
+    ../shared/reference/public-configs): both decide every module alike, so doctor checks 95K modules once, not twice;
+    a config that differs in one exclude entry is checked on its own."""
+    from mtpforge.checkpoint.quant_config import parse, parse_modelopt
+
+    root = Path("/work/shared/reference/public-configs/nvidia--Qwen3.5-397B-A17B-NVFP4")
+    hf_quant = json.loads((root / "hf_quant_config.json").read_text())
+    in_config = parse(json.loads((root / "config.json").read_text())["quantization_config"], "config.json quantization_config")
+    in_file = parse_modelopt(hf_quant, "hf_quant_config.json")
+    assert in_config.decision_key is not None and in_config.decision_key == in_file.decision_key
+    hf_quant["quantization"]["exclude_modules"] = [e for e in hf_quant["quantization"]["exclude_modules"] if e != "lm_head"]
+    assert parse_modelopt(hf_quant, "hf_quant_config.json").decision_key != in_file.decision_key
+
+
 def test_the_cycle_collector_is_paused_only_while_reading(make: Make, tmp_path: Path) -> None:
     import gc
 

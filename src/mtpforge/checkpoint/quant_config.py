@@ -90,6 +90,15 @@ class QuantConfig:
     stored_decides: bool = False  # MLX: a module without an override is quantized exactly when its scales are stored
     overrides: tuple[str, ...] = ()  # MLX: the modules config.json gives their own bits (mlx-lm's 8-bit routers)
 
+    @property
+    def decision_key(self) -> tuple[object, ...] | None:
+        """Equal for two configs that give every module the same scheme (ModelOpt repeats hf_quant_config.json
+        in config.json): a 100K-module check then runs once. None when a format's own `decide` function rules."""
+        if self.decide is not None:
+            return None
+        targets = tuple((scheme, None if rules is None else rules.key) for scheme, rules in self.targets)
+        return (self.method, self.schemes, self.ignore, self.skip.key, targets, self.stored_decides, self.overrides)
+
     def ignores(self, module: str) -> bool:
         """True when the ignore / exclude list covers `module` by name."""
         return self.skip.matches(module)

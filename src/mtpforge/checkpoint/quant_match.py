@@ -40,6 +40,8 @@ class NameRules:
         patterns = [f"(?:{r})" for r in regexes] + [translate(w) for w in kinds["general"]]
         self._regex = _compile_any(patterns)
         self.matches = lru_cache(maxsize=_CACHE)(self._matches)
+        # everything a match depends on: two rule lists with one key answer every name alike
+        self.key = (self.exact, self._prefixes, self._suffixes, self._contains, tuple(patterns))
 
     def _matches(self, name: str) -> bool:
         return (name in self.exact or name.startswith(self._prefixes) or name.endswith(self._suffixes)

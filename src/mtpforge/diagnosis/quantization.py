@@ -44,8 +44,12 @@ def check_quantization(ctx: Context) -> list[Finding]:
                            f"({stored_quantized[0].format}) but no quantization config describes them", files=["config.json"]))
     out += _companions(ctx)
     out += _precision(ctx)
+    decisions: dict[object, _Decisions] = {}  # one walk of the ~100K modules per distinct config, not per file
     for qc in ctx.quant_configs:
-        out += _coverage(ctx, qc)
+        key = _rules_key(qc)
+        if key not in decisions:
+            decisions[key] = _decide(ctx, qc)
+        out += _coverage(ctx, qc, decisions[key])
     out += _fused_groups(ctx)
     return out
 
@@ -85,10 +89,19 @@ def _precision(ctx: Context) -> list[Finding]:
     return out
 
 
-def _coverage(ctx: Context, qc: QuantConfig) -> list[Finding]:
-    """Does `qc` describe each LINEAR module as it is stored?"""
+def _rules_key(qc: QuantConfig) -> object:
+    return qc.decision_key if qc.decision_key is not None else id(qc)
+
+
+# MTP weights stored dense that the config quantizes; weights stored otherwise than declared: (tensor, stored as, said)
+_Decisions = tuple[list[str], list[tuple[str, str, str]]]
+
+
+def _decide(ctx: Context, qc: QuantConfig) -> _Decisions:
+    """How `qc` declares each LINEAR module against how it is stored (the file's name left out, so that
+    configs deciding alike share the walk)."""
     uncovered: list[str] = []
-    mismatched: list[tuple[str, str]] = []  # (tensor, why)
+    mismatched: list[tuple[str, str, str]] = []
     for name, spec in ctx.expected.items():
         w = ctx.stored.get(name)
         if w is None or w.format == BROKEN or not (spec.kind == LINEAR or (spec.kind == EXPERTS and not w.quantized)):
@@ -99,13 +112,19 @@ def _coverage(ctx: Context, qc: QuantConfig) -> list[Finding]:
             continue  # MLX: a module config.json does not name is loaded as it is stored
         scheme = qc.scheme_for(spec.module) if spec.kind == LINEAR else _experts_scheme(qc, spec)
         if w.quantized and (scheme is None or scheme.format not in DECLARED_AS.get(w.format, ())):
-            said = "leaves it unquantized" if scheme is None else f"declares {scheme.format}"
-            mismatched.append((name, f"{name} is stored {w.format} but {qc.source} {said}"))
+            mismatched.append((name, w.format, "leaves it unquantized" if scheme is None else f"declares {scheme.format}"))
         elif not w.quantized and scheme is not None:
             if spec.group == MTP:
                 uncovered.append(name)
             else:
-                mismatched.append((name, f"{name} is stored {w.dtype} but {qc.source} quantizes it ({scheme.label})"))
+                mismatched.append((name, w.dtype, f"quantizes it ({scheme.label})"))
+    return uncovered, mismatched
+
+
+def _coverage(ctx: Context, qc: QuantConfig, decisions: _Decisions) -> list[Finding]:
+    """Does `qc` describe each LINEAR module as it is stored?"""
+    uncovered = decisions[0]
+    mismatched = [(name, f"{name} is stored {stored} but {qc.source} {said}") for name, stored, said in decisions[1]]
     source_file = _file_of(qc)
     out = []
     if uncovered:
@@ -180,12 +199,14 @@ def _fused_unsafe(ctx: Context, qc: QuantConfig) -> list[Finding]:
 def _fused_groups(ctx: Context) -> list[Finding]:
     """Members of one fused module stored, or declared, in different schemes (vLLM refuses to load)."""
     mixed = []
+    keys = [_rules_key(qc) for qc in ctx.quant_configs]
+    distinct = [qc for i, qc in enumerate(ctx.quant_configs) if keys[i] not in keys[:i]]  # a repeated config once
     for fused, members in _fused_members(ctx, group=None).items():
         weights = [ctx.stored.get(m.name) for m in members]
         if any(w is None for w in weights):
             continue
         stored = {_scheme_key(w) for w in weights if w is not None}
-        declared_mixed = any(len({qc.scheme_for(m.module) for m in members}) > 1 for qc in ctx.quant_configs)
+        declared_mixed = any(len({qc.scheme_for(m.module) for m in members}) > 1 for qc in distinct)
         if len(stored) > 1 or declared_mixed:
             mixed.append(fused)
     if not mixed:

@@ -81,9 +81,12 @@ _REQUIRED = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StoredWeight:
-    """One logical tensor (`name`) and the stored tensors that make it up."""
+    """One logical tensor (`name`) and the stored tensors that make it up.
+
+    Treated as immutable, but not a frozen dataclass: a frozen one takes three times longer to build, and
+    `resolve` builds one per module (95,000 on a per-expert 397B MoE index)."""
 
     name: str
     format: str
@@ -99,7 +102,7 @@ class StoredWeight:
 
     @property
     def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.parts.values())
+        return sum([p.nbytes for p in self.parts.values()])  # a list, not a generator: asked 95K times by inspect
 
     @property
     def dtype(self) -> str:
@@ -135,12 +138,17 @@ def resolve(
         One `StoredWeight` per logical tensor: `X.weight` for a quantized module,
         the tensor's own name for everything else.
     """
+    # Each name is split once (400K of them on the largest indexes): companions grouped by module, the rest dense.
     modules: dict[str, dict[str, StoredTensor]] = {}
     dense: list[tuple[str, StoredTensor]] = []
     for name, info in tensors.items():
         module, _, suffix = name.rpartition(".")
         if suffix in _GROUPED and module:
-            modules.setdefault(module, {})[suffix] = info
+            parts = modules.get(module)
+            if parts is None:
+                modules[module] = {suffix: info}
+            else:
+                parts[suffix] = info
         else:
             dense.append((name, info))
     out: dict[str, StoredWeight] = {}
@@ -148,18 +156,18 @@ def resolve(
     # logical shape is read from its own `weight_shape` data).
     seen: dict[tuple[object, ...], _Verdict] = {}
     for module, parts in modules.items():
-        weight = tensors.get(f"{module}.weight")
+        logical = module + ".weight"
+        weight = tensors.get(logical)
         if weight is not None:
             parts["weight"] = weight  # a dict of our own: no copy
         bits = mlx_module_bits.get(module, mlx_bits) if mlx_module_bits else mlx_bits
-        key = (bits, *[(k, v.dtype, v.shape) for k, v in parts.items()])
+        key = (bits, tuple(parts), tuple([(v.dtype, v.shape) for v in parts.values()]))
         verdict = seen.get(key)
         if verdict is None:
             verdict = _classify(parts, read_ints, bits)
             if verdict[0] != CT_INT:
                 seen[key] = verdict
-        fmt, shape, missing, problems, bits = verdict
-        out[f"{module}.weight"] = StoredWeight(f"{module}.weight", fmt, shape, parts, missing, problems, bits)
+        out[logical] = StoredWeight(logical, verdict[0], verdict[1], parts, verdict[2], verdict[3], verdict[4])
     for name, info in dense:
         if name not in out:  # else the main tensor of a modelopt / FP8 / MXFP4 / MLX weight
             out[name] = StoredWeight(name, DENSE, info.shape, {"": info})
