@@ -35,12 +35,14 @@ _GRAFT = "mtpforge graft {path} --donor BASE --out OUT"
 
 CATALOGUE: dict[str, Rule] = {
     "mtp-missing": Rule(ERROR, "graft the head from the exact base model", _GRAFT),
-    "mtp-unindexed": Rule(ERROR, "add the mtp.* tensors to weight_map and recompute total_size", _DOCTOR_FIX),
+    "mtp-unindexed": Rule(ERROR, "add the MTP tensors to weight_map and recompute total_size", _DOCTOR_FIX),
     "mtp-incomplete": Rule(ERROR, "re-graft the whole head from the base model", _GRAFT),
     "mtp-undeclared": Rule(WARNING, "declare the MTP layers in config.json", _DOCTOR_FIX),
-    "mtp-quant-uncovered": Rule(ERROR, "add 're:^mtp.*' to compressed-tensors ignore / 'mtp*' to modelopt exclude_modules",
-                                _DOCTOR_FIX),
-    "mtp-ignore-fused-unsafe": Rule(ERROR, "replace the per-module MTP entries with 're:^mtp.*'", _DOCTOR_FIX),
+    "mtp-quant-uncovered": Rule(ERROR, "exclude the head by its prefix ('re:^mtp.*' in compressed-tensors "
+                                "ignore, 'model.layers.61*' in modelopt exclude_modules on DeepSeek-V3: the message gives "
+                                "the entry in this config's syntax)", _DOCTOR_FIX),
+    "mtp-ignore-fused-unsafe": Rule(ERROR, "replace the per-module MTP entries with one for the head's prefix "
+                                    "('re:^mtp.*', 're:^model.layers.61.*')", _DOCTOR_FIX),
     "mtp-quantized": Rule(WARNING, "prefer a BF16 head unless its acceptance was measured", _GRAFT),
     "mtp-quant-companions": Rule(ERROR, "re-quantize the module, or graft the BF16 head", None),
     "mtp-norm-convention": Rule(ERROR, "undo the shift of each shifted key (store w, not 1 + w); or re-graft the head "
