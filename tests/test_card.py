@@ -11,6 +11,8 @@ import pytest
 
 from mtpforge.testing.streamserver import Behaviour, canned_server
 
+from .conftest import SHARED
+
 TINY = Path(__file__).resolve().parents[1] / "src" / "mtpforge" / "models" / "tiny-qwen3.5"
 
 
@@ -178,3 +180,17 @@ def test_card_memory_rows_use_the_recipes_util_and_k(cli, replica: Path, tmp_pat
     r = cli("card", str(out), "--gpu", c["gpus"][-1], "--util", str(util), "--k", str(k), "--max-model-len",
             str(c["max_model_len"]))
     assert r.code == 0 and f"| {planned['kv_tokens']:,} | {planned['max_concurrency']:.2f} |" in r.out
+
+
+def test_a_card_for_an_attention_only_family_names_it_without_a_hybrid_split(tmp_path: Path) -> None:
+    """DeepSeek-V3's published config (shared/reference/public-configs/deepseek-ai--DeepSeek-V3, 4 layers kept):
+    the hub tag is its model_type, not "qwen3", and the summary claims no Gated DeltaNet layers."""
+    from mtpforge.publish.card import card
+    from mtpforge.testing.replica import make_family_replica
+
+    public = SHARED / "reference" / "public-configs" / "deepseek-ai--DeepSeek-V3"
+    text = card(make_family_replica(tmp_path / "v3", json.loads((public / "config.json").read_text())))
+    front = text.split("---")[1]
+    assert "- deepseek_v3" in front and "- qwen3" not in front
+    summary = next(line for line in text.splitlines() if line.startswith("Unquantized build"))
+    assert "DeepseekV3ForCausalLM, 4 layers)" in summary and "Gated DeltaNet" not in summary

@@ -59,7 +59,9 @@ def card(path: CheckpointLike, *, name: str | None = None, base_model: str | Non
 
 def _front_matter(info: InspectReport, base_model: str | None) -> str:
     method = info.quantization.method if info.quantization else None
-    tags = ["qwen3", "mtp", "speculative-decoding"] + (["quantized", method] if method else [])
+    # the hub's architecture tag: "qwen3" for the Qwen3.5/3.6/Next hybrids, the model_type for other families
+    family_tag = "qwen3" if info.family.startswith("qwen3") else (info.model_type or info.family)
+    tags = [family_tag, "mtp", "speculative-decoding"] + (["quantized", method] if method else [])
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
     if base_model:
         lines.append(f"base_model: {base_model}")
@@ -76,9 +78,10 @@ def _summary(info: InspectReport, base_model: str | None) -> str:
     vision = "text-only (vision tower removed)" if info.vision.declared and not info.vision.tensors else (
         "with its vision tower" if info.vision.tensors else "text-only")
     layers = info.layers
+    kinds = (f": {layers['linear_attention']} Gated DeltaNet + {layers.get('full_attention', 0)} full attention"
+             if layers.get("linear_attention") else "")  # attention-only families (DeepSeek, GLM, MiMo) have no hybrid split
     return (f"{scheme[0].upper() + scheme[1:]} build of {'`' + base_model + '`' if base_model else 'a'} {info.family} model "
-            f"({info.architecture}, {layers['total']} layers: {layers.get('linear_attention', 0)} Gated DeltaNet + "
-            f"{layers.get('full_attention', 0)} full attention), {vision}, with {head}.")
+            f"({info.architecture}, {layers['total']} layers{kinds}), {vision}, with {head}.")
 
 
 def _quantization(info: InspectReport, path: str) -> str:
