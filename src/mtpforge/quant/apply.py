@@ -129,6 +129,7 @@ def _calibrate(plan: QuantPlan, out: Path, *, token_ids: list[list[int]], awq_ma
                overwrite: bool, progress: Callable[[str], None]) -> None:
     """llm-compressor into a scratch directory beside `out`; declare the head; publish it as it is, or stripped."""
     from mtpforge.quant.calibrated import finish, in_temporary, quantize_calibrated, remove
+    from mtpforge.quant.preserve import restore_stored_dtypes
     from mtpforge.quant.resume import request_key
     from mtpforge.surgery.strip import strip
 
@@ -140,6 +141,7 @@ def _calibrate(plan: QuantPlan, out: Path, *, token_ids: list[list[int]], awq_ma
         quantize_calibrated(plan.ckpt.root.resolve(), scratch, method=plan.method, weights=plan.weights, ignore=plan.ignore,
                             token_ids=token_ids, mappings=awq_mappings, resume=resume, scheme=plan.scheme, progress=progress)
         finish(scratch, mtp_ignore(plan.family))
+        restore_stored_dtypes(plan.ckpt.root.resolve(), scratch)  # an FP32 vision tower stays FP32 (quant/preserve.py)
         if plan.text_only:
             strip(str(scratch), str(out), overwrite=overwrite)
         else:
