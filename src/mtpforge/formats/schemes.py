@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 COMPRESSED_TENSORS = "compressed-tensors"
 MODELOPT = "modelopt"
-CHECKPOINT_FORMATS = (COMPRESSED_TENSORS, MODELOPT)
+GPTQ_FORMAT = "gptq"  # symmetric INT, written as compressed-tensors and repacked (`formats.gptq`, `quant.gptq_output`)
+CHECKPOINT_FORMATS = (COMPRESSED_TENSORS, MODELOPT, GPTQ_FORMAT)
 INT, FP4 = "int", "fp4"
 NVFP4_GROUP = 16
 CT_VERSION = "0.19.0"

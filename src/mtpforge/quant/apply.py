@@ -22,7 +22,7 @@ from typing import Any
 
 from mtpforge.checkpoint import CheckpointLike
 from mtpforge.families import MTP
-from mtpforge.formats.schemes import COMPRESSED_TENSORS
+from mtpforge.formats.schemes import COMPRESSED_TENSORS, GPTQ_FORMAT
 from mtpforge.quant.calibration_data import Calibration
 from mtpforge.quant.plan import QuantPlan, mtp_ignore, quant_plan
 from mtpforge.surgery.stage import apply_plan, check_destination
@@ -52,7 +52,8 @@ def quantize(base: CheckpointLike, out: str | os.PathLike[str], *, scheme: str =
         calibration: calibration text for awq / gptq, the head's GPTQ and FP4 activations: a text file (JSON list or
             one text per line), a dataset `NAME[:CONFIG][:SPLIT]`, or None: the bundled prompts.
         samples: calibration texts used at most.
-        checkpoint_format: `compressed-tensors`, or `modelopt` (NVFP4 with FP4 activations, with `hf_quant_config.json`).
+        checkpoint_format: `compressed-tensors`, `modelopt` (NVFP4 with FP4 activations, with `hf_quant_config.json`), or
+            `gptq` (symmetric INT as GPTQ v1 with `quantize_config.json`).
         overwrite: replace `out` if it exists.
         dry_run: validate and return the plan without writing anything.
         mtp_method: how a quantized head is quantized: `rtn`, or `gptq` on the inputs the quantized trunk gives it.
@@ -63,6 +64,11 @@ def quantize(base: CheckpointLike, out: str | os.PathLike[str], *, scheme: str =
         head_steps: draft steps the head's GPTQ is calibrated on (1: the first draft position's inputs).
         progress: called with a line per stage (and per calibration text of the head's capture).
     """
+    if checkpoint_format == GPTQ_FORMAT:  # run as compressed-tensors, then repacked (quant/gptq_output.py)
+        from mtpforge.quant.gptq_output import quantize_as_gptq
+
+        request = {k: v for k, v in locals().items() if k != "quantize_as_gptq"}  # this call's own arguments
+        return quantize_as_gptq(quantize, request)
     check_destination(Path(base), Path(out), overwrite=overwrite)
     if awq_mappings and method != "awq":
         from mtpforge.errors import UsageError

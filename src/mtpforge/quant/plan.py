@@ -25,6 +25,7 @@ from mtpforge.formats.schemes import (
     CHECKPOINT_FORMATS,
     COMPRESSED_TENSORS,
     FP4,
+    GPTQ_FORMAT,
     MODELOPT,
     QUANTIZE_SCHEMES,
     SCHEMES,
@@ -131,6 +132,11 @@ def quant_plan(base: CheckpointLike, *, scheme: str = "w4a16", group_size: int |
 def _check_request(scheme: str, group_size: int | None, checkpoint_format: str, mtp: str, method: str,
                    actorder: bool) -> tuple[Scheme, Scheme, int | None]:
     """The scheme asked for, the same as the checkpoint format stores it, and the group size; or UsageError."""
+    if checkpoint_format == GPTQ_FORMAT:  # calibrated and written as compressed-tensors, then repacked (quant.gptq_output)
+        from mtpforge.quant.gptq_output import check_gptq_request
+
+        check_gptq_request(scheme)
+        checkpoint_format = COMPRESSED_TENSORS
     requested = SCHEMES[scheme] if scheme in QUANTIZE_SCHEMES else None
     target = requested.in_format(checkpoint_format) if requested is not None else None
     if checkpoint_format not in CHECKPOINT_FORMATS or (target is None and (requested or checkpoint_format != COMPRESSED_TENSORS)):
