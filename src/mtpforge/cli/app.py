@@ -174,7 +174,8 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
 @click.option("--scheme", type=click.Choice(QUANTIZE_SCHEMES), default="w4a16", show_default=True,
               help="nvfp4a16: FP4 weights; nvfp4: FP4 weights and activations (input scales calibrated on text).")
 @click.option("--format", "checkpoint_format", type=click.Choice(CHECKPOINT_FORMATS), default=COMPRESSED_TENSORS,
-              show_default=True, help="modelopt: NVFP4 in modelopt's layout with hf_quant_config.json (--scheme nvfp4).")
+              show_default=True, help="modelopt: NVFP4 in modelopt's layout with hf_quant_config.json (--scheme nvfp4); "
+                                      "gptq: symmetric INT as GPTQ v1 with quantize_config.json (vLLM gptq_marlin).")
 @click.option("--group-size", type=COUNT, default=None,
               help="Inputs per scale; 0: one scale per output channel (default: 128 for INT, 16 for NVFP4).")
 @click.option("--scope", type=click.Choice(["all", "attention-mlp", "mlp-skip-first"]), default="all", show_default=True,
