@@ -92,7 +92,7 @@ ADDED = {
     # Prediction"): without these the card's line serves the kept head unused.
     "seed-003-w4a16-mlp-skip-first": {"--speculative-algorithm", "--speculative-num-steps", "--speculative-eagle-topk",
                                       "--speculative-num-draft-tokens"},
-    "seed-004-w4a16-g128": {"--host", "--port", "--quantization"},
+    "seed-004-w4a16-g128": {"--host", "--port"},  # its GPTQ config: vLLM picks gptq_marlin itself, as on the card
 }
 CHANGED = {  # flag -> (card's value, ours): names of the same thing
     "seed-002-nvfp4-text-mtp": {"--quantization": ("modelopt", "modelopt_fp4"),

@@ -123,6 +123,23 @@ def test_gptq_requests_that_cannot_work_are_usage_errors(cli, tmp_path: Path, ar
     assert not list(tmp_path.glob(".*calibrating"))
 
 
+def test_the_dry_run_plans_what_is_written(outputs: tuple[Path, Path], tmp_path: Path) -> None:
+    """--dry-run lists the GPTQ output's tensors, config and index (what hollow builds and `plan` read), not
+    compressed-tensors'."""
+    plan = quantize(TINY, tmp_path / "q", scheme="w4a16", checkpoint_format="gptq", dry_run=True)
+    written = open_checkpoint(outputs[1])
+    source = open_checkpoint(TINY)
+    planned = {(t.name, t.dtype, tuple(t.shape)) for s in plan.written for t in s.tensors}
+    planned |= {(t.name, t.dtype, tuple(t.shape)) for f in plan.linked if f.endswith(".safetensors")
+                for t in source.headers[f].tensors.values()}
+    assert planned == {(t.name, t.dtype, tuple(t.shape)) for t in written.tensors.values()}
+    assert plan.json_files["config.json"] == written.config and plan.json_files["quantize_config.json"] == \
+        json.loads((outputs[1] / "quantize_config.json").read_text())
+    index = json.loads((outputs[1] / "model.safetensors.index.json").read_text())
+    assert plan.json_files["model.safetensors.index.json"] == index
+    assert not (tmp_path / "q").exists()
+
+
 def test_the_cli_and_seed_004_recipe_select_gptq(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     r = cli("quantize", str(TINY), "--format", "gptq", "--out", str(tmp_path / "q"), "--dry-run", "--json")
     assert r.code == 0, r.err

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -36,7 +36,7 @@ from mtpforge.formats.stored import CT_INT, StoredWeight
 from mtpforge.surgery.output import make_plan
 from mtpforge.surgery.rebuild import rebuild
 from mtpforge.surgery.sources import Computed
-from mtpforge.surgery.writeplan import TensorCopy, WritePlan
+from mtpforge.surgery.writeplan import INDEX_NAME, TensorCopy, WritePlan, index_document
 
 QUANTIZE_CONFIG = "quantize_config.json"
 REPACK = "repack every INT weight as GPTQ v1 (qweight, qzeros, scales, g_idx) and write quantize_config.json"
@@ -58,15 +58,14 @@ def quantize_as_gptq(quantize: Callable[..., WritePlan], request: dict[str, Any]
 
     check_gptq_request(request["scheme"])
     as_ct = {**request, "checkpoint_format": COMPRESSED_TENSORS}
+    damp = 0.01 if request["method"] == "gptq" else None  # quant.calibrated's GPTQ dampening
     if request["dry_run"]:
-        plan = quantize(**as_ct)
-        return replace(plan, actions=(*plan.actions, REPACK))
+        return dry_run_plan(quantize(**as_ct), damp_percent=damp, method=request["method"])
     out = Path(request["out"])
     check_destination(Path(request["base"]), out, overwrite=request["overwrite"])
     scratch = in_temporary(out.resolve())
     try:
         quantize(**{**as_ct, "out": scratch, "overwrite": False})
-        damp = 0.01 if request["method"] == "gptq" else None  # quant.calibrated's GPTQ dampening
         written = gptq_plan(open_checkpoint(scratch), damp_percent=damp, method=request["method"])
         apply_plan(written, out, overwrite=request["overwrite"])
     finally:
@@ -80,23 +79,78 @@ def gptq_plan(ckpt: Checkpoint, *, damp_percent: float | None = None, method: st
     quantized = _int_weights(ckpt)
     bits, group = _one_scheme(ckpt, quantized)
     desc_act = any(_activation_ordered(ckpt, w) for w in quantized.values())
-    family = detect_family(ckpt.config)
-    dynamic = exclusion_rules(family, ckpt, set(quantized))
+    qc = _config(ckpt.config, ckpt.tensors, set(quantized), bits=bits, group=group, desc_act=desc_act,
+                 damp_percent=damp_percent, method=method)
+    drop = {w.parts[s].name for w in quantized.values() for s in gptq.CT_COMPANIONS if s in w.parts}
+    repack = {w.parts[gptq.CT_PACKED].name: partial(_gptq_copies, ckpt, w, bits) for w in quantized.values()}
+    config = {**ckpt.config, "quantization_config": qc}
+    plan = make_plan("quantize", ckpt.root, rebuild(ckpt, drop=drop, replace=repack), config, None,
+                     _actions(qc, len(quantized)), [])
+    return replace(plan, linked=tuple(f for f in plan.linked if f != QUANTIZE_CONFIG),
+                   json_files={**plan.json_files, QUANTIZE_CONFIG: qc})
+
+
+def dry_run_plan(ct: WritePlan, *, damp_percent: float | None, method: str) -> WritePlan:
+    """The GPTQ output's plan from the compressed-tensors plan of the same request (`--dry-run`: nothing is calibrated
+    or read, so each weight's tensors are listed, not computed; no activation order is known, so desc_act: false)."""
+    config = ct.json_files["config.json"]
+    groups = config["quantization_config"]["config_groups"]["group_0"]["weights"]
+    bits, group = groups["num_bits"], groups["group_size"] if groups["strategy"] == "group" else None
+    shards, quantized = [], set()
+    for shard in ct.written:
+        copies: list[TensorCopy] = []
+        scales = {t.name.rsplit(".", 1)[0]: t for t in shard.tensors if t.name.endswith(f".{gptq.CT_SCALE}")}
+        for t in shard.tensors:
+            module, _, suffix = t.name.rpartition(".")
+            if suffix == gptq.CT_PACKED and module in scales:
+                quantized.add(module)
+                out, inp, n_groups = t.shape[0], t.shape[1] * 32 // bits, scales[module].shape[1]
+                copies += [TensorCopy(f"{module}.{k}", dtype, shape, Computed(f"{module}.{k}", _not_computed,
+                                                                                DTYPE_BITS[dtype] // 8 * math.prod(shape)))
+                           for k, (dtype, shape) in gptq.stored_shapes(out, inp, bits, n_groups).items()]
+            elif not (suffix in gptq.CT_COMPANIONS and module in scales):
+                copies.append(t)
+        shards.append(replace(shard, tensors=tuple(copies)))
+    from mtpforge.checkpoint import as_checkpoint
+
+    base = as_checkpoint(ct.source_dir)
+    qc = _config(config, base.tensors, quantized, bits=bits, group=group, desc_act=False, damp_percent=damp_percent,
+                 method=method)
+    index = ct.json_files[INDEX_NAME]
+    rewritten = {s.name for s in shards}
+    weight_map = {n: f for n, f in index["weight_map"].items() if f not in rewritten}  # the linked shards' tensors
+    sizes = {n: base.tensors[n].nbytes for n in weight_map if n in base.tensors}
+    for shard in shards:
+        weight_map.update({t.name: shard.name for t in shard.tensors})
+        sizes.update({t.name: t.nbytes for t in shard.tensors})
+    json_files = {**ct.json_files, "config.json": {**config, "quantization_config": qc}, QUANTIZE_CONFIG: qc,
+                  INDEX_NAME: index_document(weight_map, sizes)}
+    return replace(ct, written=tuple(shards), json_files=json_files, actions=(*ct.actions, *_actions(qc, len(quantized))))
+
+
+def _not_computed() -> bytes:
+    raise AssertionError("a dry-run plan is never written")  # a bug if reached
+
+
+def _config(config: dict[str, Any], tensors: Mapping[str, Any], quantized: set[str], *, bits: int, group: int | None,
+            desc_act: bool, damp_percent: float | None, method: str) -> dict[str, Any]:
+    """The GPTQ quantization config of an output whose INT modules are `quantized`, checked as vLLM would read it."""
+    family = detect_family(config)
+    dynamic = exclusion_rules(family, config, tensors, quantized)
     quantizer = [f"mtpforge:{importlib.metadata.version('mtpforge')}"]
     if method != "rtn":
         quantizer.append(f"llmcompressor:{importlib.metadata.version('llmcompressor')}")
     qc = gptq.quantization_config(bits=bits, group_size=group, desc_act=desc_act, dynamic=dynamic,
                                   damp_percent=damp_percent, quantizer=quantizer)
-    check_rules(family, ckpt, set(quantized), qc)
-    drop = {w.parts[s].name for w in quantized.values() for s in gptq.CT_COMPANIONS if s in w.parts}
-    repack = {w.parts[gptq.CT_PACKED].name: partial(_gptq_copies, ckpt, w, bits) for w in quantized.values()}
-    config = {**ckpt.config, "quantization_config": qc}
-    order = "activation-ordered groups (desc_act)" if desc_act else "contiguous groups (desc_act: false)"
-    plan = make_plan("quantize", ckpt.root, rebuild(ckpt, drop=drop, replace=repack), config, None,
-                     [f"{REPACK}: {len(quantized)} weights, {bits}-bit, group {group or 'per channel'}, {order}",
-                      f"leave {len(dynamic)} module patterns unquantized with dynamic -: rules"], [])
-    return replace(plan, linked=tuple(f for f in plan.linked if f != QUANTIZE_CONFIG),
-                   json_files={**plan.json_files, QUANTIZE_CONFIG: qc})
+    check_rules(family, config, tensors, quantized, qc)
+    return qc
+
+
+def _actions(qc: dict[str, Any], count: int) -> list[str]:
+    order = "activation-ordered groups (desc_act)" if qc["desc_act"] else "contiguous groups (desc_act: false)"
+    group = qc["group_size"] if qc["group_size"] != -1 else "per channel"
+    return [f"{REPACK}: {count} weights, {qc['bits']}-bit, group {group}, {order}",
+            f"leave {len(qc['dynamic'])} module patterns unquantized with dynamic -: rules"]
 
 
 def _int_weights(ckpt: Checkpoint) -> dict[str, StoredWeight]:
@@ -173,12 +227,13 @@ def _gptq_copies(ckpt: Checkpoint, w: StoredWeight, bits: int, _packed: TensorIn
     return copies
 
 
-def exclusion_rules(family: Family, ckpt: Checkpoint, quantized: set[str]) -> dict[str, dict[str, Any]]:
+def exclusion_rules(family: Family, config: dict[str, Any], tensors: Mapping[str, Any],
+                    quantized: set[str]) -> dict[str, dict[str, Any]]:
     """GPTQ `dynamic` `-:` rules for every Linear left unquantized (see the module docstring)."""
-    linears = _linears(family, ckpt)
+    linears = _linears(family, config, tensors)
     mtp = re.escape(family.mtp_prefix)
     rules: dict[str, dict[str, Any]] = {}
-    if any(s.group == VISION for s in linears.values()) or family.has_vision(ckpt.config):
+    if any(s.group == VISION for s in linears.values()) or family.has_vision(config):
         rules[f"-:(?:.*\\.)?{re.escape(family.vision_prefix.rsplit('.', 1)[-1])}\\..*"] = {}
     head = [m for m, s in linears.items() if s.group == MTP]
     if head and not any(m in quantized for m in head):
@@ -187,7 +242,7 @@ def exclusion_rules(family: Family, ckpt: Checkpoint, quantized: set[str]) -> di
         for name in sorted(_unquantized(linears, quantized, MTP)):
             rules[f"-:{re.escape(name)}$"] = {}
     by_suffix: dict[str, list[str]] = {}
-    prefixes = tuple(f"{p}." for p in family.trunk_prefixes(ckpt.config))
+    prefixes = tuple(f"{p}." for p in family.trunk_prefixes(config))
     for name in sorted(_unquantized(linears, quantized, TRUNK)):
         rel = next((name[len(p):] for p in prefixes if name.startswith(p)), name)
         m = re.match(r"layers\.(\d+)\.(.+)", rel)
@@ -203,8 +258,8 @@ def exclusion_rules(family: Family, ckpt: Checkpoint, quantized: set[str]) -> di
     return rules
 
 
-def _linears(family: Family, ckpt: Checkpoint) -> dict[str, Any]:
-    expected = expected_inventory(family, ckpt.config, ckpt.tensors)
+def _linears(family: Family, config: dict[str, Any], tensors: Mapping[str, Any]) -> dict[str, Any]:
+    expected = expected_inventory(family, config, tensors)
     return {s.module: s for s in expected.values() if s.kind == LINEAR}
 
 
@@ -228,20 +283,21 @@ def vllm_names(family: Family, config: dict[str, Any], name: str) -> list[str]:
     return [name]
 
 
-def check_rules(family: Family, ckpt: Checkpoint, quantized: set[str], qc: dict[str, Any]) -> None:
+def check_rules(family: Family, config: dict[str, Any], tensors: Mapping[str, Any], quantized: set[str],
+                qc: dict[str, Any]) -> None:
     """The config, read as vLLM reads it (`checkpoint.quant_readers.parse_gptq`), quantizes exactly the stored GPTQ
     modules, under checkpoint, vLLM and fused names (a guard: a wrong rule is a bug, never a silent load)."""
     from mtpforge.checkpoint.quant_readers import parse_gptq
 
     decide = parse_gptq(qc, "config.json").scheme_for
-    linears = _linears(family, ckpt)
+    linears = _linears(family, config, tensors)
     fused: dict[str, list[str]] = {}
     for m, s in linears.items():
         if s.fused:
             fused.setdefault(s.fused, []).append(m)
     wanted = {m: m in quantized for m in linears}
     wanted.update({f: all(m in quantized for m in members) for f, members in fused.items()})
-    wrong = [n for module, q in wanted.items() for n in vllm_names(family, ckpt.config, module) if (decide(n) is not None) != q]
+    wrong = [n for module, q in wanted.items() for n in vllm_names(family, config, module) if (decide(n) is not None) != q]
     if wrong:
         raise CheckpointError(f"the GPTQ dynamic rules decide {wrong[0]} wrongly (and {len(wrong) - 1} more)",
                               hint="a bug in mtpforge's GPTQ output: report it with the scope used")
