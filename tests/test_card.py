@@ -88,8 +88,8 @@ ADDED = {
     "seed-000-w4a16-g32-asym-mtp-quantized": {"--host", "--port", "--language-model-only"},  # no vision weights: required
     "seed-001-w8a16-bf16-mtp": {"--host", "--port", "--quantization", "--enable-auto-tool-choice"},
     "seed-002-nvfp4-text-mtp": {"--host", "--port"},
-    # SGLang drafts with the head only when told to (docs/advanced_features/speculative_decoding.md, "Multi Token
-    # Prediction"): without these the card's line serves the kept head unused.
+    # SGLang drafts with the head only when told to (sgl-project/sglang, advanced_features/speculative_decoding.md,
+    # "Multi Token Prediction"): without these the card's line serves the kept head unused.
     "seed-003-w4a16-mlp-skip-first": {"--speculative-algorithm", "--speculative-num-steps", "--speculative-eagle-topk",
                                       "--speculative-num-draft-tokens"},
     "seed-004-w4a16-g128": {"--host", "--port"},  # its GPTQ config: vLLM picks gptq_marlin itself, as on the card
