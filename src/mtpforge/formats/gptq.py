@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 QWEIGHT, QZEROS, SCALES, G_IDX = "qweight", "qzeros", "scales", "g_idx"
 STORED = (QWEIGHT, QZEROS, SCALES, G_IDX)  # in the order they are written
+DESCRIPTION = f"GPTQ v1 ({', '.join(STORED)})"
 # compressed-tensors' tensors of one INT weight, as llm-compressor writes them
 CT_PACKED, CT_SCALE, CT_ZERO_POINT, CT_SHAPE, CT_G_IDX = ("weight_packed", "weight_scale", "weight_zero_point",
                                                           "weight_shape", "weight_g_idx")

@@ -1,4 +1,4 @@
-"""`quantize --format gptq`: the output in GPTQ v1 (`qweight` / `qzeros` / `scales` / `g_idx`, `quantize_config.json`),
+"""`quantize --format gptq`: the output in GPTQ v1 (the packed tensors of `formats.gptq`, and `quantize_config.json`),
 as GPTQModel writes it and vLLM's GPTQ path (gptq_marlin) reads it.
 
 The calibration stays llm-compressor's (or RTN's): the request runs as compressed-tensors into a scratch directory,
@@ -10,7 +10,7 @@ What stays unquantized is declared with `dynamic` `-:` rules (vLLM `gptq_utils.p
 on vLLM's own module prefixes): the vision tower, the MTP head (or its unquantized modules), and every trunk Linear
 the scope left out, under its checkpoint name, vLLM's names (`model.language_model.model.layers.N...` for the VLM
 class, `model.layers.N...` for the text-only one) and its fused name (`in_proj_ba`, `qkv_proj`, `gate_up_proj`).
-`desc_act` is true only when a weight's groups really follow activation order (a `weight_g_idx` that is not
+`desc_act` is true only when a weight's groups really follow activation order (a stored group index that is not
 `i // group_size`); llm-compressor's `static` order keeps contiguous groups, so it is written `desc_act: false`.
 """
 
@@ -39,7 +39,7 @@ from mtpforge.surgery.sources import Computed
 from mtpforge.surgery.writeplan import INDEX_NAME, TensorCopy, WritePlan, index_document
 
 QUANTIZE_CONFIG = "quantize_config.json"
-REPACK = "repack every INT weight as GPTQ v1 (qweight, qzeros, scales, g_idx) and write quantize_config.json"
+REPACK = f"repack every INT weight as {gptq.DESCRIPTION} and write quantize_config.json"
 
 
 def check_gptq_request(scheme: str) -> None:
@@ -74,7 +74,7 @@ def quantize_as_gptq(quantize: Callable[..., WritePlan], request: dict[str, Any]
 
 
 def gptq_plan(ckpt: Checkpoint, *, damp_percent: float | None = None, method: str = "rtn") -> WritePlan:
-    """The plan rewriting the compressed-tensors INT checkpoint `ckpt` as GPTQ v1 (pure: headers and `weight_g_idx`
+    """The plan rewriting the compressed-tensors INT checkpoint `ckpt` as GPTQ v1 (pure: headers and group indices
     read, no weight). Raises CheckpointError for weights GPTQ cannot hold (another format, zero points)."""
     quantized = _int_weights(ckpt)
     bits, group = _one_scheme(ckpt, quantized)
