@@ -38,7 +38,7 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
         mappings: AWQ's smoothing (smooth layer, balance layers), regexes as llm-compressor takes them; None: its
             defaults (input_layernorm -> q/k/v, v -> o, post_attention_layernorm -> gate/up, up -> down).
         dampening: GPTQ's fraction of the Hessian's mean diagonal added before inverting.
-        resume: GPTQ: a folder keeping each finished layer (`quant.resume`); layers found there are not redone.
+        resume: a folder keeping each finished layer (`quant.resume`); layers found there are not redone.
         scheme: the plan's `Scheme` (packs resumed layers).
         progress: called with a line per calibrated layer (with the ETA).
     """
@@ -71,7 +71,7 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
     load_done(model, saved)
     text = getattr(model.config, "text_config", model.config)
     written = staging.with_name(staging.name + ".resumed") if saved else staging
-    with per_layer(model, text.num_hidden_layers + 1, resume if method == "gptq" else None, progress):
+    with per_layer(model, text.num_hidden_layers + 1, resume, progress, method=method, mappings=mappings):
         oneshot(model=model, dataset=dataset, recipe=recipe, processor=tokenizer,  # a tokenizer is a processor
                 num_calibration_samples=len(token_ids), max_seq_length=max(len(ids) for ids in token_ids),
                 output_dir=str(written), save_compressed=True)

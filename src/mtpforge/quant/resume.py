@@ -1,18 +1,23 @@
-"""Calibration that survives its own length: a line per layer with an ETA, and GPTQ that resumes per layer.
+"""Calibration that survives its own length: a line per layer with an ETA, and GPTQ and AWQ that resume per layer.
 
 llm-compressor calibrates one decoder layer (a "subgraph") at a time and calls
 `LifecycleCallbacks.sequential_epoch_end` once each layer is compressed. Here
 that call is wrapped: it reports the layer's time and the ETA, and saves the
-layer's result (GPTQ's weights on the grid, scales, zero points) to
-`FOLDER/NNNN.safetensors`, written whole or not at all. An interrupted GPTQ
+layer's result to `FOLDER/NNNN.safetensors`, written whole or not at all.
+
+GPTQ saves its weights on the grid, scales and zero points. An interrupted GPTQ
 run restarted with the same request reads those files back: their weights go
 into the model and their modules are left out of the new run (so they are
 neither calibrated nor solved again, only run forward to feed the next layer),
 and their saved scales and zero points pack them afterwards
 (`pack_resumed`). The activations into the first new layer come from the same
 weights, so the result is the same as an uninterrupted run's, tensor for tensor.
-AWQ is not resumed (its smoothing state spans llm-compressor's whole run): it
-reports progress only.
+
+AWQ saves what its smoothing changed (norm and balance-layer weights), in
+`FOLDER/awq-KEY/` (KEY: its mappings), and a restart skips the finished layers'
+mappings and puts their smoothed weights back at the end of the same layers;
+the weights are then quantized once at the end as in an uninterrupted run
+(`resume_awq`).
 """
 
 from __future__ import annotations
@@ -68,19 +73,31 @@ def after_layer_saved(index: int) -> None:
 
 
 @contextlib.contextmanager
-def per_layer(model: torch.nn.Module, total: int, folder: Path | None, progress: Callable[[str], None]) -> Iterator[None]:
-    """While llm-compressor runs: after each layer, a progress line with the ETA and (with `folder`) the layer saved."""
+def per_layer(model: torch.nn.Module, total: int, folder: Path | None, progress: Callable[[str], None], *,
+              method: str = "gptq", mappings: list[tuple[str, list[str]]] | None = None) -> Iterator[None]:
+    """While llm-compressor runs `method`: after each layer, a progress line with the ETA and (with `folder`) the layer
+    saved, or put back from an earlier run (AWQ; GPTQ's are put back before the run, `load_done`)."""
     from llmcompressor.core.session_functions import LifecycleCallbacks
+
+    from mtpforge.quant.resume_awq import KeptSmoothing, awq_folder, awq_running
 
     original = LifecycleCallbacks.__dict__["sequential_epoch_end"]
     names = {id(m): n for n, m in model.named_modules()}
     start, count = time.monotonic(), [0]
+    smoothing = KeptSmoothing(model, awq_folder(folder, mappings), progress) if method == "awq" and folder else None
 
     def epoch_end(cls: Any, modules: list[torch.nn.Module], **kwargs: Any) -> Any:
+        if method == "awq" and not awq_running():  # AWQ is done: the QuantizationModifier's one pass over every weight
+            result = original.__func__(cls, modules, **kwargs)
+            progress(f"quantized the smoothed weights: {time.monotonic() - start:.0f} s so far")
+            return result
+        handled = smoothing.pending() if smoothing is not None else []  # read before AWQ consumes its statistics
         result = original.__func__(cls, modules, **kwargs)
         index = count[0]
         count[0] += 1
-        if folder is not None:
+        if smoothing is not None:
+            smoothing.layer_end(index, handled)
+        elif folder is not None:
             _save(folder / f"{index:04d}.safetensors", modules, names)
         elapsed = time.monotonic() - start
         eta = elapsed / count[0] * max(total - count[0], 0)
@@ -90,7 +107,8 @@ def per_layer(model: torch.nn.Module, total: int, folder: Path | None, progress:
 
     LifecycleCallbacks.sequential_epoch_end = classmethod(epoch_end)
     try:
-        yield
+        with smoothing.skipping_done() if smoothing is not None else contextlib.nullcontext():
+            yield
     finally:
         LifecycleCallbacks.sequential_epoch_end = original
 
