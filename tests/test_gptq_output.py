@@ -218,3 +218,32 @@ def test_vllm_loads_the_gptq_output_with_its_mtp_head(tmp_path: Path, make) -> N
             return
         rates, counters = acceptance(url)
     assert rates == [1.0, 1.0], counters
+
+
+@pytest.mark.slow
+def test_an_interrupted_gptq_run_resumes_its_finished_layers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPTQ through --format gptq keeps each finished layer as compressed-tensors GPTQ does (`quant.resume`): a run stopped
+    after a layer leaves no output, and started again reads that layer back."""
+    pytest.importorskip("llmcompressor")
+    from mtpforge.quant import resume as resume_module
+
+    (tmp_path / "calib.json").write_text(json.dumps(json.loads((TINY.parent / "prompts.json").read_text())["prompts"][:4]))
+    options = {"method": "gptq", "scheme": "w4a16", "group_size": 32, "calibration": str(tmp_path / "calib.json"),
+               "checkpoint_format": "gptq"}
+    out = tmp_path / "out"
+
+    def stop(index: int) -> None:
+        if index == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume_module, "after_layer_saved", stop)
+    with pytest.raises(KeyboardInterrupt):
+        quantize(str(TINY), out, **options)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
+    assert len(list(tmp_path.glob("..out.compressed-tensors.resume-*/0001.safetensors"))) == 1
+    monkeypatch.undo()
+    lines: list[str] = []
+    quantize(str(TINY), out, progress=lines.append, **options)
+    assert any(line.startswith("resuming: 6 weights of finished layers") for line in lines), lines
+    assert open_checkpoint(out).config["quantization_config"]["quant_method"] == "gptq" and doctor(out).findings == ()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.json", "out"]  # nothing left beside the output

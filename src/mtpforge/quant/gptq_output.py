@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
@@ -53,7 +54,6 @@ def check_gptq_request(scheme: str) -> None:
 def quantize_as_gptq(quantize: Callable[..., WritePlan], request: dict[str, Any]) -> WritePlan:
     """Run `quantize(**request)` as compressed-tensors into a scratch directory beside `out`, then publish it repacked as
     GPTQ (`request`: `quantize`'s own arguments). Returns the plan of what was written (dry run: the plan, noted)."""
-    from mtpforge.quant.calibrated import in_temporary, remove
     from mtpforge.surgery.stage import apply_plan, check_destination
 
     check_gptq_request(request["scheme"])
@@ -63,13 +63,15 @@ def quantize_as_gptq(quantize: Callable[..., WritePlan], request: dict[str, Any]
         return dry_run_plan(quantize(**as_ct), damp_percent=damp, method=request["method"])
     out = Path(request["out"])
     check_destination(Path(request["base"]), out, overwrite=request["overwrite"])
-    scratch = in_temporary(out.resolve())
+    # A fixed name beside `out`, not a fresh temporary one: GPTQ keeps its finished layers beside the compressed-tensors
+    # output (`quant.resume`), so an interrupted run started again resumes there.
+    scratch = out.resolve().with_name(f".{out.name}.compressed-tensors")
     try:
-        quantize(**{**as_ct, "out": scratch, "overwrite": False})
+        quantize(**{**as_ct, "out": scratch, "overwrite": True})
         written = gptq_plan(open_checkpoint(scratch), damp_percent=damp, method=request["method"])
         apply_plan(written, out, overwrite=request["overwrite"])
     finally:
-        remove(scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
     return replace(written, source_dir=Path(request["base"]))
 
 
