@@ -8,6 +8,7 @@ The layout checked is GPTQModel's / AutoGPTQ's v1 as vLLM reads it (vllm 0.32 `q
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -240,10 +241,17 @@ def test_an_interrupted_gptq_run_resumes_its_finished_layers(tmp_path: Path, mon
     with pytest.raises(KeyboardInterrupt):
         quantize(str(TINY), out, **options)
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
-    assert len(list(tmp_path.glob("..out.compressed-tensors.resume-*/0001.safetensors"))) == 1
+    [folder] = tmp_path.glob("..out.compressed-tensors.resume-*")
+    resumed = set(resume_module.done_modules(resume_module.saved_layers(folder)))
     monkeypatch.undo()
     lines: list[str] = []
     quantize(str(TINY), out, progress=lines.append, **options)
     assert any(line.startswith("resuming: 6 weights of finished layers") for line in lines), lines
-    assert open_checkpoint(out).config["quantization_config"]["quant_method"] == "gptq" and doctor(out).findings == ()
+    ckpt = open_checkpoint(out)
+    assert ckpt.config["quantization_config"]["quant_method"] == "gptq" and doctor(out).findings == ()
+    # quant_log.csv, as the card ships: GPTQ's loss and time for every module this run solved (not the resumed ones)
+    rows = list(csv.DictReader((out / "quant_log.csv").read_text().splitlines()))
+    quantized = {s.name.rsplit(".", 1)[0] for s in ckpt.stored.values() if s.quantized}
+    assert len(resumed) == 6 and {r["module"] for r in rows} == quantized - resumed
+    assert all(float(r["loss"]) >= 0 and float(r["seconds"]) >= 0 for r in rows)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.json", "out"]  # nothing left beside the output

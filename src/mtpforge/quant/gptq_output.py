@@ -1,9 +1,10 @@
 """`quantize --format gptq`: the output in GPTQ v1 (the packed tensors of `formats.gptq`, and `quantize_config.json`),
 as GPTQModel writes it and vLLM's GPTQ path (gptq_marlin) reads it.
 
-The calibration stays llm-compressor's (or RTN's): the request runs as compressed-tensors into a scratch directory,
-then one streamed rewrite repacks each INT weight (`formats.gptq`, one weight in memory at a time) and publishes
-through `surgery.stage.apply_plan`, so the output appears whole or not at all. The integers and scales are the
+The calibration stays llm-compressor's (or RTN's): the request runs as compressed-tensors into a scratch directory
+(GPTQ's loss and time per module recorded into `quant_log.csv`, `quant.gptq_log`), then one streamed rewrite
+repacks each INT weight (`formats.gptq`, one weight in memory at a time) and publishes through
+`surgery.stage.apply_plan`, so the output appears whole or not at all. The integers and scales are the
 same, so both outputs dequantize to the same weights, value for value.
 
 What stays unquantized is declared with `dynamic` `-:` rules (vLLM `gptq_utils.py::get_dynamic_override`, `re.match`
@@ -16,7 +17,9 @@ class, `model.layers.N...` for the text-only one) and its fused name (`in_proj_b
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import importlib.util
 import math
 import re
 import shutil
@@ -34,12 +37,14 @@ from mtpforge.families.base import LINEAR
 from mtpforge.formats import gptq
 from mtpforge.formats.schemes import COMPRESSED_TENSORS, INT, SCHEMES
 from mtpforge.formats.stored import CT_INT, StoredWeight
+from mtpforge.quant import gptq_log
 from mtpforge.surgery.output import make_plan
 from mtpforge.surgery.rebuild import rebuild
 from mtpforge.surgery.sources import Computed
 from mtpforge.surgery.writeplan import INDEX_NAME, TensorCopy, WritePlan, index_document
 
 QUANTIZE_CONFIG = "quantize_config.json"
+QUANT_LOG = "quant_log.csv"  # GPTQ's loss and time per module (`quant.gptq_log`)
 REPACK = f"repack every INT weight as {gptq.DESCRIPTION} and write quantize_config.json"
 
 
@@ -66,8 +71,14 @@ def quantize_as_gptq(quantize: Callable[..., WritePlan], request: dict[str, Any]
     # A fixed name beside `out`, not a fresh temporary one: GPTQ keeps its finished layers beside the compressed-tensors
     # output (`quant.resume`), so an interrupted run started again resumes there.
     scratch = out.resolve().with_name(f".{out.name}.compressed-tensors")
+    calibrated = request["method"] == "gptq" and importlib.util.find_spec("llmcompressor") is not None
     try:
-        quantize(**{**as_ct, "out": scratch, "overwrite": True})
+        log: contextlib.AbstractContextManager[list[tuple[str, float, float]]] = \
+            gptq_log.recorded() if calibrated else contextlib.nullcontext([])
+        with log as losses:
+            quantize(**{**as_ct, "out": scratch, "overwrite": True})
+        if losses:  # linked into the output with the other files
+            (scratch / QUANT_LOG).write_text(gptq_log.as_csv(losses))
         written = gptq_plan(open_checkpoint(scratch), damp_percent=damp, method=request["method"])
         apply_plan(written, out, overwrite=request["overwrite"])
     finally:
