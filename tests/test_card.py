@@ -169,6 +169,10 @@ def test_serve_on_a_build_prints_the_cards_launch_line(cli, replica: Path, tmp_p
         assert ours.get(flag) == value, (flag, ours.get(flag), value)
     assert set(ours) - set(card) == ADDED[recipe]
     assert set(card) - set(ours) == LEFT_OUT.get(recipe, set())
+    from mtpforge.publish.card import card as make_card
+
+    usage = make_card(out, name="M", serve=load_recipe(recipe).serve).split("## Usage")[1]
+    assert usage.split("```bash\n")[1].split("\n```")[0] == command  # the card's Usage leads with the very same line
 
 
 @pytest.mark.parametrize(("recipe", "util", "k"), [("seed-002-nvfp4-text-mtp", 0.9, 3), ("seed-004-w4a16-g128", 0.95, 2)])
