@@ -187,7 +187,7 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
               help="keep: the head as stored, excluded with re:^mtp.*; quantize: its layer in the same scheme (fc stays BF16).")
 @click.option("--text-only", is_flag=True, help="Drop the vision tower in the same pass (language_model_only: true).")
 @click.option("--method", type=click.Choice(["rtn", "awq", "gptq"]), default="rtn", show_default=True,
-              help="rtn: data-free, streamed; awq / gptq: llm-compressor on calibration text (whole model in memory).")
+              help="rtn: data-free, streamed; awq / gptq: llm-compressor on calibration text.")
 @click.option("--actorder", is_flag=True, help="GPTQ with activation order (desc_act).")
 @click.option("--calibration", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Calibration texts for awq / gptq / the head's GPTQ: a JSON list or one per line, or a dataset "
@@ -199,6 +199,9 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
               help="With --mtp quantize: rtn, or gptq on the inputs the quantized trunk gives the head.")
 @click.option("--observer", type=click.Choice(["minmax", "mse"]), default="minmax", show_default=True,
               help="How INT scales are chosen: group min-max, or the clip range with the least squared error.")
+@click.option("--runtime", type=click.Choice(["auto", "memory", "streamed"]), default="auto", show_default=True,
+              help="Calibration: the model in memory, or its weights on disk and one decoder layer in memory at a time; "
+                   "auto: in memory when it fits.")
 @click.option("--awq-mapping", "awq_mappings", multiple=True, metavar="SMOOTH=BALANCE,...",
               help="AWQ smoothing, a smooth layer regex and its balance layers (repeatable; default: llm-compressor's).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
@@ -206,7 +209,7 @@ def _report_written(plan: Any, out: str, *, as_json: bool, dry_run: bool) -> int
 def quantize(base: str, out: str, scheme: str, checkpoint_format: str, group_size: int | None, scope: str,
              include: tuple[str, ...], exclude: tuple[str, ...], mtp: str, text_only: bool, method: str, actorder: bool,
              calibration: str | None, samples: int, seq_len: int, chat_template: bool, mtp_method: str, observer: str,
-             awq_mappings: tuple[str, ...], as_json: bool, overwrite: bool, dry_run: bool) -> int:
+             awq_mappings: tuple[str, ...], runtime: str, as_json: bool, overwrite: bool, dry_run: bool) -> int:
     """Quantize BASE into compressed-tensors (RTN streamed, or AWQ / GPTQ calibrated), hybrid-aware, carrying the MTP head."""
     from mtpforge.quant import quantize as run_quantize
     from mtpforge.quant.calibrated import parse_mappings
@@ -215,7 +218,7 @@ def quantize(base: str, out: str, scheme: str, checkpoint_format: str, group_siz
                         text_only=text_only, method=method, actorder=actorder, calibration=calibration, samples=samples,
                         checkpoint_format=checkpoint_format, overwrite=overwrite, dry_run=dry_run, seq_len=seq_len,
                         chat_template=chat_template, mtp_method=mtp_method, observer=observer,
-                        awq_mappings=parse_mappings(awq_mappings))
+                        awq_mappings=parse_mappings(awq_mappings), runtime=runtime, progress=lambda m: click.echo(m, err=True))
     return _report_written(plan, out, as_json=as_json, dry_run=dry_run)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtpforge.quant.calibrated import load_for_calibration
+from mtpforge.quant.loading import load_for_calibration
 
 
 def input_amax(base: Path, modules: set[str], token_ids: list[list[int]]) -> dict[str, float]:

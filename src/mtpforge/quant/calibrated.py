@@ -1,7 +1,8 @@
 """AWQ and GPTQ through llm-compressor, with the hybrid's MTP head carried and declared.
 
-llm-compressor does the calibration (it needs the whole model in memory: this
-path does not stream). transformers builds no MTP module, so llm-compressor
+llm-compressor does the calibration, on the whole model in memory or, for a
+model larger than memory, with its weights on disk and one layer in memory at a
+time (`loading.py`). transformers builds no MTP module, so llm-compressor
 neither sees nor ignores the head; it copies the `mtp.*` tensors into its
 output when the model came from a local directory. What mtpforge adds: the
 scope (the same exact ignore list as RTN), the `re:^mtp.*` entry engines need
@@ -27,7 +28,7 @@ CALIBRATION_TOKENS = 512  # per sample
 
 def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict[str, Any], ignore: list[str],
                         token_ids: list[list[int]], mappings: list[tuple[str, list[str]]] | None = None,
-                        dampening: float = 0.01, resume: Path | None = None, scheme: Any = None,
+                        dampening: float = 0.01, resume: Path | None = None, scheme: Any = None, runtime: str = "memory",
                         progress: Callable[[str], None] = lambda _: None) -> None:
     """Run llm-compressor `method` on `base` and save the compressed checkpoint to `staging` (which must not exist).
 
@@ -40,11 +41,14 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
         dampening: GPTQ's fraction of the Hessian's mean diagonal added before inverting.
         resume: a folder keeping each finished layer (`quant.resume`); layers found there are not redone.
         scheme: the plan's `Scheme` (packs resumed layers).
+        runtime: `memory` (the whole model loaded), `streamed` (weights on disk beside `staging`, one layer in memory at a
+            time: `quant.loading`), or `auto` (streamed when the model does not fit).
         progress: called with a line per calibrated layer (with the ETA).
     """
     from datasets import Dataset
     from transformers import AutoTokenizer
 
+    from mtpforge.quant.loading import load_for_calibration, streams
     from mtpforge.quant.resume import done_modules, load_done, pack_resumed, per_layer, saved_layers
 
     _import_llmcompressor()
@@ -67,7 +71,10 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
         awq = AWQModifier(mappings=[AWQMapping(smooth, list(balance)) for smooth, balance in mappings]) if mappings \
             else AWQModifier()
         recipe = [awq, QuantizationModifier(config_groups=groups, ignore=ignore)]
-    model = load_for_calibration(base)
+    offload = staging.parent / "offload" if streams(base, runtime) else None
+    if offload is not None:
+        progress(f"weights kept on disk in {offload}, one layer in memory at a time")
+    model = load_for_calibration(base, offload=offload)
     load_done(model, saved)
     text = getattr(model.config, "text_config", model.config)
     written = staging.with_name(staging.name + ".resumed") if saved else staging
@@ -142,17 +149,6 @@ def _import_llmcompressor() -> None:
 
     with contextlib.redirect_stdout(sys.stderr):
         import llmcompressor  # noqa: F401
-
-
-def load_for_calibration(base: Path) -> Any:
-    """The model as transformers builds it, module paths as in the checkpoint (the VLM class for VLM layouts)."""
-    import torch
-    import transformers
-
-    config = json.loads((base / "config.json").read_text())
-    vision_language = "ConditionalGeneration" in (config.get("architectures") or [""])[0]
-    auto = transformers.AutoModelForImageTextToText if vision_language else transformers.AutoModelForCausalLM
-    return auto.from_pretrained(base, dtype=torch.bfloat16)
 
 
 def _skip_pinning_without_accelerator() -> None:

@@ -32,7 +32,7 @@ HEAD_METHODS = ("rtn", "gptq")
 
 def head_plan(trunk_done: Path, head: dict[str, TensorSpec], *, scheme: Scheme, group: int | None, weights: dict[str, Any],
               ignore: list[str], mtp_pattern: str, method: str, token_ids: list[list[int]], steps: int = 1,
-              progress: Callable[[str], None] = lambda _: None) -> WritePlan:
+              runtime: str = "auto", progress: Callable[[str], None] = lambda _: None) -> WritePlan:
     """The plan rewriting `trunk_done` with the head weights `head` quantized.
 
     Args:
@@ -41,6 +41,7 @@ def head_plan(trunk_done: Path, head: dict[str, TensorSpec], *, scheme: Scheme, 
         weights: the compressed-tensors `weights` arguments (the observer included).
         ignore: the full ignore list of a plan quantizing the head: its `mtp.` entries replace `mtp_pattern`.
         method: `gptq` (calibrated on `token_ids` through the quantized trunk) or `rtn` (the observer's grid, data-free).
+        runtime: the reference runtime the trunk runs in for the capture (`auto`: streamed when it does not fit).
     """
     ckpt = open_checkpoint(trunk_done)
     prefix = mtp_pattern.removeprefix("re:^").removesuffix(".*")
@@ -49,7 +50,8 @@ def head_plan(trunk_done: Path, head: dict[str, TensorSpec], *, scheme: Scheme, 
         from mtpforge.quant.head_capture import head_hessians
 
         modules = sorted({s.module for s in head.values()})
-        hessians = head_hessians(trunk_done, modules, token_ids, prefix=prefix, steps=steps, progress=progress)
+        hessians = head_hessians(trunk_done, modules, token_ids, prefix=prefix, steps=steps, runtime=runtime,
+                                 progress=progress)
         for name, spec in head.items():
             compute[name] = partial(_gptq, hessian=hessians.pop(spec.module), weights=weights, name=spec.module,
                                     progress=progress)

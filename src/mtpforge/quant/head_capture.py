@@ -12,6 +12,12 @@ the hidden state at the next step (the draft chain at k > 1), teacher-forced.
 Only the second moments of each quantized head Linear's input are kept (GPTQ's
 Hessian, accumulated by llm-compressor's `accumulate_hessian`): one
 [in, in] float32 matrix per weight, whatever the number of texts.
+
+Memory stays bounded at any size: the trunk runs in the reference runtime that
+fits (`reference.runtime.open_runtime`: in memory when the model fits, else
+streamed, one decoder layer resident and the embedding rows read as needed),
+and the texts go through it in batches whose hidden states take at most
+`BATCH_BYTES` (each batch reads the streamed trunk once).
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ import torch
 
 if TYPE_CHECKING:
     from mtpforge.reference.model import ReferenceModel
+    from mtpforge.reference.streamed import StreamedModel
+
+BATCH_BYTES = 1 << 30  # float32 hidden states of one batch of texts: 1 GiB = 51K tokens at 27B widths (5,120)
 
 
 def head_hessians(checkpoint: Path, modules: list[str], token_ids: list[list[int]], *, prefix: str = "mtp", steps: int = 1,
-                  progress: Callable[[str], None] = lambda _: None) -> dict[str, torch.Tensor]:
+                  runtime: str = "auto", progress: Callable[[str], None] = lambda _: None) -> dict[str, torch.Tensor]:
     """Module path (`mtp.layers.0.mlp.down_proj`) -> GPTQ's normalized Hessian of its input over the calibration tokens.
 
     Args:
@@ -35,12 +44,13 @@ def head_hessians(checkpoint: Path, modules: list[str], token_ids: list[list[int
         modules: the head's Linear modules to capture, as checkpoint module paths.
         token_ids: the tokenized calibration texts.
         steps: draft steps to calibrate on (1: the head's input at the first draft position only).
+        runtime: the reference runtime for the trunk (`auto`, `memory`, `streamed`: `reference.runtime`).
     """
     from llmcompressor.modifiers.gptq.helpers import accumulate_hessian, make_empty_hessian
 
-    from mtpforge.reference.model import load_reference
+    from mtpforge.reference.runtime import open_runtime
 
-    model = load_reference(checkpoint)
+    model = open_runtime(checkpoint, runtime=runtime)
     head = model.head
     if head is None:
         raise RuntimeError(f"{checkpoint} has no MTP head")  # the plan chose head weights: a bug, not user input
@@ -57,19 +67,35 @@ def head_hessians(checkpoint: Path, modules: list[str], token_ids: list[list[int
         hooks.append(linear.register_forward_pre_hook(record))
     try:
         with torch.no_grad():
-            for i, ids in enumerate(token_ids):
-                _feed(model, torch.tensor([ids]), steps)
-                progress(f"head capture: text {i + 1}/{len(token_ids)}")
+            done = 0
+            for batch in _batches(token_ids, head.config.hidden_size):
+                for ids, hidden in zip(batch, model.hidden_states(batch), strict=True):
+                    _feed(model, torch.tensor([ids]), hidden, steps)
+                done += len(batch)
+                progress(f"head capture: text {done}/{len(token_ids)}")
     finally:
         for h in hooks:
             h.remove()
     return {name: hessians[name] / counts[name] for name in modules}
 
 
-def _feed(model: ReferenceModel, ids: torch.Tensor, steps: int) -> None:
+def _batches(token_ids: list[list[int]], hidden_size: int) -> list[list[list[int]]]:
+    """The texts in order, cut into batches whose float32 hidden states fit `BATCH_BYTES` (at least one text each)."""
+    batches: list[list[list[int]]] = [[]]
+    used = 0
+    for ids in token_ids:
+        size = len(ids) * hidden_size * 4
+        if batches[-1] and used + size > BATCH_BYTES:
+            batches.append([])
+            used = 0
+        batches[-1].append(ids)
+        used += size
+    return [b for b in batches if b]
+
+
+def _feed(model: ReferenceModel | StreamedModel, ids: torch.Tensor, hidden: torch.Tensor, steps: int) -> None:
     """Run the head over one text at each draft step, teacher-forced (the hooks see every Linear's input)."""
     assert model.head is not None
-    hidden, _ = model.trunk_forward(ids)
     n = ids.shape[1]
     for step in range(min(steps, n - 1)):
         # step s at position t + s reads token t + s + 1 and the previous step's output at t + s - 1 (the trunk's at s = 0)

@@ -61,11 +61,14 @@ def done_modules(saved: dict[str, torch.Tensor]) -> list[str]:
 
 
 def load_done(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
-    """Put the saved layers' quantized weights into the model (their modules are then ignored by the new run)."""
+    """Put the saved layers' quantized weights into the model (their modules are then ignored by the new run); through
+    compressed-tensors' `update_offload_parameter`, which also writes a weight kept on disk (`quant.loading`)."""
+    from compressed_tensors.utils import update_offload_parameter
+
     with torch.no_grad():
         for module in done_modules(saved):
-            weight = model.get_parameter(f"{module}.weight")
-            weight.copy_(saved[f"{module}.weight"].to(weight.dtype))
+            dtype = model.get_parameter(f"{module}.weight").dtype
+            update_offload_parameter(model.get_submodule(module), WEIGHT, saved[f"{module}.weight"].to(dtype))
 
 
 def after_layer_saved(index: int) -> None:

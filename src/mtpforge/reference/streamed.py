@@ -6,8 +6,8 @@ dtype on the target device, and, for a model that does not fit, one decoder laye
     logits = model.logits(hiddens[0])                     # lm_head, vocabulary rows in chunks
     model.head                                            # the MTP head (resident), as in `ReferenceModel`
 
-What stays resident: the MTP head (in the working dtype), `lm_head` and the final norm (lm_head in
-the stored dtype, widened one vocabulary chunk at a time), and, for an embedding stored dense, none
+What stays resident: the MTP head (in the working dtype), `lm_head` once logits are asked for and the
+final norm (lm_head in the stored dtype, widened one vocabulary chunk at a time), and, for an embedding stored dense, none
 of `embed_tokens`: its rows are read from the shard when a token needs them. A decoder layer is
 built from the config by transformers' own class (Gated DeltaNet or attention, from `layer_types`)
 on the meta device, given its dequantized weights, run over every sequence, and freed, so the
@@ -136,13 +136,22 @@ class StreamedModel:
         if lm_head is None:
             raise CheckpointError(f"{self.name}: no lm_head.weight and the embeddings are not tied",
                                   hint=f"run `mtpforge doctor {self.name}`")
-        self.lm_head = self._read(lm_head, keep_stored_dtype=True)
+        self._lm_head_weight = lm_head
+        self._lm_head: torch.Tensor | None = None
         self.norm = self.runtime.rms_norm(self.config.hidden_size, eps=self.config.rms_norm_eps)
         self.norm.weight.data = self._read(w.norm)
         self.norm.to(self.device)
         self.rotary = self.runtime.rotary(self.config).to(self.device)
         self._head: MtpHead | None = None
         self._resident: dict[int, torch.nn.Module] = {}
+
+    @property
+    def lm_head(self) -> torch.Tensor:
+        """lm_head in its stored dtype, read on first use (a pass that needs no logits, e.g. the head's calibration
+        capture, never holds its 2.5 GB at 27B)."""
+        if self._lm_head is None:
+            self._lm_head = self._read(self._lm_head_weight, keep_stored_dtype=True)
+        return self._lm_head
 
     @property
     def head(self) -> MtpHead | None:
