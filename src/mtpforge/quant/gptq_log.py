@@ -22,6 +22,9 @@ HEADER = ("module", "loss", "seconds")
 @contextlib.contextmanager
 def recorded() -> Iterator[list[tuple[str, float, float]]]:
     """Within the block, every module llm-compressor's GPTQ solves appends (module, loss, seconds) to the list yielded."""
+    from mtpforge.quant.calibrated import _import_llmcompressor
+
+    _import_llmcompressor()  # first, with its log kept off stdout (`--json` owns it)
     from llmcompressor.modifiers.gptq import GPTQModifier
     from llmcompressor.utils.metric_logging import CompressionLogger
 
