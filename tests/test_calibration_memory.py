@@ -75,6 +75,11 @@ def test_streamed_awq_keeps_the_smoothing_it_applies_to_the_norms(tmp_path: Path
                 and n.startswith("model.")]
     assert smoothed and all(not torch.equal(source[n], streamed[n]) for n in smoothed)  # the scales were folded in
     assert all(torch.allclose(memory[n].float(), streamed[n].float(), atol=1e-2) for n in smoothed)
+    # the Linears AWQ scaled and quantized: the same words but for rounding (measured: 436 of 1,700,264 bytes, default
+    # mappings, 8 texts)
+    packed = [n for n in memory if memory[n].dtype == torch.int32]
+    differing = sum(int((memory[n] != streamed[n]).sum()) for n in packed)
+    assert packed and differing <= 0.01 * sum(memory[n].numel() for n in packed)
 
 
 @pytest.mark.slow

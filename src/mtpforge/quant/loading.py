@@ -71,8 +71,24 @@ def load_for_calibration(base: Path, *, offload: Path | None = None) -> Any:
         return auto.from_pretrained(base, dtype=torch.bfloat16)
     from compressed_tensors.offload import load_offloaded_model
 
+    _restore_offset_norms_through_offload()
     with load_offloaded_model(auto):
         return auto.from_pretrained(base, dtype=torch.bfloat16, device_map=_disk_map(base, auto), offload_folder=str(offload))
+
+
+def _restore_offset_norms_through_offload() -> None:
+    """llm-compressor 0.14.0.1 calibrates Qwen3.5's offset norms (`x * (1 + w)`) as plain ones and restores them with
+    `original.weight.data = ...`, which a weight kept on disk ignores: AWQ's smoothing of the norms would be lost (the
+    balance layers scaled, their norms not; measured on the tiny model). Restore through compressed-tensors'
+    `update_offload_parameter`, which writes the disk copy (and a weight in memory alike)."""
+    from compressed_tensors.offload import update_offload_parameter
+    from llmcompressor.modeling.offset_norm import CalibrationOffsetNorm
+
+    def restore(self: Any, original: Any) -> Any:
+        update_offload_parameter(original, "weight", (self.weight.data.float() - 1.0).to(self._orig_dtype))
+        return original
+
+    CalibrationOffsetNorm.restore = restore
 
 
 def _disk_map(base: Path, auto: Any) -> dict[str, str]:
