@@ -68,8 +68,8 @@ def test_gptq_interrupted_after_a_layer_resumes_there_with_the_same_tensors(tmp_
 
 
 @pytest.mark.slow
-def test_awq_interrupted_after_a_layer_resumes_there_with_the_same_bytes(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_awq_interrupted_after_a_layer_resumes_there_with_the_same_result(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors.torch import load_file
 
     from mtpforge.checkpoint.tensors import read_tensor
@@ -110,7 +110,16 @@ def test_awq_interrupted_after_a_layer_resumes_there_with_the_same_bytes(tmp_pat
     a, b = open_checkpoint(whole), open_checkpoint(resumed)
     assert a.config["quantization_config"] == b.config["quantization_config"]
     assert sorted(a.tensors) == sorted(b.tensors)
-    # Two uninterrupted AWQ runs of one request were byte for byte equal here (docs/quantize.md): so must a resumed one be.
-    differing = [n for n in a.tensors if not torch.equal(read_tensor(a, a.tensors[n]).contiguous().view(-1).view(torch.uint8),
-                                                         read_tensor(b, b.tensors[n]).contiguous().view(-1).view(torch.uint8))]
-    assert differing == []
+
+    def raw(ckpt, name: str) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        return read_tensor(ckpt, ckpt.tensors[name]).contiguous().view(-1).view(torch.uint8)
+
+    # The resumed layers come out smoothed (the saved norms were put back: not the source's, as an unsmoothed one is) ...
+    source, norms = open_checkpoint(TINY), sorted(n for n in kept if n.endswith("layernorm.weight"))
+    smoothed = [n for n in norms if not torch.equal(raw(a, n), raw(source, n))]
+    assert smoothed and smoothed == [n for n in norms if not torch.equal(raw(b, n), raw(source, n))], norms
+    # ... and the whole output is the uninterrupted run's. It was byte for byte in every run here, but llm-compressor's
+    # CPU AWQ is not always reproducible: one of five uninterrupted runs of a 6-text request differed from the others in
+    # 171 of 1,700,264 bytes, in the MLPs of layers 1-3 (docs/quantize.md). The bound is 0.1 % of the bytes.
+    differing = sum(int((raw(a, n) != raw(b, n)).sum()) for n in a.tensors)
+    assert differing <= 0.001 * sum(raw(a, n).numel() for n in a.tensors), differing
