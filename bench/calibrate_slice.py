@@ -82,8 +82,9 @@ BUILD = textwrap.dedent("""
 
 def run(base: Path, out: Path, runtime: str, samples: int, seq_len: int) -> dict[str, object]:
     """The product's command in a child process: wall time, the child's peak RSS, and its per-layer lines."""
-    command = [sys.executable, "-m", "mtpforge", "quantize", str(base), "--out", str(out), "--method", "gptq", "--scheme", "w4a16-asym",
-               "--group-size", "32", "--scope", "attention-mlp", "--mtp", "quantize", "--mtp-method", "gptq",
+    command = [sys.executable, "-m", "mtpforge", "quantize", str(base), "--out", str(out), "--method", "gptq",
+               "--scheme", "w4a16-asym", "--group-size", "32", "--scope", "attention-mlp", "--mtp", "quantize",
+               "--mtp-method", "gptq",
                "--samples", str(samples), "--seq-len", str(seq_len), "--runtime", runtime]
     start = time.perf_counter()
     # a fresh parent per run, so ru_maxrss of its children is this command's peak alone
