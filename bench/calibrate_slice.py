@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 from report import emit  # bench/report.py, beside this script
-
-MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
-           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
 
 BUILD = textwrap.dedent("""
     import json, sys, torch
@@ -80,22 +79,51 @@ BUILD = textwrap.dedent("""
 """)
 
 
-def run(base: Path, out: Path, runtime: str, samples: int, seq_len: int) -> dict[str, object]:
-    """The product's command in a child process: wall time, the child's peak RSS, and its per-layer lines."""
+def run(base: Path, out: Path, runtime: str, samples: int, seq_len: int, light: bool) -> dict[str, object]:
+    """The product's command in a child process: wall time, its peak RSS (wait4's ru_maxrss), and the largest RSS
+    sampled every 0.5 s while each of its progress lines was the latest (which phase holds the memory)."""
     command = [sys.executable, "-m", "mtpforge", "quantize", str(base), "--out", str(out), "--method", "gptq",
                "--scheme", "w4a16-asym", "--group-size", "32", "--scope", "attention-mlp", "--mtp", "quantize",
-               "--mtp-method", "gptq",
-               "--samples", str(samples), "--seq-len", str(seq_len), "--runtime", runtime]
+               "--mtp-method", "gptq", "--samples", str(samples), "--seq-len", str(seq_len), "--runtime", runtime]
+    if light:  # GPTQ on the trunk's attention and the whole head: every phase, minutes instead of an hour
+        command += ["--exclude", r"model\..*mlp\..*"]
     start = time.perf_counter()
-    # a fresh parent per run, so ru_maxrss of its children is this command's peak alone
-    done = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    *_, peak_kib = done.stdout.split()
-    lines = [line for line in done.stderr.splitlines() if "calibrated layer" in line or "head" in line]
-    return {"runtime": runtime, "wall_s": round(wall, 1), "peak_rss_gib": round(int(peak_kib) / 2**20, 2),
-            "progress": lines[-12:]}
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    phases: list[dict[str, object]] = [{"phase": "start", "at_s": 0.0, "max_rss_gib": 0.0}]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            rss = _rss_gib(child.pid)
+            phases[-1]["max_rss_gib"] = max(float(phases[-1]["max_rss_gib"]), rss)  # type: ignore[arg-type]
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    assert child.stderr is not None
+    for line in child.stderr:
+        if any(key in line for key in PHASES):
+            phases.append({"phase": line.strip()[:100], "at_s": round(time.perf_counter() - start, 1), "max_rss_gib": 0.0})
+    _, status, usage = os.wait4(child.pid, 0)
+    done.set()
+    if status != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({status})")
+    return {"runtime": runtime, "light": light, "wall_s": round(time.perf_counter() - start, 1),
+            "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+            "phases": [{**p, "max_rss_gib": round(float(p["max_rss_gib"]), 2)} for p in phases]}  # type: ignore[arg-type]
+
+
+PHASES = ("weights kept on disk", "trunk:", "calibrated layer", "quantized the smoothed", "head:", "head capture",
+          "head GPTQ", "write ", "wrote ")
+
+
+def _rss_gib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
 
 
 def main() -> None:
@@ -104,6 +132,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--runtimes", default="streamed,memory")
+    parser.add_argument("--light", action="store_true", help="no trunk MLP: every phase, quickly")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="calibrate-slice-"))
@@ -115,10 +144,10 @@ def main() -> None:
     for runtime in args.runtimes.split(","):
         out = work / f"out-{runtime}"
         subprocess.run(["rm", "-rf", str(out)], check=True)
-        rows.append(run(base, out, runtime, args.samples, args.seq_len))
-        print(json.dumps(rows[-1], indent=2), flush=True)
-    emit({"bench": "calibrate_slice", "model_gib": round(model_bytes / 2**30, 2), "samples": args.samples,
-          "seq_len": args.seq_len, "runs": rows}, args.json)
+        rows.append(run(base, out, runtime, args.samples, args.seq_len, args.light))
+        print(json.dumps(rows[-1]), flush=True)
+    emit("calibrate_slice", {"model_gib": round(model_bytes / 2**30, 2), "samples": args.samples, "seq_len": args.seq_len,
+                             "runs": rows}, args.json)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from mtpforge.errors import UsageError
 
 METHODS = ("rtn", "awq", "gptq")
 CALIBRATION_TOKENS = 512  # per sample
+OFFLOADED_SHARD = "2GB"  # output shard size when the weights are kept on disk: the save's peak is one shard
 
 
 def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict[str, Any], ignore: list[str],
@@ -81,7 +82,12 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
     with per_layer(model, text.num_hidden_layers + 1, resume, progress, method=method, mappings=mappings):
         oneshot(model=model, dataset=dataset, recipe=recipe, processor=tokenizer,  # a tokenizer is a processor
                 num_calibration_samples=len(token_ids), max_seq_length=max(len(ids) for ids in token_ids),
-                output_dir=str(written), save_compressed=True)
+                output_dir=None if offload else str(written), save_compressed=True)
+    if offload is not None:
+        # transformers holds a whole shard in memory while writing it and llm-compressor's save defaults to 20 GB shards
+        # (one shard at 27B W4): save it ourselves in shards that keep the bound (the layout step can merge them)
+        model.save_pretrained(str(written), save_compressed=True, max_shard_size=OFFLOADED_SHARD)
+        tokenizer.save_pretrained(str(written))
     if saved:
         pack_resumed(written, saved, scheme=scheme, group=weights["group_size"], weights=weights, ignore=ignore, out=staging)
         shutil.rmtree(written, ignore_errors=True)
