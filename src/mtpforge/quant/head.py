@@ -52,9 +52,8 @@ def head_plan(trunk_done: Path, head: dict[str, TensorSpec], *, scheme: Scheme, 
         modules = sorted({s.module for s in head.values()})
         hessians = head_hessians(trunk_done, modules, token_ids, prefix=prefix, steps=steps, runtime=runtime,
                                  progress=progress)
-        for name, spec in head.items():
-            compute[name] = partial(_gptq, hessian=hessians.pop(spec.module), weights=weights, name=spec.module,
-                                    progress=progress)
+        for name, spec in head.items():  # each Hessian is taken from `hessians` when its weight is solved, then freed
+            compute[name] = partial(_gptq, hessians=hessians, weights=weights, name=spec.module, progress=progress)
     else:
         from mtpforge.quant.observers import observed_int_tensors
 
@@ -71,9 +70,11 @@ def head_plan(trunk_done: Path, head: dict[str, TensorSpec], *, scheme: Scheme, 
     return make_plan("quantize", ckpt.root, rebuild(ckpt, replace=replace), config, None, actions, [])
 
 
-def _gptq(w: Any, *, hessian: Any, weights: dict[str, Any], name: str, progress: Callable[[str], None]) -> dict[str, Any]:
+def _gptq(w: Any, *, hessians: dict[str, Any], weights: dict[str, Any], name: str,
+          progress: Callable[[str], None]) -> dict[str, Any]:
     from mtpforge.quant.head_gptq import gptq_int_tensors
 
-    tensors, loss = gptq_int_tensors(w, hessian, weights)
+    # popped: no reference outlives the solve (at 27B down_proj's [17408, 17408] float32 Hessian is 1.2 GB)
+    tensors, loss = gptq_int_tensors(w, hessians.pop(name), weights)
     progress(f"head GPTQ: {name} loss {loss:.4g}")
     return tensors
