@@ -37,30 +37,55 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
     return {name: read_tensor(ckpt, info) for name, info in ckpt.tensors.items()}
 
 
+def _quantize_in_a_process(out: Path, runtime: str, calibration: str) -> str:
+    """`mtpforge quantize` as a user runs it, one process per run: llm-compressor keeps session state across `oneshot`
+    calls in one process (in the full suite, after other calibration tests, two in-process runs differed in 19 % of
+    their words; each alone, in none)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mtpforge", "quantize", str(TINY), "--out", str(out), "--method", "gptq",
+                           "--scheme", "w4a16-asym", "--group-size", "32", "--scope", "attention-mlp", "--mtp", "quantize",
+                           "--mtp-method", "gptq", "--calibration", calibration, "--seq-len", "64", "--runtime", runtime],
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stderr
+
+
 @pytest.mark.slow
 def test_streamed_gptq_with_a_calibrated_head_writes_the_same_quantized_tensors_as_in_memory(tmp_path: Path) -> None:
-    from mtpforge.quant import quantize
-
-    options = {"method": "gptq", "scheme": "w4a16-asym", "group_size": 32, "scope": "attention-mlp", "mtp": "quantize",
-               "mtp_method": "gptq", "calibration": _calibration(tmp_path, 4), "seq_len": 64}
-    lines: list[str] = []
-    quantize(str(TINY), tmp_path / "memory", runtime="memory", **options)
-    quantize(str(TINY), tmp_path / "streamed", runtime="streamed", progress=lines.append, **options)
-    assert any("weights kept on disk" in line for line in lines)
+    calibration = _calibration(tmp_path, 4)
+    _quantize_in_a_process(tmp_path / "memory", "memory", calibration)
+    log = _quantize_in_a_process(tmp_path / "streamed", "streamed", calibration)
+    assert "weights kept on disk" in log and "head capture" in log
     memory, streamed, source = _tensors(tmp_path / "memory"), _tensors(tmp_path / "streamed"), _tensors(TINY)
     assert set(memory) == set(streamed)
     packed = [n for n in memory if memory[n].dtype == torch.int32]
     assert len(packed) >= 3 * 7 and any(n.startswith("mtp.") for n in packed)  # trunk and head weights, packed
-    # llm-compressor's GPTQ on CPU is not bit-reproducible from run to run (two in-memory runs have differed in 20,912
-    # of 1,700,264 packed bytes, docs/quantize.md): equal words but for that noise, the head's included
-    quantized = [n for n in memory if n in packed or "_scale" in n or "zero_point" in n]
-    differing = sum(int((memory[n] != streamed[n]).sum()) for n in quantized)
-    assert differing <= 0.05 * sum(memory[n].numel() for n in quantized)
-    assert all(memory[n].shape == streamed[n].shape and memory[n].dtype == streamed[n].dtype for n in quantized)
+    assert all(memory[n].shape == streamed[n].shape and memory[n].dtype == streamed[n].dtype for n in memory)
+    # The first decoder layer sees the same inputs both ways: the same words. Later layers' inputs come through the
+    # quantized layers before them, computed on weights held in memory or brought from disk, and GPTQ's error feedback
+    # turns the last-bit differences into other rounding choices (measured: 9 of 6,144 words in layer 1, most of
+    # down_proj's by layer 3). So beyond layer 0 the test holds the quality, not the words: each output's squared error
+    # against the source weights, over every quantized weight (the head's included), within 5 % of the other's.
+    assert all(torch.equal(memory[n], streamed[n]) for n in packed if ".layers.0." in n and not n.startswith("mtp."))
+    errors = {run: _quantization_error(tmp_path / run) for run in ("memory", "streamed")}
+    assert abs(errors["streamed"] - errors["memory"]) <= 0.05 * errors["memory"], errors
     # what calibration does not quantize is the source's, byte for byte (GPTQ changes no norm)
     kept = [n for n in source if n in streamed and n.endswith("norm.weight")]
     assert kept and all(torch.equal(source[n], streamed[n]) for n in kept)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.json", "memory", "streamed"]  # no scratch, no offload left
+
+
+def _quantization_error(out: Path) -> float:
+    """Sum over the quantized weights of ||dequantized - source||^2."""
+    from mtpforge.checkpoint.tensors import read_weight
+
+    ckpt, base = open_checkpoint(out), open_checkpoint(TINY)
+    quantized = [n for n, w in ckpt.stored.items() if w.quantized]
+    assert quantized
+    return sum(float(((read_weight(ckpt, ckpt.stored[n]).float() - read_weight(base, base.stored[n]).float()) ** 2).sum())
+               for n in quantized)
 
 
 @pytest.mark.slow
