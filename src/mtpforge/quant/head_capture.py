@@ -16,23 +16,33 @@ Hessian, accumulated by llm-compressor's `accumulate_hessian`): one
 Memory stays bounded at any size: the trunk runs in the reference runtime that
 fits (`reference.runtime.open_runtime`: in memory when the model fits, else
 streamed, one decoder layer resident and the embedding rows read as needed),
-and the texts go through it in batches whose hidden states take at most
-`BATCH_BYTES` (each batch reads the streamed trunk once).
+the texts go through it in batches whose hidden states take at most
+`BATCH_BYTES` (each batch reads the streamed trunk once), and in the streamed
+runtime the head is read only after the batch has left the trunk and released
+before the next one enters it: at 27B widths the head (1.6 GiB in float32) and
+a decoder layer (1.4 GiB) are never resident together beside the Hessians
+(1.8 GiB for seed 000's seven head weights).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from mtpforge.checkpoint import Checkpoint, as_checkpoint
+from mtpforge.families import detect_family
+
 if TYPE_CHECKING:
     from mtpforge.reference.model import ReferenceModel
     from mtpforge.reference.streamed import StreamedModel
 
-BATCH_BYTES = 1 << 30  # float32 hidden states of one batch of texts: 1 GiB = 51K tokens at 27B widths (5,120)
+# float32 hidden states of one batch of texts: 256 MiB = 13K tokens at 27B widths (5,120). Each batch reads the streamed
+# trunk once; at 27B that read (seconds) is small beside the trunk's compute over 13K tokens (hours on a CPU)
+BATCH_BYTES = 256 << 20
 
 
 def head_hessians(checkpoint: Path, modules: list[str], token_ids: list[list[int]], *, prefix: str = "mtp", steps: int = 1,
@@ -46,41 +56,47 @@ def head_hessians(checkpoint: Path, modules: list[str], token_ids: list[list[int
         steps: draft steps to calibrate on (1: the head's input at the first draft position only).
         runtime: the reference runtime for the trunk (`auto`, `memory`, `streamed`: `reference.runtime`).
     """
-    from llmcompressor.modifiers.gptq.helpers import accumulate_hessian, make_empty_hessian
-
-    from mtpforge.reference.runtime import open_runtime
+    from mtpforge.reference.runtime import is_streamed, open_runtime
 
     model = open_runtime(checkpoint, runtime=runtime)
-    head = model.head
-    if head is None:
-        raise RuntimeError(f"{checkpoint} has no MTP head")  # the plan chose head weights: a bug, not user input
     hessians: dict[str, torch.Tensor] = {}
     counts: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name in modules:
-        linear = head.get_submodule(name.removeprefix(prefix + "."))
-        hessians[name], counts[name] = make_empty_hessian(linear), torch.zeros(())
-
-        def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...], name: str = name) -> None:
-            hessians[name], counts[name] = accumulate_hessian(args[0], module, hessians[name], counts[name])
-
-        hooks.append(linear.register_forward_pre_hook(record))
-    try:
-        with torch.no_grad():
-            done = 0
-            for batch in _batches(token_ids, head.config.hidden_size):
-                for ids, hidden in zip(batch, model.hidden_states(batch), strict=True):
+    done = 0
+    with torch.no_grad():
+        for batch in _batches(token_ids, as_checkpoint(checkpoint)):
+            states = model.hidden_states(batch)  # the trunk first: in the streamed runtime no head is resident yet
+            head = model.head
+            if head is None:
+                raise RuntimeError(f"{checkpoint} has no MTP head")  # the plan chose head weights: a bug, not user input
+            hooks = [head.get_submodule(name.removeprefix(prefix + ".")).register_forward_pre_hook(
+                partial(_record, name=name, hessians=hessians, counts=counts)) for name in modules]
+            try:
+                for ids, hidden in zip(batch, states, strict=True):
                     _feed(model, torch.tensor([ids]), hidden, steps)
-                done += len(batch)
-                progress(f"head capture: text {done}/{len(token_ids)}")
-    finally:
-        for h in hooks:
-            h.remove()
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            del states, head
+            if is_streamed(model):
+                model.release_head()  # read again for the next batch, after the trunk has run it
+            done += len(batch)
+            progress(f"head capture: text {done}/{len(token_ids)}")
     return {name: hessians[name] / counts[name] for name in modules}
 
 
-def _batches(token_ids: list[list[int]], hidden_size: int) -> list[list[list[int]]]:
+def _record(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *, name: str, hessians: dict[str, torch.Tensor],
+            counts: dict[str, torch.Tensor]) -> None:
+    """Forward pre-hook: add this call's input to the running Hessian of `name` (llm-compressor's own accumulation)."""
+    from llmcompressor.modifiers.gptq.helpers import accumulate_hessian, make_empty_hessian
+
+    if name not in hessians:
+        hessians[name], counts[name] = make_empty_hessian(module), torch.zeros(())
+    hessians[name], counts[name] = accumulate_hessian(args[0], module, hessians[name], counts[name])
+
+
+def _batches(token_ids: list[list[int]], ckpt: Checkpoint) -> list[list[list[int]]]:
     """The texts in order, cut into batches whose float32 hidden states fit `BATCH_BYTES` (at least one text each)."""
+    hidden_size = int(detect_family(ckpt.config).text_config(ckpt.config)["hidden_size"])
     batches: list[list[list[int]]] = [[]]
     used = 0
     for ids in token_ids:
