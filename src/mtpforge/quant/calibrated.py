@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
 
     from mtpforge.quant.loading import load_for_calibration, streams
     from mtpforge.quant.resume import done_modules, load_done, pack_resumed, per_layer, saved_layers
+    from mtpforge.quant.spill import activations_on_disk
 
     _import_llmcompressor()
     from llmcompressor import oneshot
@@ -74,12 +76,15 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
         recipe = [awq, QuantizationModifier(config_groups=groups, ignore=ignore)]
     offload = staging.parent / "offload" if streams(base, runtime) else None
     if offload is not None:
-        progress(f"weights kept on disk in {offload}, one layer in memory at a time")
+        progress(f"weights kept on disk in {offload} and the activations between layers in {offload.with_name('activations')},"
+                 " one layer in memory at a time")
     model = load_for_calibration(base, offload=offload)
     load_done(model, saved)
     text = getattr(model.config, "text_config", model.config)
     written = staging.with_name(staging.name + ".resumed") if saved else staging
-    with per_layer(model, text.num_hidden_layers + 1, resume, progress, method=method, mappings=mappings):
+    # streamed: the activations cached between layers go to disk as well (`quant.spill`), so memory is one layer's worth
+    spill = activations_on_disk(offload.with_name("activations")) if offload is not None else nullcontext()
+    with spill, per_layer(model, text.num_hidden_layers + 1, resume, progress, method=method, mappings=mappings):
         oneshot(model=model, dataset=dataset, recipe=recipe, processor=tokenizer,  # a tokenizer is a processor
                 num_calibration_samples=len(token_ids), max_seq_length=max(len(ids) for ids in token_ids),
                 output_dir=None if offload else str(written), save_compressed=True)
