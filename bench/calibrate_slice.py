@@ -37,46 +37,12 @@ from pathlib import Path
 from report import emit  # bench/report.py, beside this script
 
 BUILD = textwrap.dedent("""
-    import json, sys, torch
+    import sys
     from pathlib import Path
-    from safetensors.torch import save_file
-    from mtpforge.testing.replica import reference_inventory
-    from mtpforge.testing.factory import write_tokenizer_files
-    out = Path(sys.argv[1])
-    config, tensors = reference_inventory()
-    text = config["text_config"]
-    keep = {0: 0, 3: 1}   # real layer -> slice layer: one Gated DeltaNet, one full attention
-    text["num_hidden_layers"] = 2
-    text["layer_types"] = [text["layer_types"][0], text["layer_types"][3]]
-    out.mkdir(parents=True)
-    def renamed(n):
-        if ".layers." not in n or n.startswith(("mtp.", "model.visual.")):
-            return n
-        head, rest = n.split(".layers.", 1)
-        i, tail = rest.split(".", 1)
-        return f"{head}.layers.{keep[int(i)]}.{tail}" if int(i) in keep else None
-    g = torch.Generator().manual_seed(0)
-    shards, current, size, index = [], {}, 0, {}
-    def flush():
-        global current, size
-        if current:
-            name = f"model-{len(shards) + 1:05d}.safetensors"
-            save_file(current, out / name, metadata={"format": "pt"})
-            shards.append(name); index.update({k: name for k in current}); current, size = {}, 0
-    for t in tensors:
-        name = renamed(t["name"])
-        if name is None:
-            continue
-        dtype = {"BF16": torch.bfloat16, "F32": torch.float32}[t["dtype"]]
-        current[name] = (torch.randn(t["shape"], generator=g) * 0.02).to(dtype)
-        size += current[name].numel() * current[name].element_size()
-        if size > 2 << 30:
-            flush()
-    flush()
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    write_tokenizer_files(out, vocab_size=16)
+    from mtpforge.testing.replica import write_random_slice
+    write_random_slice(Path(sys.argv[1]), {0: 0, 3: 1})  # one Gated DeltaNet, one full attention
 """)
+
 
 
 def run(base: Path, out: Path, runtime: str, samples: int, seq_len: int, light: bool) -> dict[str, object]:

@@ -30,39 +30,12 @@ from pathlib import Path
 from report import emit  # bench/report.py, beside this script
 
 BUILD = textwrap.dedent("""
-    import json, sys, torch
+    import sys
     from pathlib import Path
-    from safetensors.torch import save_file
-    from mtpforge.testing.replica import reference_inventory
-    from mtpforge.testing.factory import write_tokenizer_files
-    out, layers = Path(sys.argv[1]), int(sys.argv[2])
-    config, tensors = reference_inventory()
-    text = config["text_config"]
-    text["num_hidden_layers"] = layers
-    text["layer_types"] = text["layer_types"][:layers]
-    out.mkdir(parents=True)
-    keep = lambda n: (".layers." not in n or n.startswith(("mtp.", "model.visual."))
-                      or int(n.split(".layers.")[1].split(".")[0]) < layers)
-    kept = [t for t in tensors if keep(t["name"])]
-    g = torch.Generator().manual_seed(0)
-    shards, current, size, index = [], {}, 0, {}
-    def flush():
-        global current, size
-        if current:
-            name = f"model-{len(shards) + 1:05d}.safetensors"
-            save_file(current, out / name, metadata={"format": "pt"})
-            shards.append(name); index.update({k: name for k in current}); current, size = {}, 0
-    for t in kept:
-        dtype = {"BF16": torch.bfloat16, "F32": torch.float32}[t["dtype"]]
-        current[t["name"]] = (torch.randn(t["shape"], generator=g) * 0.02).to(dtype)
-        size += current[t["name"]].numel() * current[t["name"]].element_size()
-        if size > 2 << 30:
-            flush()
-    flush()
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    write_tokenizer_files(out, vocab_size=16)
+    from mtpforge.testing.replica import write_random_slice
+    write_random_slice(Path(sys.argv[1]), {i: i for i in range(int(sys.argv[2]))})
 """)
+
 
 LLMCOMPRESSOR = textwrap.dedent("""
     import sys, torch

@@ -84,3 +84,53 @@ def make_family_replica(out: Path, config: dict[str, Any], *, layers: int = 4, s
     (out / "config.json").write_text(json.dumps(config, indent=2))
     write_tokenizer_files(out, vocab_size=16)
     return out
+
+
+def write_random_slice(out: Path, layers: dict[int, int], name: str = QWEN36_27B, *, shard_bytes: int = 2 << 30) -> Path:
+    """A real-width slice of the reference checkpoint `name` with random N(0, 0.02) values, for benchmarks that compute.
+
+    Every real dimension is kept: the full embeddings, lm_head, MTP head and vision tower, and the decoder layers
+    `layers` (real index -> slice index, e.g. `{0: 0, 3: 1}`: one Gated DeltaNet and one full-attention layer of
+    Qwen3.6-27B), renumbered, with `layer_types` and `num_hidden_layers` to match. Seeded: the same call writes the same bytes.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    config, inventory = reference_inventory(name)
+    text = config.get("text_config", config)
+    text["layer_types"] = [text["layer_types"][real] for real in sorted(layers, key=layers.__getitem__)]
+    text["num_hidden_layers"] = len(layers)
+    out.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    index: dict[str, str] = {}
+    current: dict[str, torch.Tensor] = {}
+
+    def flush() -> None:
+        if current:
+            shard = f"model-{len(set(index.values())) + 1:05d}.safetensors"
+            save_file(current, out / shard, metadata={"format": "pt"})
+            index.update(dict.fromkeys(current, shard))
+            current.clear()
+
+    for t in inventory:
+        renamed = _slice_name(t["name"], layers)
+        if renamed is None:
+            continue
+        dtype = {"BF16": torch.bfloat16, "F32": torch.float32}[t["dtype"]]
+        current[renamed] = (torch.randn(t["shape"], generator=generator) * 0.02).to(dtype)
+        if sum(v.numel() * v.element_size() for v in current.values()) > shard_bytes:
+            flush()
+    flush()
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    write_tokenizer_files(out, vocab_size=16)
+    return out
+
+
+def _slice_name(name: str, layers: dict[int, int]) -> str | None:
+    """`name` in the slice (its decoder layer renumbered), or None for a trunk layer the slice leaves out."""
+    if ".layers." not in name or name.startswith(("mtp.", "model.visual.")):
+        return name
+    head, rest = name.split(".layers.", 1)
+    index, tail = rest.split(".", 1)
+    return f"{head}.layers.{layers[int(index)]}.{tail}" if int(index) in layers else None
