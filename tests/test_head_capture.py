@@ -45,3 +45,22 @@ def test_streamed_and_batched_capture_equal_the_in_memory_one_without_the_head_b
         assert streamed[name].shape == whole[name].shape
         torch.testing.assert_close(streamed[name], whole[name], rtol=1e-4, atol=1e-6)
         assert float(torch.diagonal(whole[name]).min()) > 0  # every input channel seen
+
+
+def test_the_hessian_accumulated_in_place_is_llm_compressors_statistic() -> None:
+    from llmcompressor.modifiers.gptq.helpers import accumulate_hessian, make_empty_hessian
+
+    from mtpforge.quant.head_capture import _record
+
+    g = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(48, 16, bias=False)
+    inputs = [torch.randn(1, 37, 48, generator=g).to(torch.bfloat16), torch.randn(2, 5, 48, generator=g),
+              torch.randn(9, 48, generator=g)]
+    theirs, count = make_empty_hessian(linear), torch.zeros(())
+    ours: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for x in inputs:
+        theirs, count = accumulate_hessian(x, linear, theirs, count)
+        _record(linear, (x,), name="w", hessians=ours, counts=counts)
+    assert counts["w"] == int(count) == 4  # counted per sequence, as llm-compressor counts (a 2-D input is one)
+    torch.testing.assert_close(ours["w"], theirs, rtol=1e-5, atol=1e-5)
