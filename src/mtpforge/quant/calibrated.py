@@ -50,6 +50,7 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
     from datasets import Dataset
     from transformers import AutoTokenizer
 
+    from mtpforge.quant.lean_gptq import lean_gptq
     from mtpforge.quant.loading import load_for_calibration, streams
     from mtpforge.quant.resume import done_modules, load_done, pack_resumed, per_layer, saved_layers
     from mtpforge.quant.spill import activations_on_disk
@@ -68,13 +69,16 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
     saved = saved_layers(resume) if resume is not None and method == "gptq" else {}
     if saved:
         progress(f"resuming: {len(done_modules(saved))} weights of finished layers read from {resume}")
+    streamed = streams(base, runtime)
     if method == "gptq":
-        recipe: list[Any] = [GPTQModifier(config_groups=groups, ignore=ignore + done_modules(saved), dampening_frac=dampening)]
+        # streamed: one module per solve (llm-compressor batches same-shape modules by stacking their Hessians)
+        recipe: list[Any] = [GPTQModifier(config_groups=groups, ignore=ignore + done_modules(saved), dampening_frac=dampening,
+                                          batched_quantization=None if streamed else "auto")]
     else:
         awq = AWQModifier(mappings=[AWQMapping(smooth, list(balance)) for smooth, balance in mappings]) if mappings \
             else AWQModifier()
         recipe = [awq, QuantizationModifier(config_groups=groups, ignore=ignore)]
-    offload = staging.parent / "offload" if streams(base, runtime) else None
+    offload = staging.parent / "offload" if streamed else None
     if offload is not None:
         progress(f"weights kept on disk in {offload} and the activations between layers in {offload.with_name('activations')},"
                  " one layer in memory at a time")
@@ -83,8 +87,10 @@ def quantize_calibrated(base: Path, staging: Path, *, method: str, weights: dict
     text = getattr(model.config, "text_config", model.config)
     written = staging.with_name(staging.name + ".resumed") if saved else staging
     # streamed: the activations cached between layers go to disk as well (`quant.spill`), so memory is one layer's worth
+    # and GPTQ makes no copies of its Hessians (`quant.lean_gptq`: 2.4 GiB of a 27B layer's 5.3 GiB peak)
     spill = activations_on_disk(offload.with_name("activations")) if offload is not None else nullcontext()
-    with spill, per_layer(model, text.num_hidden_layers + 1, resume, progress, method=method, mappings=mappings):
+    lean = lean_gptq() if offload is not None else nullcontext()
+    with spill, lean, per_layer(model, text.num_hidden_layers + 1, resume, progress, method=method, mappings=mappings):
         oneshot(model=model, dataset=dataset, recipe=recipe, processor=tokenizer,  # a tokenizer is a processor
                 num_calibration_samples=len(token_ids), max_seq_length=max(len(ids) for ids in token_ids),
                 output_dir=None if offload else str(written), save_compressed=True)

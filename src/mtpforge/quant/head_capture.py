@@ -86,18 +86,13 @@ def head_hessians(checkpoint: Path, modules: list[str], token_ids: list[list[int
 
 def _record(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *, name: str, hessians: dict[str, torch.Tensor],
             counts: dict[str, int]) -> None:
-    """Forward pre-hook: add this call's input to the running Hessian of `name`.
+    """Forward pre-hook: add this call's input to the running Hessian of `name`, in place (`lean_gptq.add_to_hessian`)."""
+    from mtpforge.quant.lean_gptq import add_to_hessian
 
-    The statistic is llm-compressor's (`gptq.helpers.accumulate_hessian`: 2 X^T X summed in float32, counted per
-    sequence), accumulated in place: its `hessian += inp @ inp.T` builds a temporary as large as the Hessian, 1.1 GiB
-    for down_proj at 27B widths, beside all the others.
-    """
     x = args[0]
-    rows = x.reshape(-1, x.shape[-1]).float()
     if name not in hessians:
-        hessians[name], counts[name] = torch.zeros(rows.shape[1], rows.shape[1], device=rows.device), 0
-    hessians[name].addmm_(rows.T, rows, alpha=2.0)
-    counts[name] += x.shape[0] if x.dim() > 2 else 1
+        hessians[name], counts[name] = torch.zeros(x.shape[-1], x.shape[-1], device=x.device), 0
+    counts[name] += add_to_hessian(hessians[name], x)
 
 
 def _batches(token_ids: list[list[int]], ckpt: Checkpoint) -> list[list[list[int]]]:
