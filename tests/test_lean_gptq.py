@@ -6,6 +6,11 @@ with no second Hessian-sized tensor on the way, and llm-compressor left as it wa
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -62,3 +67,53 @@ def test_a_batch_of_several_modules_still_goes_through_llm_compressor() -> None:
         weights, hessians, *_ = base.prepare_batch(pair, qparams, {m: torch.eye(64) * 2 for m in pair},
                                                    {m: torch.tensor(2.0) for m in pair})
     assert weights.shape == (2, 24, 64) and torch.equal(hessians, torch.eye(64).expand(2, 64, 64))
+
+
+
+SOLVE = """
+import resource, sys, torch
+from llmcompressor.modifiers.gptq import gptq_quantize
+from mtpforge.formats.schemes import SCHEMES
+from mtpforge.quant.lean_gptq import lean_gptq
+from mtpforge.quant.observers import observed_qparams, quant_args
+lean, actorder, n = sys.argv[1] == "lean", sys.argv[2] if sys.argv[2] != "none" else None, int(sys.argv[3])
+g = torch.Generator().manual_seed(0)
+basis = torch.randn(n, 64, generator=g)
+hessian = basis @ basis.T                   # correlated inputs, as hidden states are
+hessian.diagonal().add_(0.1 * n)
+if sys.argv[4] == "dead":
+    hessian[5].zero_(); hessian[:, 5].zero_()  # an input channel never seen
+w = torch.randn(1, 48, n, generator=g) * 0.02
+weights = {**SCHEMES["w4a16-asym"].weights_config(32), "observer": "minmax", "actorder": actorder}  # seed 000's grid
+scale, zero = observed_qparams(w[0], weights)
+args = quant_args(weights)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with lean_gptq() if lean else torch.no_grad():
+    q, loss, _ = gptq_quantize.quantize_weight(w, hessian[None], scale[None], zero[None], None, args)
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+torch.save({"q": q[0], "loss": loss, "grown": grown}, sys.argv[5])
+"""
+
+
+def _solve(tmp_path: Path, how: str, actorder: str | None, dead: bool) -> dict[str, Any]:
+    """llm-compressor's `quantize_weight` on one INT4 g32 weight whose Hessian is 4096 x 4096 (64 MiB), in a process of
+    its own: the quantized weight, the loss, and how much the process's peak memory grew while solving."""
+    out = tmp_path / f"{how}.pt"
+    subprocess.run([sys.executable, "-c", SOLVE, how, actorder or "none", "4096", "dead" if dead else "seen", str(out)],
+                   check=True, timeout=600)
+    return dict(torch.load(out))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("actorder", "dead"), [(None, False), ("static", False), (None, True)])
+def test_the_lean_solve_equals_llm_compressors_without_a_hessian_sized_copy(tmp_path: Path, actorder: str | None,
+                                                                            dead: bool) -> None:
+    theirs, ours = _solve(tmp_path, "llm-compressor", actorder, dead), _solve(tmp_path, "lean", actorder, dead)
+    hessian = 4096 * 4096 * 4
+    assert theirs["grown"] >= 0.9 * hessian * (2 if actorder else 1), theirs["grown"]  # its copies: 1 (factor), 2 (permute)
+    assert ours["grown"] <= 0.5 * hessian, ours["grown"]  # in place: the weight-sized buffers only
+    differing = (ours["q"] != theirs["q"]).float().mean().item()  # float32 rounding may move a grid point, rarely
+    assert differing <= 0.01, differing
+    torch.testing.assert_close(ours["loss"], theirs["loss"], rtol=1e-3, atol=1e-6)
+    if dead:  # a channel never seen: its weights are zeroed before solving, as llm-compressor does
+        assert torch.equal(ours["q"][:, 5], theirs["q"][:, 5])

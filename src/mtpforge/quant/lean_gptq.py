@@ -6,21 +6,29 @@ accumulating (`hessian += inp @ inp.T` builds the product as a temporary of the
 same size) and again before solving (`prepare_batch` divides into a new tensor,
 then stacks it into another, while the original is still referenced): measured
 on a real-width slice, a decoder layer's calibration peaked at 5.3 GiB, 2.4 of
-it these copies (bench/calibrate_slice.py). Inside `lean_gptq()` the same
-statistic is accumulated in place (`addmm_`) and a batch of one module is
-handed to the solver as views of its own tensors, normalized in place. The
-solver (`quantize_weight`) is llm-compressor's, unchanged. Batches of several
-modules (`batched_quantization`) still go through llm-compressor's own
-`prepare_batch`: the caller turns batching off for bounded runs.
+it these copies (bench/calibrate_slice.py); and while solving (its Cholesky
+steps write into the row-major Hessian through a column-major copy, and
+activation ordering permutes it through two copies). Inside `lean_gptq()` the
+same statistic is accumulated in place (`addmm_`), a batch of one module is
+handed to the solver as views of its own tensors, normalized in place, the
+factorization runs on the Hessian's transposed view (the same symmetric
+matrix, already laid out as LAPACK wants it) and the permutation is done in
+place. The solver (`quantize_weight`) is llm-compressor's, unchanged; the
+results equal its own to float32 rounding (tests/test_lean_gptq.py). Batches of
+several modules (`batched_quantization`) still go through llm-compressor's own
+pieces: the caller turns batching off for bounded runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
+
+PERMUTE_ROWS = 256  # rows whose columns are permuted at once: a [256, 17408] float32 scratch (17 MB) at 27B widths
 
 
 def add_to_hessian(hessian: torch.Tensor, x: torch.Tensor) -> int:
@@ -38,6 +46,7 @@ def add_to_hessian(hessian: torch.Tensor, x: torch.Tensor) -> int:
 def lean_gptq() -> Iterator[None]:
     """llm-compressor's GPTQModifier accumulating and preparing Hessians in place while the block runs."""
     from llmcompressor.modifiers.gptq import base
+    from llmcompressor.modifiers.gptq import gptq_quantize as solver
 
     accumulate, prepare = base.accumulate_hessian, base.prepare_batch
 
@@ -63,7 +72,69 @@ def lean_gptq() -> Iterator[None]:
                 None if global_scale is None else global_scale.reshape(-1)[:1].clone())
 
     base.accumulate_hessian, base.prepare_batch = accumulate_in_place, prepare_in_place
+    factorize, order = solver.factorize_hessian, solver.apply_activation_ordering
+    solver.factorize_hessian = partial(_factorize_in_place, factorize)
+    solver.apply_activation_ordering = partial(_order_in_place, order)
     try:
         yield
     finally:
         base.accumulate_hessian, base.prepare_batch = accumulate, prepare
+        solver.factorize_hessian, solver.apply_activation_ordering = factorize, order
+
+
+def _factorize_in_place(factorize: Any, weights: torch.Tensor, hessians: torch.Tensor, percdamp: float,
+                        used_rtn_fallback: torch.Tensor) -> torch.Tensor:
+    """llm-compressor's `factorize_hessian` for one Hessian: dampened, then the upper Cholesky factor of its inverse,
+    written over it with no copy (a singular Hessian falls back to the identity: RTN, as llm-compressor does)."""
+    if hessians.shape[0] != 1:
+        return factorize(weights, hessians, percdamp, used_rtn_fallback)
+    hessian = hessians[0]
+    diag = torch.diagonal(hessian)
+    dead = diag == 0
+    if dead.any():  # an input channel never seen: its weights are zeroed, as llm-compressor does
+        diag.masked_fill_(dead, 1.0)
+        weights.masked_fill_(dead[None, None], 0)
+    diag.add_(percdamp * torch.mean(diag))
+    info = torch.empty((), dtype=torch.int32, device=hessian.device)
+    lapack = hessian.mT  # symmetric: the same matrix, column-major, so LAPACK works in it without a copy
+    torch.linalg.cholesky_ex(lapack, check_errors=False, out=(lapack, info))
+    if info.item() == 0:
+        torch.cholesky_inverse(lapack, out=lapack)
+        torch.linalg.cholesky(lapack, out=lapack)  # lower in the column-major view: upper in the row-major Hessian
+    else:
+        hessian.copy_(torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device))
+        used_rtn_fallback[0] = True
+    return hessians
+
+
+def _order_in_place(order: Any, weights: torch.Tensor, hessians: torch.Tensor,
+                    actorder: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """llm-compressor's `apply_activation_ordering` (columns by descending Hessian diagonal), the Hessian permuted in place."""
+    from compressed_tensors.quantization import ActivationOrdering
+
+    if actorder not in (ActivationOrdering.WEIGHT, ActivationOrdering.STATIC) or hessians.shape[0] != 1:
+        return order(weights, hessians, actorder)  # none, a batch, or one it refuses
+    perm = torch.argsort(torch.diagonal(hessians[0]), descending=True)
+    _permute_rows(hessians[0], perm)
+    for start in range(0, hessians.shape[1], PERMUTE_ROWS):  # then the columns, a block of rows at a time
+        block = hessians[0, start:start + PERMUTE_ROWS]
+        block.copy_(block.index_select(1, perm))
+    weights.copy_(weights.index_select(2, perm))
+    return weights, hessians, perm[None]
+
+
+def _permute_rows(matrix: torch.Tensor, perm: torch.Tensor) -> None:
+    """`matrix[:] = matrix[perm]` with one row of scratch: each cycle of the permutation is followed round."""
+    order = perm.tolist()
+    placed = [False] * len(order)
+    for first in range(len(order)):
+        if placed[first] or order[first] == first:
+            continue
+        held = matrix[first].clone()
+        row = first
+        while order[row] != first:
+            matrix[row] = matrix[order[row]]
+            placed[row] = True
+            row = order[row]
+        matrix[row] = held
+        placed[row] = True
