@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mtpforge.checkpoint.writer import TensorData
+from mtpforge.families import detect_family
 from mtpforge.testing.factory import write_shards, write_tokenizer_files
 
 QWEN36_27B = "qwen3.6-27b"
@@ -97,13 +98,16 @@ def write_random_slice(out: Path, layers: dict[int, int], name: str = QWEN36_27B
     from safetensors.torch import save_file
 
     config, inventory = reference_inventory(name)
-    text = config.get("text_config", config)
+    family = detect_family(config)
+    text = family.text_config(config)
     text["layer_types"] = [text["layer_types"][real] for real in sorted(layers, key=layers.__getitem__)]
     text["num_hidden_layers"] = len(layers)
+    trunk_layers = family.trunk_prefix(config) + ".layers."
     out.mkdir(parents=True)
     generator = torch.Generator().manual_seed(0)
     index: dict[str, str] = {}
     current: dict[str, torch.Tensor] = {}
+    size = 0
 
     def flush() -> None:
         if current:
@@ -113,13 +117,15 @@ def write_random_slice(out: Path, layers: dict[int, int], name: str = QWEN36_27B
             current.clear()
 
     for t in inventory:
-        renamed = _slice_name(t["name"], layers)
+        renamed = _slice_name(t["name"], trunk_layers, layers)
         if renamed is None:
             continue
         dtype = {"BF16": torch.bfloat16, "F32": torch.float32}[t["dtype"]]
         current[renamed] = (torch.randn(t["shape"], generator=generator) * 0.02).to(dtype)
-        if sum(v.numel() * v.element_size() for v in current.values()) > shard_bytes:
+        size += current[renamed].nbytes
+        if size > shard_bytes:
             flush()
+            size = 0
     flush()
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
     (out / "config.json").write_text(json.dumps(config, indent=2))
@@ -127,10 +133,9 @@ def write_random_slice(out: Path, layers: dict[int, int], name: str = QWEN36_27B
     return out
 
 
-def _slice_name(name: str, layers: dict[int, int]) -> str | None:
-    """`name` in the slice (its decoder layer renumbered), or None for a trunk layer the slice leaves out."""
-    if ".layers." not in name or name.startswith(("mtp.", "model.visual.")):
-        return name
-    head, rest = name.split(".layers.", 1)
-    index, tail = rest.split(".", 1)
-    return f"{head}.layers.{layers[int(index)]}.{tail}" if int(index) in layers else None
+def _slice_name(name: str, trunk_layers: str, layers: dict[int, int]) -> str | None:
+    """`name` in the slice (a trunk decoder layer's renumbered), or None for a trunk layer the slice leaves out."""
+    if not name.startswith(trunk_layers):
+        return name  # embeddings, final norm, lm_head, the MTP head's own layers, the vision tower's blocks
+    index, tail = name[len(trunk_layers):].split(".", 1)
+    return f"{trunk_layers}{layers[int(index)]}.{tail}" if int(index) in layers else None
