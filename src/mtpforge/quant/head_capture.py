@@ -35,6 +35,7 @@ import torch
 
 from mtpforge.checkpoint import Checkpoint, as_checkpoint
 from mtpforge.families import detect_family
+from mtpforge.quant.lean_gptq import add_to_hessian
 
 if TYPE_CHECKING:
     from mtpforge.reference.model import ReferenceModel
@@ -87,8 +88,6 @@ def head_hessians(checkpoint: Path, modules: list[str], token_ids: list[list[int
 def _record(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *, name: str, hessians: dict[str, torch.Tensor],
             counts: dict[str, int]) -> None:
     """Forward pre-hook: add this call's input to the running Hessian of `name`, in place (`lean_gptq.add_to_hessian`)."""
-    from mtpforge.quant.lean_gptq import add_to_hessian
-
     x = args[0]
     if name not in hessians:
         hessians[name], counts[name] = torch.zeros(x.shape[-1], x.shape[-1], device=x.device), 0

@@ -4,11 +4,11 @@ At 27B widths down_proj's Hessian is [17408, 17408] float32, 1.1 GiB, and
 llm-compressor 0.14 makes copies of it that a bounded run cannot afford:
 accumulating (`hessian += inp @ inp.T` builds the product as a temporary of the
 same size) and again before solving (`prepare_batch` divides into a new tensor,
-then stacks it into another, while the original is still referenced): measured
-on a real-width slice, a decoder layer's calibration peaked at 5.3 GiB, 2.4 of
-it these copies (bench/calibrate_slice.py); and while solving (its Cholesky
-steps write into the row-major Hessian through a column-major copy, and
-activation ordering permutes it through two copies). Inside `lean_gptq()` the
+then stacks it into another, while the original is still referenced), and
+while solving (its Cholesky steps write into the row-major Hessian through a
+column-major copy, and activation ordering permutes it through two copies).
+Measured on a real-width slice (bench/calibrate_slice.py), a decoder layer's
+calibration peaked at 5.3 GiB with them and 3.8 GiB without. Inside `lean_gptq()` the
 same statistic is accumulated in place (`addmm_`), a batch of one module is
 handed to the solver as views of its own tensors, normalized in place, the
 factorization runs on the Hessian's transposed view (the same symmetric
