@@ -72,3 +72,25 @@ def test_streamed_calibration_keeps_its_activations_on_disk_and_leaves_none(tmp_
     assert spilled.count(hidden) >= 2 * 4, spilled  # both texts, at every decoder layer boundary
     assert (tmp_path / "work" / "staging" / "config.json").is_file()
     assert not (tmp_path / "work" / "activations").exists()  # (the weights' offload folder is the caller's scratch)
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_while_calibrating_is_an_input_error_that_writes_nothing(cli, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import errno
+
+    from mtpforge.quant import spill
+
+    def full(self, tensor, path):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(spill.SpilledTensor, "__init__", full)  # the first activation written to the scratch
+    monkeypatch.setattr(spill, "MIN_BYTES", 1)
+    tiny = Path(__file__).resolve().parents[1] / "src" / "mtpforge" / "models" / "tiny-qwen3.5"
+    before = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in tiny.iterdir())
+    out = tmp_path / "out"
+    result = cli("quantize", str(tiny), "--out", str(out), "--method", "gptq", "--scheme", "w4a16", "--runtime", "streamed",
+                 "--samples", "2", "--seq-len", "32")
+    assert result.code == 3, result.err[-2000:]
+    assert f"no space left on the device of {tmp_path}" in result.err and "free space or choose another --out" in result.err
+    assert not out.exists() and not any(p.name.endswith(".calibrating") for p in tmp_path.iterdir())  # no scratch left
+    assert sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in tiny.iterdir()) == before  # input untouched

@@ -146,6 +146,7 @@ def _calibrate(plan: QuantPlan, out: Path, *, token_ids: list[list[int]], awq_ma
     from mtpforge.quant.calibrated import finish, in_temporary, quantize_calibrated, remove
     from mtpforge.quant.preserve import restore_stored_dtypes
     from mtpforge.quant.resume import request_key
+    from mtpforge.surgery.publish import as_user_error
     from mtpforge.surgery.strip import strip
 
     scratch = in_temporary(out.resolve())
@@ -153,9 +154,12 @@ def _calibrate(plan: QuantPlan, out: Path, *, token_ids: list[list[int]], awq_ma
     resume = out.resolve().with_name(f".{out.name}.resume-{request_key(plan.ckpt.root, plan.weights, plan.ignore, token_ids)}")
     resume.mkdir(exist_ok=True)
     try:
-        quantize_calibrated(plan.ckpt.root.resolve(), scratch, method=plan.method, weights=plan.weights, ignore=plan.ignore,
-                            token_ids=token_ids, mappings=awq_mappings, resume=resume, scheme=plan.scheme, runtime=runtime,
-                            progress=progress)
+        try:
+            quantize_calibrated(plan.ckpt.root.resolve(), scratch, method=plan.method, weights=plan.weights,
+                                ignore=plan.ignore, token_ids=token_ids, mappings=awq_mappings, resume=resume,
+                                scheme=plan.scheme, runtime=runtime, progress=progress)
+        except OSError as e:  # a full disk under the scratch (weights and activations kept on disk, the save): exit 3
+            raise as_user_error(e, out) from e
         finish(scratch, mtp_ignore(plan.family))
         restore_stored_dtypes(plan.ckpt.root.resolve(), scratch)  # an FP32 vision tower stays FP32 (quant/preserve.py)
         if plan.text_only or _ships_no_vision(plan):
